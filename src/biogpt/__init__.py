@@ -1,0 +1,6 @@
+"""biogpt: BioGPT (Luo et al., 2022), exact and fast, without fairseq."""
+
+from biogpt.tokenizer import Tokenizer, VocabError
+
+__all__ = ["Tokenizer", "VocabError"]
+__version__ = "0.1.0"

@@ -1,0 +1,527 @@
+"""BioGPT's tokenizer: Moses (`-l en -a`, escaped) then fastBPE, with fairseq dictionary ids.
+
+Ids equal `transformers.BioGptTokenizer`: a leading `</s>` (id 2), nothing appended; `<s> <pad> </s> <unk>`
+are ids 0-3, `dict.txt` line n is id n+3, and K learned prompt tokens `learned1..learnedK` follow the
+dictionary (ids V..V+K-1), as in the original fine-tuned checkpoints.
+
+Speed comes from caching whole whitespace chunks (a word with its punctuation) together with the little
+context that Moses' rules read across chunk boundaries (see `moses.py`): a cache hit costs one dict lookup,
+and biomedical text repeats its chunks a lot.
+
+Two vocabulary formats load and convert into each other:
+- original (fairseq + fastBPE): `dict.txt` (`token count` per line, `@@` marks a word-internal piece) and
+  `bpecodes` (`left right count` per line, rank = line number, `</w>` marks a word end);
+- Hugging Face: `vocab.json` (pieces with `</w>` on word-final pieces, specials by name) and `merges.txt`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from biogpt import moses
+
+SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
+BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
+PROMPT_PATTERN = "learned"
+_SPECIAL_SPLIT = re.compile("(" + "|".join(re.escape(s) for s in SPECIALS) + ")")
+_NO_MERGE = 1 << 62
+_CACHE_LIMIT = 1 << 20  # chunks; the cache is dropped and rebuilt past this (bounded memory on corpora)
+
+
+class VocabError(ValueError):
+    """A vocabulary file is missing, malformed, or does not belong with its merges."""
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """The pieces in id order (fairseq `dict.txt` spelling, specials first) and the BPE merges."""
+
+    pieces: tuple[str, ...]  # e.g. ("<s>", "<pad>", "</s>", "<unk>", ".", "of", ..., "Bic@@", ...)
+    counts: tuple[int, ...]  # dict.txt counts (0 where unknown), same length as pieces
+    merges: tuple[tuple[str, str], ...]  # rank order, `</w>` on word-final symbols
+    merge_counts: tuple[int, ...]
+
+
+# ---------------------------------------------------------------------------------------------------
+# reading and writing vocabulary files
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").split("\n")
+    except FileNotFoundError:
+        raise VocabError(f"{path}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise VocabError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise VocabError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def read_dict(path: Path) -> tuple[list[str], list[int]]:
+    """fairseq dict.txt: one `token count` per line (optional `#fairseq:overwrite` flag)."""
+    tokens, counts, seen = [], [], set()
+    for n, line in enumerate(_read_lines(path), 1):
+        if not line.strip():
+            continue
+        fields = line.rstrip("\r").rsplit(" ", 1)
+        if len(fields) == 2 and fields[1] == "#fairseq:overwrite":
+            fields = fields[0].rsplit(" ", 1)
+        if len(fields) != 2 or not fields[0] or not fields[1].isdigit():
+            raise VocabError(f"{path}, line {n}: expected 'token count', got {line[:80]!r}")
+        tok, count = fields
+        if tok in seen or tok in SPECIALS:
+            raise VocabError(f"{path}, line {n}: duplicate token {tok!r}")
+        seen.add(tok)
+        tokens.append(tok)
+        counts.append(int(count))
+    if not tokens:
+        raise VocabError(f"{path}: no tokens")
+    return tokens, counts
+
+
+def read_merges(path: Path) -> tuple[list[tuple[str, str]], list[int]]:
+    """fastBPE bpecodes (`left right count`) or HF merges.txt (`left right`, optional `#version` header)."""
+    merges, counts = [], []
+    for n, line in enumerate(_read_lines(path), 1):
+        fields = line.split()
+        if not fields or (n == 1 and line.startswith("#version")):
+            continue
+        if len(fields) not in (2, 3) or (len(fields) == 3 and not fields[2].isdigit()):
+            raise VocabError(f"{path}, line {n}: expected 'left right [count]', got {line[:80]!r}")
+        merges.append((fields[0], fields[1]))
+        counts.append(int(fields[2]) if len(fields) == 3 else 0)
+    if not merges:
+        raise VocabError(f"{path}: no merges")
+    return merges, counts
+
+
+def read_vocab_json(path: Path) -> list[str]:
+    """HF vocab.json -> pieces in id order, in fairseq spelling."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise VocabError(f"{path}: file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise VocabError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict) or not all(isinstance(v, int) for v in data.values()):
+        raise VocabError(f"{path}: expected a JSON object mapping token -> integer id")
+    by_id = sorted(data.items(), key=lambda kv: kv[1])
+    if [i for _, i in by_id] != list(range(len(by_id))):
+        raise VocabError(f"{path}: ids must be 0..{len(by_id) - 1} without gaps or repeats")
+    if [t for t, _ in by_id[:4]] != list(SPECIALS):
+        raise VocabError(f"{path}: ids 0-3 must be {' '.join(SPECIALS)}, got {[t for t, _ in by_id[:4]]}")
+    return [_hf_to_fairseq(t) for t, _ in by_id[4:]]
+
+
+def _hf_to_fairseq(piece: str) -> str:
+    return piece[:-4] if piece.endswith("</w>") else piece + "@@"
+
+
+def _fairseq_to_hf(piece: str) -> str:
+    return piece[:-2] if piece.endswith("@@") else piece + "</w>"
+
+
+def load_vocab(path: str | Path) -> Vocab:
+    """Load a directory holding `dict.txt` + `bpecodes` (preferred) or `vocab.json` + `merges.txt`."""
+    d = Path(path)
+    if not d.is_dir():
+        raise VocabError(f"{d}: not a directory (expected dict.txt + bpecodes, or vocab.json + merges.txt)")
+    if (d / "dict.txt").exists() or (d / "bpecodes").exists():
+        tokens, counts = read_dict(d / "dict.txt")
+        merges, merge_counts = read_merges(d / "bpecodes")
+        names = (d / "dict.txt", d / "bpecodes")
+    elif (d / "vocab.json").exists() or (d / "merges.txt").exists():
+        tokens = read_vocab_json(d / "vocab.json")
+        counts = [0] * len(tokens)
+        merges, merge_counts = read_merges(d / "merges.txt")
+        names = (d / "vocab.json", d / "merges.txt")
+    else:
+        raise VocabError(f"{d}: no vocabulary found (expected dict.txt + bpecodes, or vocab.json + merges.txt)")
+    vocab = Vocab(tuple(SPECIALS) + tuple(tokens), (0, 0, 0, 0) + tuple(counts), tuple(merges), tuple(merge_counts))
+    check_pair(vocab, *names)
+    return vocab
+
+
+def check_pair(vocab: Vocab, vocab_file: Path, merges_file: Path) -> None:
+    """Refuse a dictionary and merges that were not learned together.
+
+    Every merge creates a symbol, and BPE applied to the corpus the dictionary was counted on leaves
+    nearly all of them in the dictionary (99.97% for both released vocabularies). A dictionary of one
+    vocabulary with the merges of another keeps far fewer (base with Large's merges: 72%; Large with
+    base's: 90%).
+    """
+    known = set(vocab.pieces)
+    hits = sum(_merged_piece(a, b) in known for a, b in vocab.merges)
+    if hits < 0.98 * len(vocab.merges):
+        raise VocabError(
+            f"{vocab_file} and {merges_file} do not belong together: only {hits} of the {len(vocab.merges)} "
+            "symbols the merges create are in the vocabulary (a matching pair has nearly all). Use the "
+            "dictionary and BPE codes of the same model (both from biogpt, or both from biogpt-large)."
+        )
+
+
+def _merged_piece(a: str, b: str) -> str:
+    """The fairseq spelling of the symbol that merging (a, b) creates."""
+    s = a + b
+    return s[:-4] if s.endswith("</w>") else s + "@@"
+
+
+def write_fairseq(vocab: Vocab, directory: str | Path) -> None:
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    n = len(vocab.merges)
+    counts = vocab.merge_counts if any(vocab.merge_counts) else tuple(range(n, 0, -1))
+    _write_atomic(d / "dict.txt", "".join(f"{p} {c}\n" for p, c in zip(vocab.pieces[4:], vocab.counts[4:])))
+    _write_atomic(d / "bpecodes", "".join(f"{a} {b} {c}\n" for (a, b), c in zip(vocab.merges, counts)))
+
+
+def write_hf(vocab: Vocab, directory: str | Path, model_max_length: int = 1024) -> None:
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    mapping = {p: i for i, p in enumerate(SPECIALS)}
+    mapping.update({_fairseq_to_hf(p): i for i, p in enumerate(vocab.pieces[4:], 4)})
+    _write_atomic(d / "vocab.json", json.dumps(mapping, ensure_ascii=False, indent=2) + "\n")
+    counts = vocab.merge_counts
+    lines = [f"{a} {b} {c}" if any(counts) else f"{a} {b}" for (a, b), c in zip(vocab.merges, counts)]
+    _write_atomic(d / "merges.txt", "\n".join(lines) + "\n")
+    config = {
+        "tokenizer_class": "BioGptTokenizer",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "sep_token": "</s>",
+        "pad_token": "<pad>",
+        "unk_token": "<unk>",
+        "model_max_length": model_max_length,
+    }
+    _write_atomic(d / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+# ---------------------------------------------------------------------------------------------------
+# BPE
+
+
+class BPE:
+    """fastBPE `applybpe`: repeatedly merge the lowest-ranked adjacent pair, all occurrences left to right."""
+
+    def __init__(self, merges: Sequence[tuple[str, str]]):
+        self.ranks = {pair: i for i, pair in enumerate(merges)}
+        self.cache: dict[str, list[str]] = {}
+
+    def __call__(self, word: str) -> list[str]:
+        """Pieces of one Moses token, HF spelling: `["Bic", "alutamide</w>"]`."""
+        hit = self.cache.get(word)
+        if hit is None:
+            if len(self.cache) > _CACHE_LIMIT:
+                self.cache.clear()
+            hit = self.cache[word] = self._apply(word)
+        return hit
+
+    def _apply(self, word: str) -> list[str]:
+        symbols = list(word)
+        symbols[-1] += "</w>"
+        get = self.ranks.get
+        # ranks[i] = rank of the pair (symbols[i], symbols[i+1]); only neighbours change after a merge
+        ranks = [get(pair, _NO_MERGE) for pair in zip(symbols, symbols[1:])]
+        while ranks:
+            best = min(ranks)
+            if best == _NO_MERGE:
+                break
+            i = ranks.index(best)
+            merged = symbols[i] + symbols[i + 1]
+            more = ranks.count(best) > 1  # ranks are unique per pair, so the same rank is the same pair
+            while True:  # every occurrence of this pair, left to right, before choosing the next pair
+                symbols[i : i + 2] = [merged]
+                del ranks[i]
+                if i > 0:
+                    ranks[i - 1] = get((symbols[i - 1], merged), _NO_MERGE)
+                if i < len(ranks):
+                    ranks[i] = get((merged, symbols[i + 1]), _NO_MERGE)
+                if not more or best not in ranks[i + 1 :]:
+                    break
+                i = ranks.index(best, i + 1)
+        return symbols
+
+
+# ---------------------------------------------------------------------------------------------------
+# the tokenizer
+
+
+class Tokenizer:
+    """Text <-> ids exactly as BioGPT. `Tokenizer.from_pretrained(dir)` loads either vocabulary format."""
+
+    def __init__(self, vocab: Vocab, num_prompt_tokens: int = 0, lowercase: bool = False):
+        if num_prompt_tokens < 0:
+            raise ValueError(f"num_prompt_tokens must be >= 0, got {num_prompt_tokens}")
+        self.vocab = vocab
+        self.num_prompt_tokens = num_prompt_tokens
+        self.lowercase = lowercase
+        self.pieces = list(vocab.pieces) + [f"{PROMPT_PATTERN}{k}" for k in range(1, num_prompt_tokens + 1)]
+        # HF spelling -> id; prompt tokens are reached by id only, never from text (as in fairseq)
+        self.piece_to_id = {p: i for i, p in enumerate(SPECIALS)}
+        self.piece_to_id.update({_fairseq_to_hf(p): i for i, p in enumerate(vocab.pieces[4:], 4)})
+        self.bpe = BPE(vocab.merges)
+        self._cache: dict = {}  # chunk key -> ids
+        self._span_cache: dict = {}  # chunk key -> spans of those ids within the chunk
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, num_prompt_tokens: int | None = None, lowercase: bool = False):
+        """Load from a directory with `dict.txt` + `bpecodes` or `vocab.json` + `merges.txt`.
+
+        The prompt-token count is read from `prompt_tokens.json` (written by `biogpt convert`) unless given.
+        """
+        vocab = load_vocab(path)
+        if num_prompt_tokens is None:
+            meta = Path(path) / "prompt_tokens.json"
+            num_prompt_tokens = int(json.loads(meta.read_text())["num_prompt_tokens"]) if meta.exists() else 0
+        return cls(vocab, num_prompt_tokens=num_prompt_tokens, lowercase=lowercase)
+
+    def save_pretrained(self, directory: str | Path, format: str = "hf") -> None:
+        """Write `vocab.json` + `merges.txt` (+ tokenizer_config.json) for format="hf", or
+        `dict.txt` + `bpecodes` for format="fairseq"; plus `prompt_tokens.json` when K > 0."""
+        if format == "hf":
+            write_hf(self.vocab, directory)
+        elif format == "fairseq":
+            write_fairseq(self.vocab, directory)
+        else:
+            raise ValueError(f"format must be 'hf' or 'fairseq', got {format!r}")
+        if self.num_prompt_tokens:
+            meta = {"num_prompt_tokens": self.num_prompt_tokens, "pattern": PROMPT_PATTERN}
+            _write_atomic(Path(directory) / "prompt_tokens.json", json.dumps(meta) + "\n")
+
+    @property
+    def vocab_size(self) -> int:
+        """Dictionary size plus prompt tokens: the number of embedding rows a model needs."""
+        return len(self.pieces)
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        v = len(self.vocab.pieces)
+        return list(range(v, v + self.num_prompt_tokens))
+
+    def __repr__(self) -> str:
+        return (
+            f"Tokenizer(vocab={len(self.vocab.pieces)}, merges={len(self.vocab.merges)}, "
+            f"prompt_tokens={self.num_prompt_tokens}, lowercase={self.lowercase})"
+        )
+
+    # --- encoding -----------------------------------------------------------------------------------
+
+    def encode(self, text: str, add_eos_prefix: bool = True) -> list[int]:
+        """Ids of `text`, starting with `</s>` (id 2) like `BioGptTokenizer`; nothing appended."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode() takes a str, got {type(text).__name__}")
+        if self.lowercase:
+            text = text.lower()
+        out = [EOS_ID] if add_eos_prefix else []
+        if "<" in text:
+            for i, part in enumerate(_SPECIAL_SPLIT.split(text)):
+                if i % 2:
+                    out.append(SPECIALS.index(part))
+                elif part:
+                    self._encode_segment(part, out)
+        else:
+            self._encode_segment(text, out)
+        return out
+
+    def encode_batch(self, texts: Iterable[str], add_eos_prefix: bool = True) -> list[list[int]]:
+        if isinstance(texts, str):
+            raise TypeError("encode_batch() takes a list of str; use encode() for a single text")
+        return [self.encode(t, add_eos_prefix) for t in texts]
+
+    def _encode_segment(self, seg: str, out: list[int]) -> None:
+        if not seg.isprintable():  # only then can it hold control characters (Moses deletes them)
+            seg = moses.CONTROL.sub("", seg)
+        chunks = seg.split()
+        cache = self._cache
+        if len(cache) > _CACHE_LIMIT:
+            cache.clear()
+        start = len(out)
+        last = len(chunks) - 1
+        for i, c in enumerate(chunks):
+            # the key is the chunk plus what Moses reads beyond it: text start/end, next chunk's first char
+            if i == last:
+                key = (c, 3 if i == 0 else 2, 0)
+            else:
+                nxt = chunks[i + 1]
+                end = c[-1]
+                if end == ".":
+                    key = (c, 1 if i == 0 else 0, moses.next_class(nxt[0]))
+                elif end == "'" and nxt[0] == "'":  # rare: the two chunks interact, tokenize as a whole
+                    del out[start:]
+                    out.extend(self._ids(moses.tokenize(seg)))
+                    return
+                elif i == 0:
+                    key = (c, 1, 0)
+                else:
+                    key = c
+            hit = cache.get(key)
+            if hit is None:
+                hit = cache[key] = self._encode_chunk(key)
+            out.extend(hit)
+
+    @staticmethod
+    def _chunk_keys(chunks: list[str]) -> list:
+        """The cache keys `_encode_segment` uses for these chunks (no interacting pair among them)."""
+        keys: list = []
+        last = len(chunks) - 1
+        for i, c in enumerate(chunks):
+            if i == last:
+                keys.append((c, 3 if i == 0 else 2, 0))
+            elif c[-1] == ".":
+                keys.append((c, 1 if i == 0 else 0, moses.next_class(chunks[i + 1][0])))
+            else:
+                keys.append((c, 1, 0) if i == 0 else c)
+        return keys
+
+    @staticmethod
+    def _moses_chunk(key) -> tuple[str, list[str]]:
+        chunk, context, nxt = (key, 0, 0) if isinstance(key, str) else key
+        return chunk, moses.tokenize_chunk(chunk, context, nxt)
+
+    def _encode_chunk(self, key) -> tuple[int, ...]:
+        """Ids of one chunk (a cache miss)."""
+        return tuple(self._ids(self._moses_chunk(key)[1]))
+
+    def _ids(self, tokens: list[str]) -> list[int]:
+        get = self.piece_to_id.get
+        return [get(p, UNK_ID) for tok in tokens for p in self.bpe(tok)]
+
+    def _chunk_spans(self, key) -> tuple[tuple[int, int], ...]:
+        """(start, end) within the chunk of each of its ids."""
+        hit = self._span_cache.get(key)
+        if hit is None:
+            if len(self._span_cache) > _CACHE_LIMIT:
+                self._span_cache.clear()
+            chunk, tokens = self._moses_chunk(key)
+            hit = self._span_cache[key] = tuple(self._spans(tokens, chunk))
+        return hit
+
+    def _spans(self, tokens: list[str], source: str) -> list[tuple[int, int]]:
+        """Align Moses tokens (and their BPE pieces) with `source`, the cleaned text they came from."""
+        spans: list[tuple[int, int]] = []
+        pos = 0
+        for tok in tokens:
+            pieces = self.bpe(tok)
+            plain = "-" if tok == "@-@" else moses.unescape(tok)
+            start = source.find(plain, pos)
+            if start < 0:  # Moses rewrote the characters (a literal "DOTMULTI" in the input): span the rest
+                start, end = pos, len(source)
+            else:
+                end = pos = start + len(plain)
+            if plain == tok and len(pieces) > 1:
+                p = start
+                for piece in pieces:
+                    k = len(piece) - (4 if piece.endswith("</w>") else 0)
+                    spans.append((p, p + k))
+                    p += k
+            else:  # one piece, or an escaped token (&amp; ...) whose pieces all point at the source characters
+                spans.extend((start, end) for _ in pieces)
+        n = len(source)  # keep spans inside the source even where alignment failed
+        return [(min(a, n), min(b, n)) for a, b in spans]
+
+    def encode_with_offsets(self, text: str, add_eos_prefix: bool = True) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids and, for each id, the (start, end) character span of `text` it came from.
+
+        The leading `</s>` gets (0, 0). A piece of an escaped character (`&amp;`) or of `@-@` spans the
+        one source character; BPE pieces of a plain word span their own characters.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"encode_with_offsets() takes a str, got {type(text).__name__}")
+        source, index = text, None
+        if self.lowercase:
+            source = text.lower()
+            if len(source) != len(text):  # a few characters lowercase to two (İ -> i̇): map back per character
+                lowered = [c.lower() for c in text]
+                source = "".join(lowered)
+                index = [i for i, s in enumerate(lowered) for _ in s] + [len(text)]
+        ids = [EOS_ID] if add_eos_prefix else []
+        spans = [(0, 0)] if add_eos_prefix else []
+        pos = 0
+        for i, part in enumerate(_SPECIAL_SPLIT.split(source)):
+            if i % 2:
+                ids.append(SPECIALS.index(part))
+                spans.append((pos, pos + len(part)))
+            elif part:
+                self._offsets_segment(part, pos, ids, spans)
+            pos += len(part)
+        if index is not None:
+            spans = _remap(spans, index, 0)
+        return ids, spans
+
+    def _offsets_segment(self, seg: str, base: int, ids: list[int], spans: list[tuple[int, int]]) -> None:
+        raw = [(m.group(), m.start()) for m in re.finditer(r"\S+", seg)]
+        chunks = []  # (cleaned chunk, start in seg, positions of its characters in seg or None)
+        for r, start in raw:
+            c = moses.CONTROL.sub("", r)
+            if not c:
+                continue
+            where = None
+            if len(c) != len(r):  # control characters were deleted: where each kept one sits in `seg`
+                where = [start + j for j, ch in enumerate(r) if not moses.CONTROL.match(ch)] + [start + len(r)]
+            chunks.append((c, start, where))
+        words = [c for c, _, _ in chunks]
+        if any(moses.chunks_interact(a, b) for a, b in zip(words, words[1:])):
+            # rare: align the whole-text tokenization against the cleaned text instead
+            cleaned = "".join(words)
+            where = [p for c, s, w in chunks for p in (w[:-1] if w else range(s, s + len(c)))] + [len(seg)]
+            tokens = moses.tokenize(seg)
+            ids.extend(self._ids(tokens))
+            spans.extend(_remap(self._spans(tokens, cleaned), where, base))
+            return
+        keys = self._chunk_keys(words)
+        for key, (_, start, where) in zip(keys, chunks):
+            hit = self._cache.get(key)
+            if hit is None:
+                hit = self._cache[key] = self._encode_chunk(key)
+            ids.extend(hit)
+            chunk_spans = self._chunk_spans(key)
+            if where is None:
+                spans.extend((base + start + a, base + start + b) for a, b in chunk_spans)
+            else:
+                spans.extend(_remap(chunk_spans, where, base))
+
+    def tokens(self, text: str) -> list[str]:
+        """The pieces of `text` in fairseq spelling (`Bic@@`, `alutamide`), without the leading `</s>`."""
+        return [self.pieces[i] for i in self.encode(text, add_eos_prefix=False)]
+
+    # --- decoding -----------------------------------------------------------------------------------
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
+        """Text of `ids`, as `BioGptTokenizer.decode(ids, skip_special_tokens=True)`.
+
+        Prompt tokens decode to `learned1 ... learnedK` as in the original fairseq output; ids that
+        are not in the vocabulary raise.
+        """
+        pieces = self.pieces
+        words: list[str] = []
+        for i in ids:
+            i = int(i)
+            if not 0 <= i < len(pieces):
+                raise ValueError(f"id {i} is outside the vocabulary (size {len(pieces)})")
+            if i < 4:
+                if skip_special_tokens:
+                    continue
+                words.append(pieces[i] + " ")
+                continue
+            p = pieces[i]
+            words.append(p[:-2] if p.endswith("@@") else p + " ")
+        return moses.detokenize("".join(words).split())
+
+    def decode_batch(self, batch: Iterable[Iterable[int]], skip_special_tokens: bool = True) -> list[str]:
+        return [self.decode(ids, skip_special_tokens) for ids in batch]
+
+
+def _remap(spans: Iterable[tuple[int, int]], where: list[int], base: int) -> list[tuple[int, int]]:
+    """Map spans over a cleaned string back to the original; where[i] = original index of cleaned char i,
+    with one sentinel entry (the original end) so that empty spans at the end map too."""
+    return [(base + where[a], base + (where[b - 1] + 1 if b > a else where[a])) for a, b in spans]
