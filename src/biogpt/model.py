@@ -1,0 +1,234 @@
+"""The BioGPT model: a fairseq `transformer_lm` decoder, numerically as `transformers.BioGptForCausalLM`.
+
+- token embedding x sqrt(d) (no scale on positions) + learned positions, table offset by 2, positions
+  derived from the attention mask so a padded row gives the same logits as the row alone
+- pre-LN blocks (LayerNorm eps 1e-5, whatever HF's config says): causal self-attention with biases
+  (q, k, v fused into one Linear here; checkpoint.py splits/joins them), exact erf GELU MLP with biases
+- final LayerNorm; output head tied to the token embedding, no bias
+
+Shapes: B batch, T new tokens, S cached + new tokens, H heads, D head dim, d model width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+POSITION_OFFSET = 2  # fairseq: the first real token is row padding_idx + 1 = 2
+PAD_ID = 1
+
+
+@dataclass
+class BioGPTConfig:
+    vocab_size: int = 42384  # dictionary + specials (+ K learned prompt tokens for task checkpoints)
+    n_layer: int = 24
+    d_model: int = 1024
+    n_head: int = 16
+    d_ffn: int = 4096
+    max_positions: int = 1024
+    scale_embedding: bool = True
+    num_prompt_tokens: int = 0  # learned1..learnedK, the last K rows of the vocabulary
+    dropout: float = 0.1  # residual and embedding dropout (training only)
+    attention_dropout: float = 0.1
+    activation_dropout: float = 0.0
+
+    def __post_init__(self):
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")
+
+    @classmethod
+    def base(cls, **overrides) -> BioGPTConfig:
+        return cls(**overrides)
+
+    @classmethod
+    def large(cls, **overrides) -> BioGPTConfig:
+        kw = dict(vocab_size=57717, n_layer=48, d_model=1600, n_head=25, d_ffn=6400, max_positions=2048)
+        return cls(**{**kw, **overrides})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class KVCache:
+    """Pre-allocated keys and values for every layer, plus which cached slots hold real tokens.
+
+    k, v: [L, B, H, S_max, D]; valid: [B, S_max] (False for padding); next_pos: [B] next position id.
+    """
+
+    def __init__(self, cfg: BioGPTConfig, batch: int, max_len: int, dtype: torch.dtype, device: torch.device):
+        if max_len > cfg.max_positions:
+            raise ValueError(f"cache length {max_len} exceeds the model's {cfg.max_positions} positions")
+        shape = (cfg.n_layer, batch, cfg.n_head, max_len, cfg.d_model // cfg.n_head)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.valid = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
+        self.next_pos = torch.zeros(batch, dtype=torch.long, device=device)
+        self.length = 0  # slots filled (the same for every row)
+        self.has_padding = False
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep rows `index` (beam search): every row becomes a copy of row index[row]."""
+        self.k = self.k.index_select(1, index)
+        self.v = self.v.index_select(1, index)
+        self.valid = self.valid.index_select(0, index)
+        self.next_pos = self.next_pos.index_select(0, index)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: BioGPTConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.n_head = cfg.n_head
+        self.attn_dropout = cfg.attention_dropout
+        self.ln1 = nn.LayerNorm(d, eps=1e-5)
+        self.qkv = nn.Linear(d, 3 * d)  # rows: q, then k, then v
+        self.out = nn.Linear(d, d)
+        self.ln2 = nn.LayerNorm(d, eps=1e-5)
+        self.fc1 = nn.Linear(d, cfg.d_ffn)
+        self.fc2 = nn.Linear(cfg.d_ffn, d)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.act_drop = nn.Dropout(cfg.activation_dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None, layer: int) -> torch.Tensor:
+        B, T, d = x.shape
+        H = self.n_head
+        q, k, v = self.qkv(self.ln1(x)).view(B, T, 3, H, d // H).permute(2, 0, 3, 1, 4)  # 3 x [B, H, T, D]
+        if cache is not None:
+            s = cache.length
+            cache.k[layer, :, :, s : s + T] = k
+            cache.v[layer, :, :, s : s + T] = v
+            k, v = cache.k[layer, :, :, : s + T], cache.v[layer, :, :, : s + T]  # [B, H, S, D]
+        a = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.attn_dropout if self.training else 0.0,
+            is_causal=mask is None and cache is None and T > 1,
+        )
+        x = x + self.drop(self.out(a.transpose(1, 2).reshape(B, T, d)))
+        return x + self.drop(self.fc2(self.act_drop(F.gelu(self.fc1(self.ln2(x))))))
+
+
+class BioGPT(nn.Module):
+    def __init__(self, cfg: BioGPTConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed_scale = math.sqrt(cfg.d_model) if cfg.scale_embedding else 1.0
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model, padding_idx=PAD_ID)
+        self.pos_emb = nn.Embedding(cfg.max_positions + POSITION_OFFSET, cfg.d_model)
+        self.emb_drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.d_model, eps=1e-5)
+
+    # --- construction ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, path: str, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"):
+        """Load a Hugging Face directory, an original fairseq checkpoint, or a hub id (see checkpoint.py)."""
+        from biogpt.checkpoint import load_model
+
+        return load_model(path, dtype=dtype, device=device)
+
+    def init_weights(self, seed: int | None = None) -> None:
+        """fairseq initialisation: embeddings N(0, d^-0.5) with a zero pad row, q/k/v xavier (gain 1/sqrt 2)."""
+        g = torch.Generator().manual_seed(seed) if seed is not None else None
+        d = self.config.d_model
+        with torch.no_grad():
+            for emb in (self.tok_emb, self.pos_emb):
+                emb.weight.normal_(0.0, d**-0.5, generator=g)
+            self.tok_emb.weight[PAD_ID].zero_()
+            for b in self.blocks:
+                for part in b.qkv.weight.chunk(3):
+                    nn.init.xavier_uniform_(part, gain=2**-0.5, generator=g)
+                b.qkv.bias.zero_()
+                nn.init.xavier_uniform_(b.out.weight, generator=g)
+                b.out.bias.zero_()
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # --- forward ----------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Logits [B, T, V] (float32) for input_ids [B, T]; attention_mask [B, T] marks real tokens (1) vs pad (0).
+
+        With a cache, input_ids are the new tokens and attention_mask covers them only; the cache remembers
+        earlier ones. `last_only` computes the head for the last position only ([B, 1, V]).
+        """
+        B, T = input_ids.shape
+        device = input_ids.device
+        real = attention_mask.bool() if attention_mask is not None else None
+        # positions from the mask: the first real token of each row is position 0 (table row 2)
+        if real is None:
+            start = cache.next_pos[:, None] if cache is not None else 0
+            pos = torch.arange(T, device=device)[None, :] + start
+        else:
+            counts = real.long().cumsum(-1)
+            pos = (counts - 1).clamp_min(0)
+            if cache is not None:
+                pos = pos + cache.next_pos[:, None]
+        if int(pos.max()) >= self.config.max_positions:
+            raise ValueError(f"sequence longer than the model's {self.config.max_positions} positions")
+        x = self.tok_emb(input_ids) * self.embed_scale + self.pos_emb(pos + POSITION_OFFSET)
+        x = self.emb_drop(x)
+
+        mask = None
+        padded = real is not None and not bool(real.all())
+        if cache is not None:
+            s = cache.length
+            if s + T > cache.max_len:
+                raise ValueError(f"cache holds {cache.max_len} tokens; {s + T} needed")
+            cache.valid[:, s : s + T] = real if real is not None else True
+            cache.has_padding = cache.has_padding or padded
+            if cache.has_padding or T > 1:
+                # [B, 1, T, S]: query i (slot s+i) sees real slots up to itself; always itself, so that
+                # rows of padding queries are never empty (their outputs are garbage, never read)
+                S = s + T
+                causal = torch.arange(S, device=device)[None, :] <= torch.arange(s, S, device=device)[:, None]
+                itself = torch.arange(S, device=device)[None, :] == torch.arange(s, S, device=device)[:, None]
+                mask = ((causal[None] & cache.valid[:, None, :S]) | itself[None])[:, None]
+        elif padded:
+            causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+            eye = torch.eye(T, dtype=torch.bool, device=device)
+            mask = ((causal[None] & real[:, None, :]) | eye[None])[:, None]
+
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, cache, i)
+        if cache is not None:
+            cache.length += T
+            cache.next_pos += real.sum(-1) if real is not None else T
+        if last_only:
+            x = x[:, -1:]
+        x = self.ln_f(x)
+        return F.linear(x, self.tok_emb.weight).float()  # tied head, no bias
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        p = self.tok_emb.weight
+        return KVCache(self.config, batch, max_len, p.dtype, p.device)
+
+    @torch.inference_mode()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        """Prompt + new tokens, [B, T + n] (or [B * num_return_sequences, ...]), like `transformers` generate().
+
+        Prompts of different lengths are left-padded with pad id 1 and marked by attention_mask. Arguments are
+        those of `biogpt.generate.generate` (max_new_tokens, num_beams, do_sample, temperature, top_k, top_p,
+        seed, length_penalty, early_stopping, min_new_tokens, no_repeat_ngram_size, repetition_penalty, ...).
+        """
+        from biogpt.generate import generate
+
+        return generate(self, input_ids, attention_mask, **kwargs).sequences
