@@ -257,7 +257,9 @@ def read_fairseq_checkpoint(path: Path) -> dict:
                 continue  # legacy (non-zip) serialization: load normally
             raise CheckpointError(f"{path}: cannot read ({e}); the file may be truncated ({size} bytes)") from None
         except (pickle.UnpicklingError, EOFError, ValueError) as e:
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e}); truncated ({size} bytes)?") from None
+            raise CheckpointError(
+                f"{path}: not a readable PyTorch checkpoint ({e}); truncated ({size} bytes)?"
+            ) from None
     raise AssertionError("unreachable")
 
 
@@ -376,14 +378,21 @@ def BioGPT_meta(cfg: BioGPTConfig) -> BioGPT:
         return BioGPT(cfg)
 
 
-def load_model(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> BioGPT:
-    cfg, sd, _ = load_state(path)
+def load_pretrained(
+    path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+) -> tuple[BioGPT, Tokenizer | None]:
+    """The model (eval mode) and, when a vocabulary sits beside the weights, its tokenizer."""
+    cfg, sd, vocab_dir = load_state(path)
     model = BioGPT_meta(cfg)
-    model.load_state_dict(sd, strict=True, assign=True)
-    model.tok_emb.weight = model.tok_emb.weight  # (already the head: forward uses it directly)
+    model.load_state_dict(sd, strict=True, assign=True)  # weights stay memory-mapped where the file allows
     if dtype is not None:
         model = model.to(dtype)
-    return model.to(device).eval()
+    tok = Tokenizer.from_pretrained(vocab_dir, num_prompt_tokens=cfg.num_prompt_tokens) if vocab_dir else None
+    return model.to(device).eval(), tok
+
+
+def load_model(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> BioGPT:
+    return load_pretrained(path, dtype, device)[0]
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:

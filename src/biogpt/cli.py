@@ -29,6 +29,93 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dtype(name: str):
+    import torch
+
+    if name == "auto":
+        bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        return torch.bfloat16 if bf16 else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
+
+
+def _load(args):
+    from biogpt.checkpoint import CheckpointError, load_pretrained
+    from biogpt.tokenizer import Tokenizer
+
+    model, tok = load_pretrained(args.model, dtype=_dtype(args.dtype))
+    if args.vocab:
+        tok = Tokenizer.from_pretrained(args.vocab, num_prompt_tokens=model.config.num_prompt_tokens)
+    if tok is None:
+        raise CheckpointError(f"{args.model}: no vocabulary beside the weights; pass --vocab DIR")
+    if tok.vocab_size != model.config.vocab_size:
+        raise CheckpointError(
+            f"the tokenizer has {tok.vocab_size} tokens but the model {model.config.vocab_size} embedding rows"
+        )
+    return model, tok
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from biogpt.generate import generate
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tok = _load(args)
+    prompts = [tok.encode(p) for p in args.prompt]
+    out = generate(
+        model,
+        prompts,
+        max_new_tokens=args.max_new_tokens,
+        min_new_tokens=args.min_new_tokens,
+        num_beams=args.num_beams,
+        num_return_sequences=args.num_return_sequences,
+        length_penalty=args.length_penalty,
+        early_stopping=args.early_stopping,
+        do_sample=args.do_sample,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        repetition_penalty=args.repetition_penalty,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
+    )
+    for row in out.sequences.tolist():
+        print(tok.decode(row))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from biogpt.checkpoint import load_state
+
+    cfg, sd, vocab_dir = load_state(args.model)
+    n = sum(v.numel() for v in sd.values())
+    print(f"model: {args.model}")
+    for k, v in cfg.to_dict().items():
+        print(f"  {k}: {v}")
+    print(f"parameters: {n:,} ({n / 1e6:.1f}M; output head tied to the token embedding)")
+    print(f"dtype: {next(iter(sd.values())).dtype}")
+    if vocab_dir is not None:
+        from biogpt.tokenizer import load_vocab
+
+        v = load_vocab(vocab_dir)
+        print(f"vocabulary: {vocab_dir} ({len(v.pieces)} tokens, {len(v.merges)} BPE merges)")
+    else:
+        print("vocabulary: none beside the weights")
+    k = cfg.num_prompt_tokens
+    first = cfg.vocab_size - k
+    print(f"prompt tokens: {k}" + (f" (learned1..learned{k} = ids {first}..{cfg.vocab_size - 1})" if k else ""))
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from biogpt.checkpoint import convert
+
+    convert(args.src, args.dst)
+    print(f"wrote a Hugging Face directory to {args.dst}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="biogpt", description="BioGPT, exact and fast, without fairseq.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -41,16 +128,47 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--decode", action="store_true", help="read lines of ids and print their text")
     p.add_argument("--lowercase", action="store_true", help="lowercase the input first (as some task pipelines did)")
     p.set_defaults(func=cmd_tokenize)
+
+    p = sub.add_parser("generate", help="continue one or more prompts")
+    p.add_argument("prompt", nargs="+", help="prompt text(s); several are batched")
+    p.add_argument("--model", required=True, help="HF directory, fairseq checkpoint(.pt or its dir), or hub id")
+    p.add_argument("--vocab", help="vocabulary directory, if none sits beside the weights")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "auto"], help="fp32 is the exact mode")
+    p.add_argument("--max-new-tokens", type=int, default=50)
+    p.add_argument("--min-new-tokens", type=int, default=0)
+    p.add_argument("--num-beams", type=int, default=1)
+    p.add_argument("--num-return-sequences", type=int, default=1)
+    p.add_argument("--length-penalty", type=float, default=1.0)
+    p.add_argument("--early-stopping", action="store_true")
+    p.add_argument("--do-sample", action="store_true")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--repetition-penalty", type=float, default=1.0)
+    p.add_argument("--no-repeat-ngram-size", type=int, default=0)
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("info", help="config, parameter count, vocabulary and prompt tokens of a checkpoint")
+    p.add_argument("model")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("convert", help="any checkpoint -> a Hugging Face directory (weights, config, tokenizer)")
+    p.add_argument("src", help="fairseq checkpoint.pt (with dict.txt + bpecodes beside it) or HF directory")
+    p.add_argument("dst")
+    p.set_defaults(func=cmd_convert)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from biogpt.checkpoint import CheckpointError
     from biogpt.tokenizer import VocabError
 
     try:
         return args.func(args)
-    except VocabError as e:
+    except (VocabError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `biogpt ... | head`

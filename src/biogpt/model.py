@@ -75,9 +75,12 @@ class KVCache:
         return self.k.shape[3]
 
     def reorder(self, index: torch.Tensor) -> None:
-        """Keep rows `index` (beam search): every row becomes a copy of row index[row]."""
-        self.k = self.k.index_select(1, index)
-        self.v = self.v.index_select(1, index)
+        """Keep rows `index` (beam search): every row becomes a copy of row index[row].
+
+        Only the filled slots move (the buffers are allocated for the longest output)."""
+        n = self.length
+        self.k[:, :, :, :n] = self.k[:, index, :, :n]
+        self.v[:, :, :, :n] = self.v[:, index, :, :n]
         self.valid = self.valid.index_select(0, index)
         self.next_pos = self.next_pos.index_select(0, index)
 
