@@ -116,6 +116,48 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from biogpt.tasks import get_task, predict, read_predictions
+
+    options = {"setting": args.setting} if args.task == "pubmedqa" else {}
+    task = get_task(args.task, **options)
+    examples = task.examples(args.data, args.split)
+    if args.limit:
+        examples = examples[: args.limit]
+    if args.predictions:
+        outputs = read_predictions(args.predictions, len(examples))
+    else:
+        if not args.model:
+            raise SystemExit("error: give --model PATH to run inference, or --predictions FILE to score outputs")
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        model, tok = _load(args)
+        outputs = predict(task, model, tok, examples, batch_size=args.batch_size,
+                          log=lambda m: print(f"  generated {m}", file=sys.stderr))  # fmt: skip
+        if args.save_outputs:
+            with open(args.save_outputs, "w", encoding="utf-8") as f:
+                f.writelines(o.replace("\n", " ") + "\n" for o in outputs)
+    metrics = task.score([task.parse(o) for o in outputs], examples)
+    report = {"task": args.task, "split": args.split, "n": len(examples), "metrics": metrics}
+    if args.task == "pubmedqa":
+        report["setting"] = args.setting
+    text = json.dumps(report, indent=2)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    if args.json and not args.output:
+        print(text)
+    else:
+        print(f"{args.task} ({args.split}, n={len(examples)})")
+        for k, v in metrics.items():
+            print(f"  {k:<18}{v:.4f}" if isinstance(v, float) else f"  {k:<18}{v}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="biogpt", description="BioGPT, exact and fast, without fairseq.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -150,6 +192,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.set_defaults(func=cmd_generate)
 
+    p = sub.add_parser("eval", help="run a task checkpoint on a benchmark split and score it, or score outputs")
+    p.add_argument("task", choices=["pubmedqa", "bc5cdr", "ddi", "kd-dti", "hoc"])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="task checkpoint (fairseq or converted)")
+    src.add_argument("--predictions", help="one generated output per line, in split order")
+    p.add_argument("--data", default="../shared/data/tasks", help="directory with BC5CDR/ DDI/ KD-DTI/ HoC/ PubMedQA/")
+    p.add_argument("--split", default="test")
+    p.add_argument("--setting", default="reasoning-free", choices=["reasoning-free", "reasoning-required"],
+                   help="PubMedQA input: with the long answer (the paper's setting) or without")  # fmt: skip
+    p.add_argument("--limit", type=int, help="only the first N examples")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--vocab", help="vocabulary directory, if none sits beside the weights")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "auto"])
+    p.add_argument("--threads", type=int)
+    p.add_argument("--save-outputs", help="also write the generated outputs here (one per line)")
+    p.add_argument("--output", help="write the JSON report to this file")
+    p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+    p.set_defaults(func=cmd_eval)
+
     p = sub.add_parser("info", help="config, parameter count, vocabulary and prompt tokens of a checkpoint")
     p.add_argument("model")
     p.set_defaults(func=cmd_info)
@@ -164,11 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from biogpt.checkpoint import CheckpointError
+    from biogpt.tasks import TaskError
     from biogpt.tokenizer import VocabError
 
     try:
         return args.func(args)
-    except (VocabError, CheckpointError) as e:
+    except (VocabError, CheckpointError, TaskError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `biogpt ... | head`
