@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -158,6 +159,45 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bpe_learn(args: argparse.Namespace) -> int:
+    import time
+
+    from biogpt import moses
+    from biogpt.bpe_train import learn
+
+    def lines():
+        for path in args.input:
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    yield line if args.pretokenized else " ".join(moses.tokenize(line))
+
+    t = time.perf_counter()
+    vocab = learn(lines(), args.output, num_merges=args.merges, min_frequency=args.min_frequency)
+    secs = time.perf_counter() - t
+    print(f"wrote {args.output}/bpecodes ({len(vocab.merges)} merges) and dict.txt ({len(vocab.pieces) - 4} "
+          f"tokens) in {secs:.1f}s")  # fmt: skip
+    return 0
+
+
+def cmd_corpus_build(args: argparse.Namespace) -> int:
+    from biogpt.corpus import build_corpus
+
+    m = build_corpus(
+        args.input,
+        args.vocab,
+        args.output,
+        workers=args.workers,
+        validation_per_mille=args.valid_per_mille,
+        shard_tokens=args.shard_tokens,
+    )
+    d = m["documents"]
+    print(f"{args.output}: {d['train']} train documents ({sum(m['train'])} tokens), {d['valid']} validation "
+          f"documents ({sum(m['valid'])} tokens)")  # fmt: skip
+    for problem, n in sorted(m["problems"].items()):
+        print(f"  skipped {n}: {problem}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="biogpt", description="BioGPT, exact and fast, without fairseq.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -210,6 +250,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="write the JSON report to this file")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bpe", help="vocabulary tools")
+    bsub = p.add_subparsers(dest="bpe_command", required=True)
+    q = bsub.add_parser("learn", help="learn BPE merges and a dictionary (bpecodes + dict.txt)")
+    q.add_argument("input", nargs="+", help="text files, one document or sentence per line")
+    q.add_argument("--output", required=True, help="directory for bpecodes and dict.txt")
+    q.add_argument("--merges", type=int, default=40000, help="number of merges (BioGPT: 40000; Large: 50000)")
+    q.add_argument("--min-frequency", type=int, default=2, help="stop when the best pair is rarer than this")
+    q.add_argument("--pretokenized", action="store_true", help="the input already went through Moses")
+    q.set_defaults(func=cmd_bpe_learn)
+
+    p = sub.add_parser("corpus", help="pre-training corpus tools")
+    csub = p.add_subparsers(dest="corpus_command", required=True)
+    q = csub.add_parser("build", help="PubMed XML(.gz) / JSONL / text -> tokenized uint16 shards (resumable)")
+    q.add_argument("input", nargs="+", help="pubmed*.xml.gz, *.jsonl ({pmid|id, title, abstract}) or text files")
+    q.add_argument(
+        "--vocab", required=True, help="vocabulary directory (dict.txt + bpecodes or vocab.json + merges.txt)"
+    )
+    q.add_argument("--output", required=True, help="output directory; rerun the same command to resume")
+    q.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    q.add_argument("--valid-per-mille", type=int, default=5, help="documents held out for validation, per 1000")
+    q.add_argument("--shard-tokens", type=int, default=1 << 28)
+    q.set_defaults(func=cmd_corpus_build)
 
     p = sub.add_parser("info", help="config, parameter count, vocabulary and prompt tokens of a checkpoint")
     p.add_argument("model")
