@@ -30,6 +30,12 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _dtype(name: str):
     import torch
 
@@ -198,6 +204,28 @@ def cmd_corpus_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from biogpt.train import TrainConfig, pretrain
+
+    cfg = TrainConfig(out_dir=args.output, lr=args.lr, warmup_updates=args.warmup, max_updates=args.max_updates,
+                      tokens_per_update=args.tokens_per_update, micro_batch_tokens=args.micro_batch_tokens,
+                      clip_norm=args.clip_norm, dtype=args.dtype, eval_every=args.eval_every,
+                      save_every=args.save_every, seed=args.seed, peak_tflops=args.peak_tflops)  # fmt: skip
+    pretrain(args.corpus, args.vocab, cfg, preset=args.preset, block=args.block, device=args.device)
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from biogpt.train import finetune
+
+    final = finetune(args.task, args.model, args.data, args.output, epochs=args.epochs, max_updates=args.max_updates,
+                     lr=args.lr, warmup_updates=args.warmup, tokens_per_update=args.tokens_per_update,
+                     micro_batch_tokens=args.micro_batch_tokens, target_only=args.target_only,
+                     average_last=args.average_last, seed=args.seed, dtype=args.dtype, device=args.device)  # fmt: skip
+    print(f"final checkpoint: {final}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="biogpt", description="BioGPT, exact and fast, without fairseq.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -273,6 +301,44 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--valid-per-mille", type=int, default=5, help="documents held out for validation, per 1000")
     q.add_argument("--shard-tokens", type=int, default=1 << 28)
     q.set_defaults(func=cmd_corpus_build)
+
+    p = sub.add_parser("pretrain", help="causal LM pre-training from scratch on a built corpus (torchrun for DDP)")
+    p.add_argument("--corpus", required=True, help="output directory of biogpt corpus build")
+    p.add_argument("--vocab", required=True)
+    p.add_argument("--output", required=True, help="checkpoint directory; rerun to resume")
+    p.add_argument("--preset", default="tiny", choices=["tiny", "small", "base", "large"])
+    p.add_argument("--block", type=int, help="tokens per block (default: the preset's positions)")
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--max-updates", type=int, default=1000)
+    p.add_argument("--tokens-per-update", type=int, default=16384)
+    p.add_argument("--micro-batch-tokens", type=int, default=4096)
+    p.add_argument("--clip-norm", type=float, default=0.0)
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--save-every", type=int, default=100)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--peak-tflops", type=float, default=0.0, help="device peak, to log MFU")
+    p.add_argument("--device", default="cuda" if _has_cuda() else "cpu")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("finetune", help="fine-tune a checkpoint for a task with the original recipe")
+    p.add_argument("task", choices=["pubmedqa", "bc5cdr", "ddi", "kd-dti", "hoc"])
+    p.add_argument("--model", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--data", default="../shared/data/tasks")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--max-updates", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--warmup", type=int)
+    p.add_argument("--tokens-per-update", type=int, default=1024 * 32)
+    p.add_argument("--micro-batch-tokens", type=int, default=1024)
+    p.add_argument("--target-only", action="store_true", help="score only the target (the original scores all)")
+    p.add_argument("--average-last", type=int, default=5)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--device", default="cuda" if _has_cuda() else "cpu")
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("info", help="config, parameter count, vocabulary and prompt tokens of a checkpoint")
     p.add_argument("model")
