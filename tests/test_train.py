@@ -58,20 +58,21 @@ def test_resume_gives_the_same_losses(corpus, tmp_path):
     assert [e["loss"] for e in resumed] == [e["loss"] for e in full]
 
 
-def _ddp_worker(rank, world, port, corpus, out):
+def _ddp_worker(rank, world, port, corpus, out, fsdp):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    pretrain(corpus, VOCABS["base"], cfg(out, max_updates=4, save_every=4), preset="tiny", block=64,
+    pretrain(corpus, VOCABS["base"], cfg(out, max_updates=4, save_every=4, fsdp=fsdp), preset="tiny", block=64,
              model_overrides=NO_DROPOUT)  # fmt: skip
     torch.distributed.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_two_process_ddp_equals_gradient_accumulation(corpus, tmp_path):
+@pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp"])
+def test_two_processes_equal_gradient_accumulation(corpus, tmp_path, fsdp):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(2, port, corpus, tmp_path / "ddp"), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, port, corpus, tmp_path / "ddp", fsdp), nprocs=2, join=True)
     single = pretrain(corpus, VOCABS["base"], cfg(tmp_path / "one", max_updates=4, save_every=4), preset="tiny",
                       block=64, model_overrides=NO_DROPOUT)  # fmt: skip
     a = torch.load(tmp_path / "ddp" / "last" / "trainer.pt", weights_only=False)

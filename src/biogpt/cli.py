@@ -210,7 +210,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     cfg = TrainConfig(out_dir=args.output, lr=args.lr, warmup_updates=args.warmup, max_updates=args.max_updates,
                       tokens_per_update=args.tokens_per_update, micro_batch_tokens=args.micro_batch_tokens,
                       clip_norm=args.clip_norm, dtype=args.dtype, eval_every=args.eval_every,
-                      save_every=args.save_every, seed=args.seed, peak_tflops=args.peak_tflops)  # fmt: skip
+                      save_every=args.save_every, seed=args.seed, peak_tflops=args.peak_tflops,
+                      fsdp=args.fsdp)  # fmt: skip
     pretrain(args.corpus, args.vocab, cfg, preset=args.preset, block=args.block, device=args.device)
     return 0
 
@@ -319,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--peak-tflops", type=float, default=0.0, help="device peak, to log MFU")
+    p.add_argument("--fsdp", action="store_true", help="shard the model across torchrun ranks (FSDP; for Large)")
     p.add_argument("--device", default="cuda" if _has_cuda() else "cpu")
     p.set_defaults(func=cmd_pretrain)
 

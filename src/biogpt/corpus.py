@@ -261,6 +261,8 @@ def build_corpus(
             problems: Counter = Counter()
             docs: list[tuple[str, str]] = []
             for j, rec in enumerate(read_records(inputs[i])):
+                if progress and j % 5000 == 0:
+                    print(f"\r[{i + 1}/{len(inputs)}] {inputs[i]}: {j} records read", end="", file=sys.stderr)
                 if rec.problem:
                     problems[rec.problem.split(":")[0]] += 1
                     if rec.problem.startswith("malformed"):
@@ -288,7 +290,7 @@ def build_corpus(
             tmp.replace(manifest_path)  # the commit point
             if progress:
                 d = manifest["documents"]
-                print(f"[{i + 1}/{len(inputs)}] {inputs[i]}: {len(docs)} documents "
+                print(f"\r[{i + 1}/{len(inputs)}] {inputs[i]}: {len(docs)} documents "
                       f"(total train {d['train']}, valid {d['valid']})", file=sys.stderr)  # fmt: skip
     finally:
         if pool:

@@ -58,6 +58,7 @@ class TrainConfig:
     keep_last: int = 5
     seed: int = 1
     peak_tflops: float = 0.0  # for MFU; 0: unknown (not logged)
+    fsdp: bool = False  # shard parameters, gradients and optimizer state across ranks (for Large)
     extra: dict = field(default_factory=dict)
 
 
@@ -155,19 +156,33 @@ def train(
     device = next(model.parameters()).device
     out = Path(cfg.out_dir)
     torch.manual_seed(cfg.seed + rank)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
     step, log = 0, []
     last = out / "last"
+    state = None
     if (last / "trainer.pt").exists():
         state = torch.load(last / "trainer.pt", map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
         step, log = state["step"], state["log"]
         position.clear()
         position.update(state["position"][rank] if isinstance(state["position"], list) else state["position"])
         torch.set_rng_state(state["rng"][rank])
         _log(rank, f"resumed from {last} at update {step}")
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    fsdp = cfg.fsdp and world > 1
+    if fsdp:  # FSDP2: every block, then the rest (embeddings, final LayerNorm), sharded across ranks
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.blocks:
+            fully_shard(block)
+        fully_shard(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if state is not None:
+        if fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(model, opt, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+        else:
+            opt.load_state_dict(state["optimizer"])
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 and not fsdp else model
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16")
     model.train()
     seq_len = model.config.max_positions
@@ -185,7 +200,9 @@ def train(
         for j, (x, y) in enumerate(batches):
             x, y = x.to(device), y.to(device)
             sync = j == len(batches) - 1
-            ctx = ddp.no_sync() if world > 1 and not sync else _nullcontext()
+            if fsdp:
+                model.set_requires_gradient_sync(sync)
+            ctx = ddp.no_sync() if world > 1 and not fsdp and not sync else _nullcontext()
             with ctx, autocast:
                 logits = ddp(x, (x != PAD_ID).long() if (x == PAD_ID).any() else None)
                 loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=PAD_ID, reduction="sum")
@@ -216,8 +233,9 @@ def train(
         if step % cfg.save_every == 0 or step == cfg.max_updates:
             positions = _gather_objects(dict(position), world)
             rngs = _gather_objects(torch.get_rng_state(), world)
+            model_sd, opt_sd = _full_state(model, opt, fsdp)
             if rank == 0:
-                _checkpoint(model, opt, step, log, positions, rngs, out, cfg, save)
+                _checkpoint(model, model_sd, opt_sd, step, log, positions, rngs, out, cfg, save)
             if world > 1:
                 torch.distributed.barrier()
     model.eval()
@@ -254,15 +272,31 @@ def evaluate(model: BioGPT, batches: list[tuple[torch.Tensor, torch.Tensor]], au
     return total / max(n, 1)
 
 
-def _checkpoint(model, opt, step, log, positions, rngs, out: Path, cfg: TrainConfig, save) -> None:
+def _full_state(model: BioGPT, opt, fsdp: bool) -> tuple[dict, dict]:
+    """Unsharded model and optimizer state (a collective under FSDP: every rank calls it)."""
+    if not fsdp:
+        return model.state_dict(), opt.state_dict()
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, opt, options=options)
+
+
+def _checkpoint(model, model_sd, opt_sd, step, log, positions, rngs, out: Path, cfg: TrainConfig, save) -> None:
     """Write `update_{step}/` (HF directory + trainer.pt) atomically, point `last/` at it, keep the newest."""
     tmp = out / f".update_{step:07d}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     if save is not None:
-        save(model, tmp)
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "log": log,
+        plain = BioGPT(model.config)  # an unsharded copy to write the HF directory from
+        plain.load_state_dict(model_sd)
+        save(plain, tmp)
+    state = {"model": model_sd, "optimizer": opt_sd, "step": step, "log": log,
              "position": positions, "rng": rngs, "config": asdict(cfg)}  # fmt: skip
     torch.save(state, tmp / "trainer.pt")
     (tmp / "train_log.json").write_text(json.dumps(log))
@@ -316,7 +350,7 @@ def pretrain(
     model_overrides: dict | None = None,
     device: str = "cpu",
 ) -> list[dict]:
-    """Causal LM training from scratch on a built corpus; checkpoints under cfg.out_dir."""
+    """Causal LM training from scratch on a built corpus; checkpoints under cfg.out_dir (cfg.fsdp to shard)."""
     from biogpt.checkpoint import save_hf
     from biogpt.corpus import load_shards
     from biogpt.tokenizer import Tokenizer
