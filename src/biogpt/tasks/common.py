@@ -41,6 +41,21 @@ def read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def read_tsv_split(path: Path) -> list[tuple[int, str, str]]:
+    """(line number, source, label) of the non-blank `text<TAB>label` lines; the source stripped and ending in
+    '.', as the original rebuild_data.py wrote HoC and PubMedQA sources."""
+    if not path.exists():
+        raise TaskError(f"{path}: split file not found")
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n")):
+        if not line.strip():
+            continue
+        src, label = line.rsplit("\t", 1)
+        src = src.strip()
+        out.append((n, src if src.endswith(".") else src + ".", label.strip()))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------
 # sequence layout (language_modeling_prompt): [</s>] + src + learned1..K + tgt + [</s>]
 

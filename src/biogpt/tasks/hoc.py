@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from biogpt.tasks.common import Example, TaskError, drop_final_period, f1, strip_prefix
+from biogpt.tasks.common import Example, drop_final_period, f1, read_tsv_split, strip_prefix
 
 LABELS = (
     "activating invasion and metastasis",
@@ -30,18 +30,8 @@ class HoC:
     max_length = 1024
 
     def examples(self, data_dir: str | Path, split: str = "test") -> list[Example]:
-        path = Path(data_dir) / "HoC" / f"{split}.tsv"
-        if not path.exists():
-            raise TaskError(f"{path}: split file not found")
         out = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").split("\n")):
-            if not line.strip():
-                continue
-            sentence, labels = line.rsplit("\t", 1)
-            src = sentence.strip()
-            if not src.endswith("."):
-                src += "."
-            labels = labels.strip()
+        for n, src, labels in read_tsv_split(Path(data_dir) / "HoC" / f"{split}.tsv"):
             gold = frozenset(x.strip() for x in labels.split("|"))
             out.append(Example(str(n), src, f"the type of this document is {labels}.", gold))
         return out

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from biogpt.tasks.common import Example, TaskError, drop_final_period, read_json, strip_prefix
+from biogpt.tasks.common import Example, TaskError, drop_final_period, read_json, read_tsv_split, strip_prefix
 
 LABELS = ("yes", "no", "maybe")
 _ANSWER = re.compile(r"the answer to the question given the context is(.*)")
@@ -36,19 +36,9 @@ class PubMedQA:
     def examples(self, data_dir: str | Path, split: str = "test") -> list[Example]:
         root = Path(data_dir) / "PubMedQA"
         if self.setting == "reasoning-free":
-            path = root / f"{split}.tsv"
-            if not path.exists():
-                raise TaskError(f"{path}: split file not found")
             out = []
-            for n, line in enumerate(path.read_text(encoding="utf-8").split("\n")):
-                if not line.strip():
-                    continue
-                src, label = line.rsplit("\t", 1)
-                src, label = src.strip(), label.strip()
-                if not src.endswith("."):
-                    src += "."
-                if self.lowercase:
-                    src = src.lower()
+            for n, src, label in read_tsv_split(root / f"{split}.tsv"):
+                src = src.lower() if self.lowercase else src
                 out.append(Example(str(n), src, self.target(label.lower()), label.lower()))
             return out
         items = read_json(root / "ori_pqal.json")
