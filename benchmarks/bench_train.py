@@ -58,7 +58,11 @@ def main() -> None:
 
     hf.train()
     ours.train()
-    runs = {"transformers fp32": step_hf, "biogpt fp32": lambda: step_ours(False), "biogpt bf16": lambda: step_ours(True)}
+    runs = {
+        "transformers fp32": step_hf,
+        "biogpt fp32": lambda: step_ours(False),
+        "biogpt bf16": lambda: step_ours(True),
+    }
     best = dict.fromkeys(runs, 1e9)
     for _ in range(args.rounds):
         for name, fn in runs.items():
