@@ -293,8 +293,11 @@ def _checkpoint(model, model_sd, opt_sd, step, log, positions, rngs, out: Path, 
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     if save is not None:
-        plain = BioGPT(model.config)  # an unsharded copy to write the HF directory from
-        plain.load_state_dict(model_sd)
+        # an unsharded copy to write the HF directory from; built on meta and never initialised, so that it
+        # draws nothing from the RNG (an uninterrupted run must see the same random stream as a resumed one)
+        with torch.random.fork_rng(), torch.device("meta"):
+            plain = BioGPT(model.config)
+        plain.load_state_dict(model_sd, assign=True)
         save(plain, tmp)
     state = {"model": model_sd, "optimizer": opt_sd, "step": step, "log": log,
              "position": positions, "rng": rngs, "config": asdict(cfg)}  # fmt: skip
