@@ -10,11 +10,10 @@ import argparse
 import time
 
 import torch
-import torch.nn.functional as F
 
 from biogpt.checkpoint import config_from_hf, hf_to_ours
 from biogpt.model import BioGPT
-from biogpt.train import PRESETS
+from biogpt.train import PRESETS, lm_loss
 
 
 def main() -> None:
@@ -50,8 +49,7 @@ def main() -> None:
 
     def step_ours(bf16):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = ours(inp)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), tgt.flatten())
+            loss = lm_loss(ours, inp, tgt) / tgt.numel()  # the training loop's loss: fused head + CE
         loss.backward()
         opt_ours.step()
         opt_ours.zero_grad()

@@ -167,8 +167,10 @@ class BioGPT(nn.Module):
         attention_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         last_only: bool = False,
+        return_hidden: bool = False,
     ) -> torch.Tensor:
         """Logits [B, T, V] (float32) for input_ids [B, T]; attention_mask [B, T] marks real tokens (1) vs pad (0).
+        `return_hidden` returns the final hidden states [B, T, d] instead.
 
         With a cache, input_ids are the new tokens and attention_mask covers them only; the cache remembers
         earlier ones. `last_only` computes the head for the last position only ([B, 1, V]).
@@ -218,6 +220,8 @@ class BioGPT(nn.Module):
         if last_only:
             x = x[:, -1:]
         x = self.ln_f(x)
+        if return_hidden:  # [B, T, d] before the head (training computes head + loss in one fused step)
+            return x
         return F.linear(x, self.tok_emb.weight).float()  # tied head, no bias
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:

@@ -76,6 +76,64 @@ def flops_per_token(cfg: BioGPTConfig, seq_len: int) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------
+# the loss: output head + cross-entropy in row chunks
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """sum_i CE(h_i @ W^T, y_i) over rows with y_i != ignore, never holding all [N, V] logits at once.
+
+    The gradients are formed chunk by chunk during the forward pass (softmax - one-hot, then the two
+    matmuls) and kept for backward: [N, d] and [V, d] instead of [N, V] logits in fp32, which for a
+    42k-token vocabulary are the bulk of a small model's training memory traffic.
+    """
+
+    @staticmethod
+    def forward(ctx, h, W, y, ignore_index: int, chunk: int):
+        loss = torch.zeros((), dtype=torch.float32, device=h.device)
+        gh = torch.empty_like(h)
+        gW = torch.zeros(W.shape, dtype=torch.float32, device=W.device)
+        needs = ctx.needs_input_grad
+        for s in range(0, h.shape[0], chunk):
+            hs, ys = h[s : s + chunk], y[s : s + chunk]
+            logits = (hs @ W.t()).float()  # [c, V]
+            valid = ys != ignore_index
+            yc = ys.clamp_min(0)
+            lse = torch.logsumexp(logits, -1)
+            loss += ((lse - logits.gather(1, yc[:, None]).squeeze(1)) * valid).sum()
+            if needs[0] or needs[1]:
+                g = torch.exp(logits - lse[:, None])  # softmax, in place of the logits
+                g[torch.arange(len(ys), device=g.device), yc] -= 1
+                g *= valid[:, None]
+                g = g.to(h.dtype)
+                gh[s : s + chunk] = g @ W
+                gW += (g.t() @ hs).float()
+        ctx.save_for_backward(gh, gW.to(W.dtype))
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad):
+        gh, gW = ctx.saved_tensors
+        return gh * grad, gW * grad, None, None, None
+
+
+def lm_loss(model, x: torch.Tensor, y: torch.Tensor, fused: bool = True, chunk: int = 1024) -> torch.Tensor:
+    """Summed next-token cross-entropy of targets y [B, T] (PAD_ID ignored) for inputs x [B, T].
+
+    `model` may be DDP-wrapped. fused=False computes the full logits (needed under FSDP, where the tied
+    weight is sharded outside the forward)."""
+    mask = (x != PAD_ID).long() if (x == PAD_ID).any() else None
+    if not fused:
+        logits = model(x, mask)
+        return F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=PAD_ID, reduction="sum")
+    h = model(x, mask, return_hidden=True)
+    W = getattr(model, "module", model).tok_emb.weight
+    if torch.is_autocast_enabled(h.device.type):
+        W = W.to(torch.get_autocast_dtype(h.device.type))
+        h = h.to(W.dtype)
+    return _LinearCrossEntropy.apply(h.flatten(0, 1), W, y.flatten(), PAD_ID, chunk)
+
+
+# ---------------------------------------------------------------------------------------------------
 # distributed helpers
 
 
@@ -204,8 +262,7 @@ def train(
                 model.set_requires_gradient_sync(sync)
             ctx = ddp.no_sync() if world > 1 and not fsdp and not sync else _nullcontext()
             with ctx, autocast:
-                logits = ddp(x, (x != PAD_ID).long() if (x == PAD_ID).any() else None)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=PAD_ID, reduction="sum")
+                loss = lm_loss(ddp, x, y, fused=not fsdp)
                 # sum over tokens / all tokens of the update on all ranks; DDP averages over ranks, so x world
                 (loss * world / n_tokens).backward()
             total_loss += loss.detach()
