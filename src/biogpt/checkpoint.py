@@ -10,7 +10,6 @@ any other class (fairseq meters, numpy scalars, ...) becomes an inert stub. No c
 
 from __future__ import annotations
 
-import io
 import json
 import pickle
 import re
@@ -288,7 +287,7 @@ def _read_hf_weights(d: Path) -> dict[str, torch.Tensor]:
         return out
     if (d / "pytorch_model.bin").exists():
         sd = read_fairseq_checkpoint(d / "pytorch_model.bin")
-        return {k: v for k, v in sd.items()}
+        return dict(sd)
     raise CheckpointError(f"{d}: no model.safetensors or pytorch_model.bin next to config.json")
 
 
@@ -367,13 +366,13 @@ def check_vocab(cfg: BioGPTConfig, vocab_dir: Path) -> None:
 
 
 def _check_shapes(cfg: BioGPTConfig, sd: dict[str, torch.Tensor], where: Path) -> None:
-    want = {k: tuple(v.shape) for k, v in BioGPT_meta(cfg).state_dict().items()}
+    want = {k: tuple(v.shape) for k, v in meta_model(cfg).state_dict().items()}
     for k, shape in want.items():
         if tuple(sd[k].shape) != shape:
             raise CheckpointError(f"{where}: {k} has shape {tuple(sd[k].shape)}, the config needs {shape}")
 
 
-def BioGPT_meta(cfg: BioGPTConfig) -> BioGPT:
+def meta_model(cfg: BioGPTConfig) -> BioGPT:
     with torch.device("meta"):
         return BioGPT(cfg)
 
@@ -383,7 +382,7 @@ def load_pretrained(
 ) -> tuple[BioGPT, Tokenizer | None]:
     """The model (eval mode) and, when a vocabulary sits beside the weights, its tokenizer."""
     cfg, sd, vocab_dir = load_state(path)
-    model = BioGPT_meta(cfg)
+    model = meta_model(cfg)
     model.load_state_dict(sd, strict=True, assign=True)  # weights stay memory-mapped where the file allows
     if dtype is not None:
         model = model.to(dtype)
@@ -393,14 +392,6 @@ def load_pretrained(
 
 def load_model(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> BioGPT:
     return load_pretrained(path, dtype, device)[0]
-
-
-def load_tokenizer(path: str | Path) -> Tokenizer:
-    """The tokenizer that goes with a checkpoint (its prompt-token count included)."""
-    cfg, _, vocab_dir = load_state(path)
-    if vocab_dir is None:
-        raise CheckpointError(f"{path}: no vocabulary (dict.txt + bpecodes or vocab.json + merges.txt) beside it")
-    return Tokenizer.from_pretrained(vocab_dir, num_prompt_tokens=cfg.num_prompt_tokens)
 
 
 def _resolve(path: str | Path) -> Path:
@@ -471,48 +462,6 @@ def _add_prompt_tokens_to_hf_config(d: Path, tokenizer: Tokenizer) -> None:
     path.write_text(json.dumps(conf, indent=2) + "\n")
 
 
-def save_fairseq(model: BioGPT, directory: str | Path, task_cfg: dict | None = None) -> Path:
-    """An original-layout `checkpoint.pt` (decoder.* keys, cfg dict, duplicated output projection)."""
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    cfg = model.config
-    hf = ours_to_hf({k: v.detach().cpu() for k, v in model.state_dict().items()}, cfg.n_layer)
-    sd = {"decoder.version": torch.tensor([3.0])}
-    for k, v in hf.items():
-        sd["decoder." + k[len("biogpt.") :]] = v
-    sd["decoder.output_projection.weight"] = hf["biogpt.embed_tokens.weight"]
-    model_cfg = {
-        "_name": "transformer_lm_prompt",
-        "decoder_embed_dim": cfg.d_model,
-        "decoder_layers": cfg.n_layer,
-        "decoder_attention_heads": cfg.n_head,
-        "decoder_ffn_embed_dim": cfg.d_ffn,
-        "max_target_positions": cfg.max_positions,
-        "activation_fn": "gelu",
-        "dropout": cfg.dropout,
-        "attention_dropout": cfg.attention_dropout,
-        "activation_dropout": cfg.activation_dropout,
-        "no_scale_embedding": not cfg.scale_embedding,
-        "share_decoder_input_output_embed": True,
-        "decoder_learned_pos": True,
-        "decoder_normalize_before": True,
-        "decoder_layerdrop": 0.0,
-    }
-    task = {"_name": "language_modeling_prompt", "learned_prompt": cfg.num_prompt_tokens or None}
-    task.update(task_cfg or {})
-    ckpt = {"args": None, "cfg": {"model": model_cfg, "task": task, "common": {"fp16": False}}, "model": sd}
-    buf = io.BytesIO()
-    torch.save(ckpt, buf)
-    tmp = d / "checkpoint.pt.tmp"
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(d / "checkpoint.pt")
-    return d / "checkpoint.pt"
-
-
 def convert(src: str | Path, dst: str | Path) -> None:
     """Any supported checkpoint -> a Hugging Face directory (weights, config, tokenizer, prompt-token count)."""
-    cfg, sd, vocab_dir = load_state(src)
-    model = BioGPT_meta(cfg)
-    model.load_state_dict(sd, strict=True, assign=True)
-    tok = Tokenizer.from_pretrained(vocab_dir, num_prompt_tokens=cfg.num_prompt_tokens) if vocab_dir else None
-    save_hf(model, tok, dst)
+    save_hf(*load_pretrained(src), dst)

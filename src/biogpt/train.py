@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -260,7 +261,7 @@ def train(
             sync = j == len(batches) - 1
             if fsdp:
                 model.set_requires_gradient_sync(sync)
-            ctx = ddp.no_sync() if world > 1 and not fsdp and not sync else _nullcontext()
+            ctx = ddp.no_sync() if world > 1 and not fsdp and not sync else contextlib.nullcontext()
             with ctx, autocast:
                 loss = lm_loss(ddp, x, y, fused=not fsdp)
                 # sum over tokens / all tokens of the update on all ranks; DDP averages over ranks, so x world
@@ -297,14 +298,6 @@ def train(
                 torch.distributed.barrier()
     model.eval()
     return log
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _gather_objects(obj, world: int) -> list:
