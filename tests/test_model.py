@@ -307,3 +307,39 @@ def test_cli_generate_info_convert(tmp_path, capsys):
     assert (tmp_path / "out" / "model.safetensors").exists()
     assert main(["info", str(tmp_path / "missing")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_int8_mode_is_close_to_fp32(tmp_path, capsys):
+    from biogpt.cli import main
+    from biogpt.quantize import Int8Linear, quantize_int8
+
+    # one Linear: within int8 rounding (weights per row, activations per call) of the fp32 result
+    g = torch.Generator().manual_seed(0)
+    w, b, x = torch.randn(48, 64, generator=g), torch.randn(48, generator=g), torch.randn(7, 3, 64, generator=g)
+    ref = torch.nn.functional.linear(x, w, b)
+    y = Int8Linear(w, b)(x)
+    assert y.shape == ref.shape and 0 < (y - ref).abs().max() <= 0.03 * ref.abs().max()
+
+    # a model with the training initialisation (the heavy random weights above are far from trained ones)
+    from biogpt.model import BioGPTConfig
+
+    m = BioGPT(BioGPTConfig(vocab_size=500, n_layer=3, d_model=64, n_head=4, d_ffn=256, max_positions=64)).eval()
+    m.init_weights(seed=0)
+    q = BioGPT(m.config).eval()
+    q.load_state_dict(m.state_dict())
+    quantize_int8(q)
+    assert isinstance(q.head, Int8Linear) and all(isinstance(blk.fc2, Int8Linear) for blk in q.blocks)
+    ids, mask = left_pad(PROMPTS)
+    with torch.no_grad():
+        a, aq = m(ids, mask), q(ids, mask)
+    real = mask.bool()
+    assert (a - aq)[real].abs().max() <= 0.05 * a[real].abs().max()
+    assert (a.argmax(-1) == aq.argmax(-1))[real].float().mean() >= 0.9
+    fp32 = generate(m, PROMPTS, max_new_tokens=6).sequences
+    int8 = generate(q, PROMPTS, max_new_tokens=6, num_beams=1).sequences
+    assert int8.shape == fp32.shape and (int8 == fp32).float().mean() >= 0.9
+
+    hf = random_hf(**{**CONFIGS[0], "vocab_size": 42384})
+    d = _save_hf_with_vocab(hf, tmp_path / "m")
+    assert main(["generate", "--model", str(d), "COVID-19 is", "--dtype", "int8", "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.strip().startswith("COVID-19 is")

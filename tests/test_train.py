@@ -104,3 +104,30 @@ def test_finetune_yields_a_checkpoint_eval_accepts(tmp_path, capsys):
     capsys.readouterr()  # drop the training log
     assert main(["eval", "hoc", "--model", str(final), "--data", str(TASKS), "--limit", "2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n"] == 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_head_loss_equals_full_logits(dtype, monkeypatch):
+    from biogpt.model import PAD_ID, BioGPT, BioGPTConfig
+    from biogpt.train import _LinearCrossEntropy, lm_loss
+
+    monkeypatch.setattr(_LinearCrossEntropy, "GROUP_ROWS", 24)  # several bf16 groups, a short last chunk
+    model = BioGPT(BioGPTConfig(vocab_size=300, n_layer=2, d_model=32, n_head=4, d_ffn=64, max_positions=64))
+    model.init_weights(seed=0)
+    model.eval()  # no dropout: both passes see the same network
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(4, 300, (3, 21), generator=g)
+    x[0, :5] = PAD_ID  # padded positions are ignored
+    y = torch.roll(x, -1, 1)
+    y[0, :4] = PAD_ID
+    losses, grads = [], []
+    for fused in (True, False):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            loss = lm_loss(model, x, y, fused=fused, chunk=10)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert abs(losses[0] - losses[1]) <= tol * abs(losses[1])
+    assert (grads[0] - grads[1]).abs().max() <= tol * grads[1].abs().max()

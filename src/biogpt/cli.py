@@ -49,7 +49,12 @@ def _load(args):
     from biogpt.checkpoint import CheckpointError, load_pretrained
     from biogpt.tokenizer import Tokenizer
 
-    model, tok = load_pretrained(args.model, dtype=_dtype(args.dtype))
+    int8 = args.dtype == "int8"
+    model, tok = load_pretrained(args.model, dtype=None if int8 else _dtype(args.dtype))
+    if int8:
+        from biogpt.quantize import quantize_int8
+
+        quantize_int8(model)
     if args.vocab:
         tok = Tokenizer.from_pretrained(args.vocab, num_prompt_tokens=model.config.num_prompt_tokens)
     if tok is None:
@@ -244,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt", nargs="+", help="prompt text(s); several are batched")
     p.add_argument("--model", required=True, help="HF directory, fairseq checkpoint(.pt or its dir), or hub id")
     p.add_argument("--vocab", help="vocabulary directory, if none sits beside the weights")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "auto"], help="fp32 is the exact mode")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "int8", "auto"],
+                   help="fp32 is exact; bf16 and int8 (int8 weights, CPU) are faster, approximate")  # fmt: skip
     p.add_argument("--max-new-tokens", type=int, default=50)
     p.add_argument("--min-new-tokens", type=int, default=0)
     p.add_argument("--num-beams", type=int, default=1)
@@ -273,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="only the first N examples")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--vocab", help="vocabulary directory, if none sits beside the weights")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "auto"])
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "int8", "auto"])
     p.add_argument("--threads", type=int)
     p.add_argument("--save-outputs", help="also write the generated outputs here (one per line)")
     p.add_argument("--output", help="write the JSON report to this file")

@@ -275,7 +275,6 @@ def _beam_search(model, ids, mask, max_new, rows, nb, n_return, lp, early_stoppi
     max_len = T0 + max_new
     keep = 2 * nb  # candidates per step: enough that nb survive even if nb of them end
     top_nb = torch.arange(keep, device=dev) < nb
-    flat_ids, flat_mask = ids.repeat_interleave(nb, 0), mask.repeat_interleave(nb, 0)
     flat_rows = [c for c in rows for _ in range(nb)] if rows is not None else None
     beam_opts = {**opts, "pad_lens": opts["pad_lens"].repeat_interleave(nb)}
 
@@ -291,8 +290,11 @@ def _beam_search(model, ids, mask, max_new, rows, nb, n_return, lp, early_stoppi
     fin_bi = running_bi.clone()
     batch_offset = torch.arange(B, device=dev)[:, None] * nb
 
+    prompt_cache = model.new_cache(B, T0)
+    logits = model(ids, mask, cache=prompt_cache, last_only=True)[:, -1].repeat_interleave(nb, 0)
     cache = model.new_cache(B * nb, max_len)
-    logits = model(flat_ids, flat_mask, cache=cache, last_only=True)[:, -1]
+    cache.load_repeated(prompt_cache, nb)
+    del prompt_cache
     ones = torch.ones(B * nb, 1, dtype=torch.long, device=dev)
     cur = T0
     while True:

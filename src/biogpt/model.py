@@ -63,8 +63,8 @@ class KVCache:
         if max_len > cfg.max_positions:
             raise ValueError(f"cache length {max_len} exceeds the model's {cfg.max_positions} positions")
         shape = (cfg.n_layer, batch, cfg.n_head, max_len, cfg.d_model // cfg.n_head)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.k = torch.empty(shape, dtype=dtype, device=device)
+        self.v = torch.empty(shape, dtype=dtype, device=device)
         self.valid = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
         self.next_pos = torch.zeros(batch, dtype=torch.long, device=device)
         self.length = 0  # slots filled (the same for every row)
@@ -79,10 +79,26 @@ class KVCache:
 
         Only the filled slots move (the buffers are allocated for the longest output)."""
         n = self.length
-        self.k[:, :, :, :n] = self.k[:, index, :, :n]
-        self.v[:, :, :, :n] = self.v[:, index, :, :n]
+        # only rows that change parent are copied, one strided block each (a generic gather over all rows is
+        # several times slower); sources are copied out first because a source may also be a destination
+        dst = (index != torch.arange(len(index), device=index.device)).nonzero().flatten().tolist()
+        src = index[dst].tolist()
+        for buf in (self.k, self.v):
+            moved = [buf[:, r, :, :n].clone() for r in src]  # each [L, H, n, D]
+            for r, block in zip(dst, moved):
+                buf[:, r, :, :n].copy_(block)
         self.valid = self.valid.index_select(0, index)
         self.next_pos = self.next_pos.index_select(0, index)
+
+    def load_repeated(self, other: KVCache, n: int) -> None:
+        """Fill this empty cache (B * n rows) from `other` (B rows), each row repeated n times: beam search
+        runs the prompt once per input instead of once per beam."""
+        s = other.length
+        for dst, src in ((self.k, other.k), (self.v, other.v)):
+            dst[:, :, :, :s].unflatten(1, (-1, n)).copy_(src[:, :, None, :, :s])  # [L, B, n, H, s, D]
+        self.valid[:, :s] = other.valid[:, :s].repeat_interleave(n, 0)
+        self.next_pos = other.next_pos.repeat_interleave(n)
+        self.length, self.has_padding = s, other.has_padding
 
 
 class Block(nn.Module):
@@ -131,6 +147,7 @@ class BioGPT(nn.Module):
         self.emb_drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model, eps=1e-5)
+        self.head: nn.Module | None = None  # None: the head is tied to tok_emb; quantize.py sets an int8 one
 
     # --- construction ---------------------------------------------------------------------------------
 
@@ -222,6 +239,8 @@ class BioGPT(nn.Module):
         x = self.ln_f(x)
         if return_hidden:  # [B, T, d] before the head (training computes head + loss in one fused step)
             return x
+        if self.head is not None:
+            return self.head(x).float()
         return F.linear(x, self.tok_emb.weight).float()  # tied head, no bias
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:

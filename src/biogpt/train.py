@@ -83,31 +83,58 @@ def flops_per_token(cfg: BioGPTConfig, seq_len: int) -> float:
 class _LinearCrossEntropy(torch.autograd.Function):
     """sum_i CE(h_i @ W^T, y_i) over rows with y_i != ignore, never holding all [N, V] logits at once.
 
-    The gradients are formed chunk by chunk during the forward pass (softmax - one-hot, then the two
-    matmuls) and kept for backward: [N, d] and [V, d] instead of [N, V] logits in fp32, which for a
-    42k-token vocabulary are the bulk of a small model's training memory traffic.
+    The gradients are formed during the forward pass (softmax - one-hot, then the two matmuls) and kept
+    for backward: [N, d] and [V, d] instead of [N, V] logits in fp32, which for a 42k-token vocabulary are
+    the bulk of a small model's training memory traffic. Softmax rows are formed `chunk` at a time, so
+    that they stay in cache. In bf16 their rounded copies are gathered into groups of GROUP_ROWS rows,
+    and the weight gradient is accumulated once per group: converting and adding a [V, d] fp32 product
+    per chunk would cost more than the chunk's own work. In fp32 it is accumulated in place per chunk.
     """
+
+    GROUP_ROWS = 1024
 
     @staticmethod
     def forward(ctx, h, W, y, ignore_index: int, chunk: int):
+        N, V = h.shape[0], W.shape[0]
         loss = torch.zeros((), dtype=torch.float32, device=h.device)
+        need = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         gh = torch.empty_like(h)
         gW = torch.zeros(W.shape, dtype=torch.float32, device=W.device)
-        needs = ctx.needs_input_grad
-        for s in range(0, h.shape[0], chunk):
-            hs, ys = h[s : s + chunk], y[s : s + chunk]
-            logits = (hs @ W.t()).float()  # [c, V]
-            valid = ys != ignore_index
-            yc = ys.clamp_min(0)
-            lse = torch.logsumexp(logits, -1)
-            loss += ((lse - logits.gather(1, yc[:, None]).squeeze(1)) * valid).sum()
-            if needs[0] or needs[1]:
-                g = torch.exp(logits - lse[:, None])  # softmax, in place of the logits
-                g[torch.arange(len(ys), device=g.device), yc] -= 1
-                g *= valid[:, None]
-                g = g.to(h.dtype)
-                gh[s : s + chunk] = g @ W
-                gW += (g.t() @ hs).float()
+        exact = h.dtype == torch.float32
+        group = chunk if exact else max(chunk, _LinearCrossEntropy.GROUP_ROWS // chunk * chunk)
+        buf = None if exact or not need else torch.empty(min(group, N), V, dtype=h.dtype, device=h.device)
+        # per-chunk scratch, allocated once: fresh [chunk, V] tensors each chunk cost page faults
+        c = min(chunk, N)
+        logits_buf = torch.empty(c, V, dtype=h.dtype, device=h.device)
+        f32_buf = None if exact else torch.empty(c, V, dtype=torch.float32, device=h.device)
+        lp_buf = torch.empty(c, V, dtype=torch.float32, device=h.device)
+        rows = torch.arange(c, device=h.device)
+        for g0 in range(0, N, group):
+            hg, yg = h[g0 : g0 + group], y[g0 : g0 + group]
+            for s in range(0, len(yg), chunk):
+                ys = yg[s : s + chunk]
+                n = len(ys)
+                logits = torch.mm(hg[s : s + chunk], W.t(), out=logits_buf[:n])  # [n, V]
+                if not exact:
+                    logits = f32_buf[:n].copy_(logits)
+                lp = torch.log_softmax(logits, -1, out=lp_buf[:n])  # fp32 log-probabilities
+                valid = ys != ignore_index
+                yc = ys.clamp_min(0)
+                loss -= (lp.gather(1, yc[:, None]).squeeze(1) * valid).sum()
+                if need:
+                    g = lp.exp_()  # softmax, in place
+                    g[rows[:n], yc] -= 1
+                    if not bool(valid.all()):
+                        g[~valid] = 0
+                    if exact:
+                        torch.mm(g, W, out=gh[g0 + s : g0 + s + n])
+                        gW.addmm_(g.t(), hg[s : s + chunk])
+                    else:
+                        buf[s : s + n] = g
+            if need and not exact:
+                G = buf[: len(yg)]  # [rows of the group, V] in h's dtype
+                torch.mm(G, W, out=gh[g0 : g0 + len(yg)])
+                gW += (G.t() @ hg).float()
         ctx.save_for_backward(gh, gW.to(W.dtype))
         return loss
 
@@ -117,7 +144,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return gh * grad, gW * grad, None, None, None
 
 
-def lm_loss(model, x: torch.Tensor, y: torch.Tensor, fused: bool = True, chunk: int = 1024) -> torch.Tensor:
+def lm_loss(model, x: torch.Tensor, y: torch.Tensor, fused: bool = True, chunk: int = 128) -> torch.Tensor:
     """Summed next-token cross-entropy of targets y [B, T] (PAD_ID ignored) for inputs x [B, T].
 
     `model` may be DDP-wrapped. fused=False computes the full logits (needed under FSDP, where the tied
