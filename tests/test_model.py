@@ -309,7 +309,7 @@ def test_cli_generate_info_convert(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
 
 
-def test_int8_mode_is_close_to_fp32(tmp_path, capsys):
+def test_int8_mode_is_close_to_fp32(tmp_path, capsys, monkeypatch):
     from biogpt.cli import main
     from biogpt.quantize import Int8Linear, quantize_int8
 
@@ -343,3 +343,6 @@ def test_int8_mode_is_close_to_fp32(tmp_path, capsys):
     d = _save_hf_with_vocab(hf, tmp_path / "m")
     assert main(["generate", "--model", str(d), "COVID-19 is", "--dtype", "int8", "--max-new-tokens", "5"]) == 0
     assert capsys.readouterr().out.strip().startswith("COVID-19 is")
+    monkeypatch.setattr("biogpt.quantize._engine_available", lambda: False)  # a build without fbgemm/qnnpack
+    assert main(["generate", "--model", str(d), "x", "--dtype", "int8"]) == 2
+    assert "no quantized CPU engine" in capsys.readouterr().err

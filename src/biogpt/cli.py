@@ -362,12 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from biogpt.checkpoint import CheckpointError
+    from biogpt.quantize import QuantizationError
     from biogpt.tasks import TaskError
     from biogpt.tokenizer import VocabError
 
     try:
         return args.func(args)
-    except (VocabError, CheckpointError, TaskError) as e:
+    except (VocabError, CheckpointError, TaskError, QuantizationError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `biogpt ... | head`

@@ -48,12 +48,21 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
 
 
+class QuantizationError(ValueError):
+    """int8 mode cannot run here (wrong device, or no quantized CPU engine in this PyTorch build)."""
+
+
+def _engine_available() -> bool:
+    engines = [e for e in torch.backends.quantized.supported_engines if e != "none"]
+    return hasattr(torch.ops.quantized, "linear_dynamic") and bool(engines)
+
+
 def quantize_int8(model: BioGPT) -> BioGPT:
     """Turn `model` (in place) into its int8-weight inference form and return it; it must be on the CPU."""
     if model.tok_emb.weight.device.type != "cpu":
-        raise ValueError("int8 mode runs on the CPU; use bf16 or fp32 on other devices")
-    if not hasattr(torch.ops.quantized, "linear_dynamic") or not torch.backends.quantized.supported_engines:
-        raise RuntimeError("this PyTorch build has no quantized CPU engine; use --dtype bf16 or fp32")
+        raise QuantizationError("int8 mode runs on the CPU; use --dtype bf16 or fp32 on other devices")
+    if not _engine_available():
+        raise QuantizationError("this PyTorch build has no quantized CPU engine; use --dtype bf16 or fp32")
     model.float().eval()
     for block in model.blocks:
         for name in ("qkv", "out", "fc1", "fc2"):
