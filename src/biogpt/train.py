@@ -98,8 +98,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         N, V = h.shape[0], W.shape[0]
         loss = torch.zeros((), dtype=torch.float32, device=h.device)
         need = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        gh = torch.empty_like(h)
-        gW = torch.zeros(W.shape, dtype=torch.float32, device=W.device)
+        gh = torch.empty_like(h) if need else None
+        gW = torch.zeros(W.shape, dtype=torch.float32, device=W.device) if need else None
         exact = h.dtype == torch.float32
         group = chunk if exact else max(chunk, _LinearCrossEntropy.GROUP_ROWS // chunk * chunk)
         buf = None if exact or not need else torch.empty(min(group, N), V, dtype=h.dtype, device=h.device)
@@ -135,7 +135,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 G = buf[: len(yg)]  # [rows of the group, V] in h's dtype
                 torch.mm(G, W, out=gh[g0 : g0 + len(yg)])
                 gW += (G.t() @ hg).float()
-        ctx.save_for_backward(gh, gW.to(W.dtype))
+        if need:  # validation runs without gradients and keeps nothing
+            ctx.save_for_backward(gh, gW.to(W.dtype))
         return loss
 
     @staticmethod
