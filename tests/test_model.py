@@ -311,7 +311,7 @@ def test_cli_generate_info_convert(tmp_path, capsys):
 
 def test_int8_mode_is_close_to_fp32(tmp_path, capsys, monkeypatch):
     from biogpt.cli import main
-    from biogpt.quantize import Int8Linear, quantize_int8
+    from biogpt.cpu_inference import Int8Linear, quantize_int8
 
     # one Linear: within int8 rounding (weights per row, activations per call) of the fp32 result
     g = torch.Generator().manual_seed(0)
@@ -343,6 +343,53 @@ def test_int8_mode_is_close_to_fp32(tmp_path, capsys, monkeypatch):
     d = _save_hf_with_vocab(hf, tmp_path / "m")
     assert main(["generate", "--model", str(d), "COVID-19 is", "--dtype", "int8", "--max-new-tokens", "5"]) == 0
     assert capsys.readouterr().out.strip().startswith("COVID-19 is")
-    monkeypatch.setattr("biogpt.quantize._engine_available", lambda: False)  # a build without fbgemm/qnnpack
+    monkeypatch.setattr("biogpt.cpu_inference._engine_available", lambda: False)  # a build without fbgemm/qnnpack
     assert main(["generate", "--model", str(d), "x", "--dtype", "int8"]) == 2
     assert "no quantized CPU engine" in capsys.readouterr().err
+
+
+def test_prepacked_bf16_matches_plain_bf16(tmp_path, capsys, monkeypatch):
+    from biogpt.cli import main
+    from biogpt.cpu_inference import PackedBF16Linear, can_pack_bf16, pack_bf16
+    from biogpt.model import BioGPTConfig
+
+    m = BioGPT(BioGPTConfig(vocab_size=500, n_layer=3, d_model=64, n_head=4, d_ffn=256, max_positions=64)).eval()
+    m.init_weights(seed=0)
+    plain = BioGPT(m.config).eval()
+    plain.load_state_dict(m.state_dict())
+    plain.to(torch.bfloat16)
+    packed = BioGPT(m.config).eval()
+    packed.load_state_dict(m.state_dict())
+    pack_bf16(packed)
+    ids, mask = left_pad(PROMPTS)
+    real = mask.bool()
+    with torch.no_grad():
+        a, ap, a32 = plain(ids, mask), packed(ids, mask), m(ids, mask)
+    if can_pack_bf16():
+        assert isinstance(packed.head, PackedBF16Linear) and all(
+            isinstance(b.qkv, PackedBF16Linear) for b in packed.blocks
+        )
+    # the same bf16 products, only the weight layout differs: at most bf16 rounding apart, same top tokens
+    assert ap.dtype == torch.float32 and (a - ap)[real].abs().max() <= 0.02 * a[real].abs().max()
+    assert (a.argmax(-1) == ap.argmax(-1))[real].float().mean() >= 0.95
+    assert (a32 - ap)[real].abs().max() <= 0.05 * a32[real].abs().max()
+    # cached decoding and beam search run on the packed form and agree with the plain bf16 model
+    for beams in (1, 3):
+        g1 = generate(plain, PROMPTS, max_new_tokens=6, num_beams=beams).sequences
+        g2 = generate(packed, PROMPTS, max_new_tokens=6, num_beams=beams).sequences
+        assert g1.shape == g2.shape and (g1 == g2).float().mean() >= 0.9
+
+    # where oneDNN has no native bf16 the model is only cast, with the same results
+    monkeypatch.setattr("biogpt.cpu_inference.can_pack_bf16", lambda: False)
+    cast = BioGPT(m.config).eval()
+    cast.load_state_dict(m.state_dict())
+    pack_bf16(cast)
+    assert cast.head is None and cast.blocks[0].qkv.weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        assert torch.equal(cast(ids, mask), a)
+    monkeypatch.undo()
+
+    hf = random_hf(**{**CONFIGS[0], "vocab_size": 42384})
+    d = _save_hf_with_vocab(hf, tmp_path / "m")
+    assert main(["generate", "--model", str(d), "COVID-19 is", "--dtype", "bf16", "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.strip().startswith("COVID-19 is")

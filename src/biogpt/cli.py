@@ -46,15 +46,19 @@ def _dtype(name: str):
 
 
 def _load(args):
+    import torch
+
     from biogpt.checkpoint import CheckpointError, load_pretrained
+    from biogpt.cpu_inference import pack_bf16, quantize_int8
     from biogpt.tokenizer import Tokenizer
 
     int8 = args.dtype == "int8"
-    model, tok = load_pretrained(args.model, dtype=None if int8 else _dtype(args.dtype))
+    dtype = None if int8 else _dtype(args.dtype)
+    model, tok = load_pretrained(args.model, dtype=dtype)
     if int8:
-        from biogpt.quantize import quantize_int8
-
         quantize_int8(model)
+    elif dtype == torch.bfloat16:
+        pack_bf16(model)  # the CPU form: weights laid out once for oneDNN's bf16 kernels
     if args.vocab:
         tok = Tokenizer.from_pretrained(args.vocab, num_prompt_tokens=model.config.num_prompt_tokens)
     if tok is None:
@@ -362,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from biogpt.checkpoint import CheckpointError
-    from biogpt.quantize import QuantizationError
+    from biogpt.cpu_inference import QuantizationError
     from biogpt.tasks import TaskError
     from biogpt.tokenizer import VocabError
 

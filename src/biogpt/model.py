@@ -147,7 +147,7 @@ class BioGPT(nn.Module):
         self.emb_drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model, eps=1e-5)
-        self.head: nn.Module | None = None  # None: the head is tied to tok_emb; quantize.py sets an int8 one
+        self.head: nn.Module | None = None  # None: the head is tied to tok_emb; cpu_inference.py sets a packed one
 
     # --- construction ---------------------------------------------------------------------------------
 
