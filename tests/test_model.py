@@ -350,7 +350,7 @@ def test_int8_mode_is_close_to_fp32(tmp_path, capsys, monkeypatch):
 
 def test_prepacked_bf16_matches_plain_bf16(tmp_path, capsys, monkeypatch):
     from biogpt.cli import main
-    from biogpt.cpu_inference import PackedBF16Linear, can_pack_bf16, pack_bf16
+    from biogpt.cpu_inference import PackedBF16Linear, QuantizationError, can_pack_bf16, pack_bf16, quantize_int8
     from biogpt.model import BioGPTConfig
 
     m = BioGPT(BioGPTConfig(vocab_size=500, n_layer=3, d_model=64, n_head=4, d_ffn=256, max_positions=64)).eval()
@@ -369,6 +369,9 @@ def test_prepacked_bf16_matches_plain_bf16(tmp_path, capsys, monkeypatch):
         assert isinstance(packed.head, PackedBF16Linear) and all(
             isinstance(b.qkv, PackedBF16Linear) for b in packed.blocks
         )
+        for again in (pack_bf16, quantize_int8):  # forms are built from plain weights only
+            with pytest.raises(QuantizationError, match="already in an inference form"):
+                again(packed)
     # the same bf16 products, only the weight layout differs: at most bf16 rounding apart, same top tokens
     assert ap.dtype == torch.float32 and (a - ap)[real].abs().max() <= 0.02 * a[real].abs().max()
     assert (a.argmax(-1) == ap.argmax(-1))[real].float().mean() >= 0.95

@@ -55,7 +55,8 @@ class Int8Linear(nn.Module):
 
 
 class QuantizationError(ValueError):
-    """int8 mode cannot run here (wrong device, or no quantized CPU engine in this PyTorch build)."""
+    """An inference form cannot be made: int8 off the CPU or without a quantized engine, or a model that is
+    already in one of these forms."""
 
 
 class PackedBF16Linear(nn.Module):
@@ -92,14 +93,28 @@ def pack_bf16(model: BioGPT) -> BioGPT:
 
     Off the CPU, or where the CPU or build cannot (see can_pack_bf16), the model is only cast to bf16: the same
     results, without the speed-up."""
+    _check_plain(model)
     model.to(torch.bfloat16).eval()
     if model.tok_emb.weight.device.type != "cpu" or not can_pack_bf16():
         return model
+    return _replace_linears(model, PackedBF16Linear)
+
+
+def _check_plain(model: BioGPT) -> None:
+    if model.head is not None or not isinstance(model.blocks[0].qkv, nn.Linear):
+        raise QuantizationError(
+            f"the model is already in an inference form ({type(model.blocks[0].qkv).__name__}); "
+            "load the checkpoint again to choose another"
+        )
+
+
+def _replace_linears(model: BioGPT, form: type[nn.Module]) -> BioGPT:
+    """Every block Linear and the tied output head in `form`, built from their weight and bias."""
     for block in model.blocks:
         for name in ("qkv", "out", "fc1", "fc2"):
             lin = getattr(block, name)
-            setattr(block, name, PackedBF16Linear(lin.weight, lin.bias))
-    model.head = PackedBF16Linear(model.tok_emb.weight, None)
+            setattr(block, name, form(lin.weight, lin.bias))
+    model.head = form(model.tok_emb.weight, None)
     return model
 
 
@@ -114,10 +129,6 @@ def quantize_int8(model: BioGPT) -> BioGPT:
         raise QuantizationError("int8 mode runs on the CPU; use --dtype bf16 or fp32 on other devices")
     if not _engine_available():
         raise QuantizationError("this PyTorch build has no quantized CPU engine; use --dtype bf16 or fp32")
+    _check_plain(model)
     model.float().eval()
-    for block in model.blocks:
-        for name in ("qkv", "out", "fc1", "fc2"):
-            lin = getattr(block, name)
-            setattr(block, name, Int8Linear(lin.weight, lin.bias))
-    model.head = Int8Linear(model.tok_emb.weight, None)
-    return model
+    return _replace_linears(model, Int8Linear)
