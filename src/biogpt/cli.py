@@ -39,9 +39,10 @@ def _has_cuda() -> bool:
 def _dtype(name: str):
     import torch
 
+    from biogpt.cpu_inference import native_bf16
+
     if name == "auto":
-        bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        return torch.bfloat16 if bf16 else torch.float32
+        return torch.bfloat16 if native_bf16() else torch.float32
     return {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
 
 

@@ -78,11 +78,15 @@ class PackedBF16Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bf16 prepacked"
 
 
+def native_bf16() -> bool:
+    """True where oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX)."""
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def can_pack_bf16() -> bool:
-    """True where oneDNN runs bf16 natively (AVX512-BF16 or AMX) and this build has its packed Linear."""
+    """True where the CPU has native bf16 and this build has oneDNN's packed Linear."""
     return (
-        torch.backends.mkldnn.is_available()
-        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        native_bf16()
         and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")
     )
