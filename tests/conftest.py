@@ -43,3 +43,11 @@ def tokenizers():
     from biogpt import Tokenizer
 
     return {name: Tokenizer.from_pretrained(src) for name, src in VOCABS.items()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kernel_cache(tmp_path_factory):
+    """Native kernels are built into a temporary cache, never the user's."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BIOGPT_CACHE_DIR", str(tmp_path_factory.mktemp("biogpt-cache")))
+        yield

@@ -309,41 +309,69 @@ def test_cli_generate_info_convert(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
 
 
-def test_int8_mode_is_close_to_fp32(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("amx", [False, True], ids=["pytorch-int8", "amx-int8"])
+def test_int8_mode_is_close_to_fp32(amx, tmp_path, capsys, monkeypatch):
+    from biogpt import kernels
     from biogpt.cli import main
-    from biogpt.cpu_inference import Int8Linear, quantize_int8
+    from biogpt.cpu_inference import AMXInt8Linear, DecodeAttention, Int8Linear, quantize_int8
 
-    # one Linear: within int8 rounding (weights per row, activations per call) of the fp32 result
+    if amx and not kernels.available():
+        pytest.skip("needs an x86 CPU with AMX int8 and a C compiler")
+    form = AMXInt8Linear if amx else Int8Linear
+    # one Linear: within int8 rounding (weights per row, activations per call or row) of the fp32 result
     g = torch.Generator().manual_seed(0)
     w, b, x = torch.randn(48, 64, generator=g), torch.randn(48, generator=g), torch.randn(7, 3, 64, generator=g)
     ref = torch.nn.functional.linear(x, w, b)
-    y = Int8Linear(w, b)(x)
+    y = form(w, b)(x)
     assert y.shape == ref.shape and 0 < (y - ref).abs().max() <= 0.03 * ref.abs().max()
 
     # a model with the training initialisation (the heavy random weights above are far from trained ones)
     from biogpt.model import BioGPTConfig
 
-    m = BioGPT(BioGPTConfig(vocab_size=500, n_layer=3, d_model=64, n_head=4, d_ffn=256, max_positions=64)).eval()
+    m = BioGPT(BioGPTConfig(vocab_size=500, n_layer=3, d_model=64, n_head=2, d_ffn=256, max_positions=64)).eval()
     m.init_weights(seed=0)
     q = BioGPT(m.config).eval()
     q.load_state_dict(m.state_dict())
-    quantize_int8(q)
-    assert isinstance(q.head, Int8Linear) and all(isinstance(blk.fc2, Int8Linear) for blk in q.blocks)
+    quantize_int8(q, amx=amx)
+    assert isinstance(q.head, form) and all(isinstance(blk.fc2, form) for blk in q.blocks)
+    if amx:  # GELU fused into fc1, decoding attention over a bf16 cache
+        assert all(blk.fc1.gelu and isinstance(blk.decode_attention, DecodeAttention) for blk in q.blocks)
+        assert q.new_cache(2, 8).k.dtype == torch.bfloat16
     ids, mask = left_pad(PROMPTS)
     with torch.no_grad():
         a, aq = m(ids, mask), q(ids, mask)
     real = mask.bool()
     assert (a - aq)[real].abs().max() <= 0.05 * a[real].abs().max()
     assert (a.argmax(-1) == aq.argmax(-1))[real].float().mean() >= 0.9
-    fp32 = generate(m, PROMPTS, max_new_tokens=6).sequences
-    int8 = generate(q, PROMPTS, max_new_tokens=6, num_beams=1).sequences
-    assert int8.shape == fp32.shape and (int8 == fp32).float().mean() >= 0.9
+    # cached decoding of padded prompts, fed fp32's greedy continuation, stays close to fp32's full forward
+    seqs = generate(m, PROMPTS, max_new_tokens=6).sequences  # [B, T0 + 6]
+    T0 = ids.shape[1]
+    full = torch.cat([mask, torch.ones(len(PROMPTS), 6, dtype=mask.dtype)], 1)
+    with torch.no_grad():
+        ref = m(seqs, full)[:, T0 - 1 : -1]  # [B, 6, V]: the logits that chose each new token
+        cache = q.new_cache(len(PROMPTS), T0 + 6)
+        steps = [q(seqs[:, :T0], mask, cache=cache, last_only=True)]
+        steps += [q(seqs[:, t : t + 1], full[:, t : t + 1], cache=cache) for t in range(T0, T0 + 5)]
+        got = torch.cat(steps, 1)
+    assert (got - ref).abs().max() <= 0.05 * ref.abs().max()
+    assert (got.argmax(-1) == ref.argmax(-1)).float().mean() >= 0.9
+    for beams in (1, 3):  # and generation (beams reorder the cache) mostly picks the same tokens
+        fp32 = generate(m, PROMPTS, max_new_tokens=6, num_beams=beams).sequences
+        int8 = generate(q, PROMPTS, max_new_tokens=6, num_beams=beams).sequences
+        assert int8.shape == fp32.shape and (int8 == fp32).float().mean() >= 0.8
+    if not amx:
+        return
 
     hf = random_hf(**{**CONFIGS[0], "vocab_size": 42384})
     d = _save_hf_with_vocab(hf, tmp_path / "m")
     assert main(["generate", "--model", str(d), "COVID-19 is", "--dtype", "int8", "--max-new-tokens", "5"]) == 0
     assert capsys.readouterr().out.strip().startswith("COVID-19 is")
-    monkeypatch.setattr("biogpt.cpu_inference._engine_available", lambda: False)  # a build without fbgemm/qnnpack
+
+    def no_kernels():
+        raise kernels.KernelUnavailable("this CPU lacks amx_int8")
+
+    monkeypatch.setattr("biogpt.cpu_inference.decode_kernels", no_kernels)  # a CPU without AMX ...
+    monkeypatch.setattr("biogpt.cpu_inference._engine_available", lambda: False)  # ... nor fbgemm/qnnpack
     assert main(["generate", "--model", str(d), "x", "--dtype", "int8"]) == 2
     assert "no quantized CPU engine" in capsys.readouterr().err
 

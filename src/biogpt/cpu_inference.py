@@ -7,13 +7,14 @@ stream in and are turned into products.
   AMX/AVX512-BF16 kernels without re-laying the weight out on each call (what a plain bf16 `F.linear` does).
   Same numerics as the bf16 model (bf16 inputs and weights, fp32 accumulation); measured 1.3-1.5x faster
   Linears at batch 1-16 and faster prefill on an AMX CPU (benchmarks/bench_generate.py).
-- `quantize_int8(model)`: every block Linear and the tied output head become PyTorch's dynamically
-  quantized Linear (fbgemm/x86 or qnnpack, whichever the CPU build uses):
-  - weights: int8, symmetric, one scale per output row (per channel), quantized once here;
-  - activations: uint8 with one scale and zero point per call, computed from the input rows of that call
-    (so, unlike fp32, a row's result can depend slightly on the other rows of the batch);
-  - int32 accumulation, fp32 bias and output. LayerNorm, attention, the KV cache and the embeddings stay fp32.
-  A quarter of fp32's bytes: the fastest form for a single sequence.
+- `quantize_int8(model)`: every block Linear and the tied output head get int8 weights, symmetric, one scale
+  per output row, quantized once here; int32 accumulation, fp32 bias and output. LayerNorm, attention, the KV
+  cache and the embeddings stay fp32. A quarter of fp32's bytes: the fastest form. Two kernels:
+  - on CPUs with AMX (Sapphire Rapids and later), biogpt's own (biogpt/kernels/int8_amx.c, `AMXInt8Linear`):
+    activations int8, symmetric, one scale per row, so a row's result never depends on the other rows of
+    the batch; it streams the weights at close to memory speed;
+  - elsewhere, PyTorch's dynamically quantized Linear (fbgemm/x86 or qnnpack, `Int8Linear`): activations
+    uint8 with one scale and zero point per call, computed from all the rows of that call.
 
 Both are approximate (measured against fp32 in tests/test_model.py and benchmarks/bench_generate.py) and for
 inference only: save or convert the fp32 model instead.
@@ -26,7 +27,8 @@ import warnings
 import torch
 from torch import nn
 
-from biogpt.model import BioGPT
+from biogpt.kernels import KernelUnavailable, decode_kernels
+from biogpt.model import BioGPT, KVCache
 
 
 class Int8Linear(nn.Module):
@@ -52,6 +54,71 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+class AMXInt8Linear(nn.Module):
+    """y = x W^T + b with W held as int8 AMX tiles (layout: biogpt/kernels/int8_amx.c), run by that kernel."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        w = weight.detach().float()  # [N, K]
+        N, K = w.shape
+        self.out_features, self.in_features = N, K
+        Np, Kp = -(-N // 64) * 64, -(-K // 64) * 64  # zero padded to whole tile groups
+        scale = (w.abs().amax(1) / 127).clamp_min(1e-12)  # [N]
+        q = torch.zeros(Np, Kp, dtype=torch.int8)
+        q[:N, :K] = torch.round(w / scale[:, None]).to(torch.int8)
+        # [Np, Kp] -> [group, kb, j, r, c, i]: row g*64 + 16j + c, column kb*64 + 4r + i
+        self._tiles = q.view(Np // 64, 4, 16, Kp // 64, 16, 4).permute(0, 3, 1, 4, 2, 5).contiguous()
+        self._scale = torch.zeros(Np)
+        self._scale[:N] = scale
+        self._bias = bias.detach().float().contiguous() if bias is not None else None
+        self._kernel = decode_kernels().biogpt_int8_linear
+        self.gelu = False  # True: the output goes through exact GELU in the kernel (the block's act is then Identity)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        K, N = self.in_features, self.out_features
+        x2 = x.reshape(-1, K).float().contiguous()  # [M, K]
+        M = x2.shape[0]
+        y = torch.empty(M, N)
+        if M:
+            work = torch.empty(M * (-(-K // 64) * 64) + 4 * M, dtype=torch.int8)  # int8 rows + their scales
+            bias = self._bias.data_ptr() if self._bias is not None else None
+            self._kernel(x2.data_ptr(), M, K, self._tiles.data_ptr(), self._scale.data_ptr(), bias, int(self.gelu), N,
+                         y.data_ptr(), work.data_ptr(), torch.get_num_threads())  # fmt: skip
+        return y.view(*x.shape[:-1], N)
+
+    def extra_repr(self) -> str:
+        gelu = ", then GELU" if self.gelu else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 AMX{gelu}"
+
+
+class DecodeAttention(nn.Module):
+    """Attention of one new token per row over a bf16 KV cache, by biogpt/kernels/decode.c: it writes the
+    token's key and value into the cache and reads every cached slot once, in fp32 arithmetic."""
+
+    MAX_HEAD_DIM, MAX_SLOTS = 256, 4096  # the kernel's limits (head dim also a multiple of 32)
+
+    def __init__(self, n_head: int):
+        super().__init__()
+        self.n_head = n_head
+        self._kernel = decode_kernels().biogpt_decode_attention
+
+    @classmethod
+    def fits(cls, head_dim: int, max_positions: int) -> bool:
+        return head_dim % 32 == 0 and head_dim <= cls.MAX_HEAD_DIM and max_positions <= cls.MAX_SLOTS
+
+    def forward(self, qkv: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor:
+        B, T, d3 = qkv.shape  # [B, 1, 3d] fp32: q, k, v of the new token
+        d, H = d3 // 3, self.n_head
+        if T != 1 or cache.k.dtype != torch.bfloat16 or qkv.dtype != torch.float32:
+            raise ValueError("DecodeAttention takes one fp32 token per row and a bf16 cache (model.new_cache)")
+        qkv, valid = qkv.contiguous(), cache.valid.contiguous()
+        out = torch.empty(B, 1, d)
+        k, v = cache.k[layer], cache.v[layer]  # [B, H, S_max, D], contiguous
+        self._kernel(qkv.data_ptr(), B, H, d // H, k.data_ptr(), v.data_ptr(), cache.max_len, cache.length,
+                     valid.data_ptr(), out.data_ptr(), torch.get_num_threads())  # fmt: skip
+        return out
 
 
 class QuantizationError(ValueError):
@@ -127,12 +194,30 @@ def _engine_available() -> bool:
     return hasattr(torch.ops.quantized, "linear_dynamic") and bool(engines)
 
 
-def quantize_int8(model: BioGPT) -> BioGPT:
-    """Turn `model` (in place) into its int8-weight inference form and return it; it must be on the CPU."""
+def quantize_int8(model: BioGPT, amx: bool | None = None) -> BioGPT:
+    """Turn `model` (in place) into its int8-weight inference form and return it; it must be on the CPU.
+
+    amx: None uses biogpt's AMX kernel where it runs and PyTorch's quantized Linear elsewhere; True requires
+    the AMX kernel; False always uses PyTorch's."""
     if model.tok_emb.weight.device.type != "cpu":
         raise QuantizationError("int8 mode runs on the CPU; use --dtype bf16 or fp32 on other devices")
+    _check_plain(model)
+    if amx is not False:
+        try:
+            decode_kernels()
+        except KernelUnavailable as e:
+            if amx:
+                raise QuantizationError(f"the AMX int8 kernels cannot run: {e}") from e
+        else:
+            _replace_linears(model.float().eval(), AMXInt8Linear)
+            for block in model.blocks:  # GELU fused into fc1's kernel: one pass less over the widest activations
+                block.fc1.gelu, block.act = True, nn.Identity()
+            cfg = model.config
+            if DecodeAttention.fits(cfg.d_model // cfg.n_head, cfg.max_positions):
+                model.cache_dtype = torch.bfloat16  # half the bytes to read per step; keys and values to 8 bits
+                for block in model.blocks:
+                    block.decode_attention = DecodeAttention(cfg.n_head)
+            return model
     if not _engine_available():
         raise QuantizationError("this PyTorch build has no quantized CPU engine; use --dtype bf16 or fp32")
-    _check_plain(model)
-    model.float().eval()
-    return _replace_linears(model, Int8Linear)
+    return _replace_linears(model.float().eval(), Int8Linear)

@@ -113,28 +113,32 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(d, eps=1e-5)
         self.fc1 = nn.Linear(d, cfg.d_ffn)
         self.fc2 = nn.Linear(cfg.d_ffn, d)
+        self.act = nn.GELU()  # exact (erf)
         self.drop = nn.Dropout(cfg.dropout)
         self.act_drop = nn.Dropout(cfg.activation_dropout)
+        # (qkv [B, 1, 3d], cache, layer) -> [B, 1, d] for one new token per row; cpu_inference.py sets a kernel
+        self.decode_attention: nn.Module | None = None
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, cache: KVCache | None, layer: int) -> torch.Tensor:
         B, T, d = x.shape
         H = self.n_head
-        q, k, v = self.qkv(self.ln1(x)).view(B, T, 3, H, d // H).permute(2, 0, 3, 1, 4)  # 3 x [B, H, T, D]
-        if cache is not None:
-            s = cache.length
-            cache.k[layer, :, :, s : s + T] = k
-            cache.v[layer, :, :, s : s + T] = v
-            k, v = cache.k[layer, :, :, : s + T], cache.v[layer, :, :, : s + T]  # [B, H, S, D]
-        a = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            dropout_p=self.attn_dropout if self.training else 0.0,
-            is_causal=mask is None and cache is None and T > 1,
-        )
-        x = x + self.drop(self.out(a.transpose(1, 2).reshape(B, T, d)))
-        return x + self.drop(self.fc2(self.act_drop(F.gelu(self.fc1(self.ln2(x))))))
+        qkv = self.qkv(self.ln1(x))  # [B, T, 3d]
+        if cache is not None and T == 1 and self.decode_attention is not None:
+            a = self.decode_attention(qkv, cache, layer)  # also writes this token's k, v into the cache
+        else:
+            q, k, v = qkv.view(B, T, 3, H, d // H).permute(2, 0, 3, 1, 4)  # 3 x [B, H, T, D]
+            if cache is not None:
+                s = cache.length
+                cache.k[layer, :, :, s : s + T] = k
+                cache.v[layer, :, :, s : s + T] = v
+                if s:  # [B, H, S, D]; a cache kept in another dtype (cache_dtype) is read in the model's
+                    k, v = cache.k[layer, :, :, : s + T].to(q.dtype), cache.v[layer, :, :, : s + T].to(q.dtype)
+            drop = self.attn_dropout if self.training else 0.0
+            causal = mask is None and cache is None and T > 1
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=causal)
+            a = a.transpose(1, 2).reshape(B, T, d)
+        x = x + self.drop(self.out(a))
+        return x + self.drop(self.fc2(self.act_drop(self.act(self.fc1(self.ln2(x))))))
 
 
 class BioGPT(nn.Module):
@@ -148,6 +152,7 @@ class BioGPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model, eps=1e-5)
         self.head: nn.Module | None = None  # None: the head is tied to tok_emb; cpu_inference.py sets a packed one
+        self.cache_dtype: torch.dtype | None = None  # KV cache dtype; None: the weights' (cpu_inference.py sets bf16)
 
     # --- construction ---------------------------------------------------------------------------------
 
@@ -245,7 +250,7 @@ class BioGPT(nn.Module):
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         p = self.tok_emb.weight
-        return KVCache(self.config, batch, max_len, p.dtype, p.device)
+        return KVCache(self.config, batch, max_len, self.cache_dtype or p.dtype, p.device)
 
     @torch.inference_mode()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
