@@ -59,7 +59,7 @@ static void configure_tiles(int rows) {
     }
     cfg.rows[4] = (uint8_t)rows; /* A: rows x 64 int8 */
     cfg.colsb[4] = 64;
-    for (int t = 5; t < 8; t++) { /* B: 16 x (16 outputs x 4 inputs) int8 */
+    for (int t = 5; t < 8; t++) { /* B: 16 x (16 outputs x 4 inputs) int8; with 16 rows tile 5 may be a second A */
         cfg.rows[t] = 16;
         cfg.colsb[t] = 64;
     }
@@ -147,14 +147,54 @@ void biogpt_int8_linear(const float *x, int64_t M, int64_t K, const int8_t *w, c
     const int64_t Kp = (K + 63) / 64 * 64, KB = Kp / 64, groups = (N + 63) / 64;
     int8_t *xq = work;
     float *xs = (float *)(work + M * Kp);
-    quantize_rows(x, M, K, Kp, xq, xs);
 #pragma omp parallel num_threads(threads)
     {
         int32_t acc[16 * 16] __attribute__((aligned(64)));
         int configured_rows = -1;
 #pragma omp for schedule(static)
+        for (int64_t m = 0; m < M; m++) quantize_rows(x + m * K, 1, K, Kp, xq + m * Kp, xs + m);
+        /* (the implied barrier: every row is quantized before any tile reads it) */
+#pragma omp for schedule(static)
         for (int64_t g = 0; g < groups; g++) {
-            for (int64_t m0 = 0; m0 < M; m0 += 16) {
+            const int64_t n0 = g * 64;
+            const int8_t *bg = w + g * KB * GROUP_BYTES; /* one contiguous stream per group */
+            int64_t m0 = 0;
+            /* prompts (32 rows and more): 2 x 2 tiles per pass, two row blocks times two output blocks, so
+               each tile loaded serves two products */
+            for (; m0 + 32 <= M; m0 += 32) {
+                if (configured_rows != 16) {
+                    configure_tiles(16);
+                    configured_rows = 16;
+                }
+                const int8_t *a0 = xq + m0 * Kp, *a1 = a0 + 16 * Kp;
+                for (int jp = 0; jp < 4; jp += 2) {
+                    _tile_zero(0);
+                    _tile_zero(1);
+                    _tile_zero(2);
+                    _tile_zero(3);
+                    const int8_t *b = bg + jp * 1024;
+                    for (int64_t kb = 0; kb < KB; kb++, b += GROUP_BYTES) {
+                        _tile_loadd(4, a0 + kb * 64, Kp);
+                        _tile_loadd(5, a1 + kb * 64, Kp);
+                        _tile_loadd(6, b, 64);
+                        _tile_loadd(7, b + 1024, 64);
+                        _tile_dpbssd(0, 4, 6);
+                        _tile_dpbssd(1, 4, 7);
+                        _tile_dpbssd(2, 5, 6);
+                        _tile_dpbssd(3, 5, 7);
+                    }
+                    _tile_stored(0, acc, 64);
+                    write_block(acc, 16, m0, n0 + jp * 16, N, xs, w_scale, bias, gelu, y);
+                    _tile_stored(1, acc, 64);
+                    write_block(acc, 16, m0, n0 + jp * 16 + 16, N, xs, w_scale, bias, gelu, y);
+                    _tile_stored(2, acc, 64);
+                    write_block(acc, 16, m0 + 16, n0 + jp * 16, N, xs, w_scale, bias, gelu, y);
+                    _tile_stored(3, acc, 64);
+                    write_block(acc, 16, m0 + 16, n0 + jp * 16 + 16, N, xs, w_scale, bias, gelu, y);
+                }
+            }
+            /* decoding (up to 16 rows) and the rest of a prompt: one row block times four output blocks */
+            for (; m0 < M; m0 += 16) {
                 const int rows = (int)(M - m0 < 16 ? M - m0 : 16);
                 if (rows != configured_rows) {
                     configure_tiles(rows);
@@ -164,8 +204,7 @@ void biogpt_int8_linear(const float *x, int64_t M, int64_t K, const int8_t *w, c
                 _tile_zero(1);
                 _tile_zero(2);
                 _tile_zero(3);
-                const int8_t *a = xq + m0 * Kp;
-                const int8_t *b = w + g * KB * GROUP_BYTES; /* one contiguous stream per group */
+                const int8_t *a = xq + m0 * Kp, *b = bg;
                 for (int64_t kb = 0; kb < KB; kb++, b += GROUP_BYTES) {
 #ifdef PREFETCH
                     for (int i = 0; i < GROUP_BYTES; i += 64) _mm_prefetch((const char *)b + PREFETCH + i, _MM_HINT_T0);
@@ -180,7 +219,6 @@ void biogpt_int8_linear(const float *x, int64_t M, int64_t K, const int8_t *w, c
                     _tile_loadd(5, b + 3072, 64);
                     _tile_dpbssd(3, 4, 5);
                 }
-                const int64_t n0 = g * 64;
                 _tile_stored(0, acc, 64);
                 write_block(acc, rows, m0, n0, N, xs, w_scale, bias, gelu, y);
                 _tile_stored(1, acc, 64);
