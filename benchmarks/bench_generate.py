@@ -5,8 +5,9 @@
 Cases: greedy at batch 1, greedy at batch 16, beam search with 5 beams. Each case runs, alternating:
 transformers fp32; biogpt fp32 (the exact mode: outputs are checked identical to transformers); biogpt bf16
 (prepacked for oneDNN, where the CPU has native bf16: biogpt.cpu_inference.pack_bf16); biogpt int8 (int8
-weights: biogpt.cpu_inference.quantize_int8). It prints tokens/s, ratios against transformers fp32, and the
-share of generated tokens that bf16 and int8 have in common with fp32.
+weights: biogpt.cpu_inference.quantize_int8, with biogpt's own AMX kernels and a bf16 KV cache where the CPU
+has AMX, PyTorch's quantized Linear elsewhere; the header line says which). It prints tokens/s, ratios against
+transformers fp32, and the share of generated tokens that bf16 and int8 have in common with fp32.
 """
 
 import argparse
@@ -50,9 +51,10 @@ def main() -> None:
     int8 = BioGPT(cfg).eval()
     int8.load_state_dict(ours.state_dict())
     models["int8"] = quantize_int8(int8)
+    int8_form = type(models["int8"].blocks[0].qkv).__name__
     print(
         f"config {args.config}: {sum(p.numel() for p in ours.parameters()) / 1e6:.1f}M parameters, "
-        f"{args.threads} threads, native bf16: {'bf16' in models}"
+        f"{args.threads} threads, native bf16: {'bf16' in models}, int8 form: {int8_form}"
     )
 
     n = args.new_tokens

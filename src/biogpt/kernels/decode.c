@@ -34,6 +34,9 @@
 
 #define ARCH_REQ_XCOMP_PERM 0x1023
 #define XFEATURE_XTILEDATA 18
+#ifndef PREFETCH_HINT
+#define PREFETCH_HINT _MM_HINT_T0
+#endif
 #define GROUP_BYTES 4096 /* 4 output blocks (64 rows) per pass: C tiles 0-3, A tile 4, B tiles 5-7 */
 
 /* Ask Linux for the AMX tile state (needed once per process before the first tile instruction). 0: granted. */
@@ -207,7 +210,7 @@ void biogpt_int8_linear(const float *x, int64_t M, int64_t K, const int8_t *w, c
                 const int8_t *a = xq + m0 * Kp, *b = bg;
                 for (int64_t kb = 0; kb < KB; kb++, b += GROUP_BYTES) {
 #ifdef PREFETCH
-                    for (int i = 0; i < GROUP_BYTES; i += 64) _mm_prefetch((const char *)b + PREFETCH + i, _MM_HINT_T0);
+                    for (int i = 0; i < GROUP_BYTES; i += 64) _mm_prefetch((const char *)b + PREFETCH + i, PREFETCH_HINT);
 #endif
                     _tile_loadd(4, a + kb * 64, Kp);
                     _tile_loadd(5, b, 64);
