@@ -128,8 +128,9 @@ def test_kernel_build_errors_and_cache(fresh_kernels, monkeypatch):
     assert not list(fresh_kernels.iterdir())
     monkeypatch.delenv("CC")
     kernels.decode_kernels.cache_clear()
+    (fresh_kernels / "decode-0123456789abcdef.so").write_bytes(b"a build of an earlier version")
     assert isinstance(quantize_int8(_tiny()).blocks[0].qkv, AMXInt8Linear)
-    built = list(fresh_kernels.iterdir())
+    built = list(fresh_kernels.iterdir())  # the earlier version's build is gone
     assert len(built) == 1 and built[0].suffix == ".so"
     stamp = built[0].stat().st_mtime_ns
     kernels.decode_kernels.cache_clear()

@@ -72,6 +72,9 @@ def _build(source: Path) -> Path:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    for old in out.parent.glob(f"{source.stem}-*.so"):  # builds of earlier versions (a process using one keeps it)
+        if old != out:
+            old.unlink(missing_ok=True)
     return out
 
 
