@@ -10,7 +10,7 @@ stream in and are turned into products.
 - `quantize_int8(model)`: every block Linear and the tied output head get int8 weights, symmetric, one scale
   per output row, quantized once here; int32 accumulation, fp32 bias and output. LayerNorm, attention, the KV
   cache and the embeddings stay fp32. A quarter of fp32's bytes: the fastest form. Two kernels:
-  - on CPUs with AMX (Sapphire Rapids and later), biogpt's own (biogpt/kernels/int8_amx.c, `AMXInt8Linear`):
+  - on CPUs with AMX (Sapphire Rapids and later), biogpt's own (biogpt/kernels/decode.c, `AMXInt8Linear`):
     activations int8, symmetric, one scale per row, so a row's result never depends on the other rows of
     the batch; it streams the weights at close to memory speed;
   - elsewhere, PyTorch's dynamically quantized Linear (fbgemm/x86 or qnnpack, `Int8Linear`): activations
@@ -57,7 +57,7 @@ class Int8Linear(nn.Module):
 
 
 class AMXInt8Linear(nn.Module):
-    """y = x W^T + b with W held as int8 AMX tiles (layout: biogpt/kernels/int8_amx.c), run by that kernel."""
+    """y = x W^T + b with W held as int8 AMX tiles (layout: biogpt/kernels/decode.c), run by that kernel."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()
@@ -65,6 +65,7 @@ class AMXInt8Linear(nn.Module):
         N, K = w.shape
         self.out_features, self.in_features = N, K
         Np, Kp = -(-N // 64) * 64, -(-K // 64) * 64  # zero padded to whole tile groups
+        self._k_padded = Kp
         scale = (w.abs().amax(1) / 127).clamp_min(1e-12)  # [N]
         q = torch.zeros(Np, Kp, dtype=torch.int8)
         q[:N, :K] = torch.round(w / scale[:, None]).to(torch.int8)
@@ -82,7 +83,7 @@ class AMXInt8Linear(nn.Module):
         M = x2.shape[0]
         y = torch.empty(M, N)
         if M:
-            work = torch.empty(M * (-(-K // 64) * 64) + 4 * M, dtype=torch.int8)  # int8 rows + their scales
+            work = torch.empty(M * self._k_padded + 4 * M, dtype=torch.int8)  # int8 rows + their scales
             bias = self._bias.data_ptr() if self._bias is not None else None
             self._kernel(x2.data_ptr(), M, K, self._tiles.data_ptr(), self._scale.data_ptr(), bias, int(self.gelu), N,
                          y.data_ptr(), work.data_ptr(), torch.get_num_threads())  # fmt: skip
@@ -197,8 +198,8 @@ def _engine_available() -> bool:
 def quantize_int8(model: BioGPT, amx: bool | None = None) -> BioGPT:
     """Turn `model` (in place) into its int8-weight inference form and return it; it must be on the CPU.
 
-    amx: None uses biogpt's AMX kernel where it runs and PyTorch's quantized Linear elsewhere; True requires
-    the AMX kernel; False always uses PyTorch's."""
+    amx: None uses biogpt's AMX kernels where they run and PyTorch's quantized Linear elsewhere; True requires
+    the AMX kernels; False always uses PyTorch's."""
     if model.tok_emb.weight.device.type != "cpu":
         raise QuantizationError("int8 mode runs on the CPU; use --dtype bf16 or fp32 on other devices")
     _check_plain(model)
@@ -210,12 +211,13 @@ def quantize_int8(model: BioGPT, amx: bool | None = None) -> BioGPT:
                 raise QuantizationError(f"the AMX int8 kernels cannot run: {e}") from e
         else:
             _replace_linears(model.float().eval(), AMXInt8Linear)
-            for block in model.blocks:  # GELU fused into fc1's kernel: one pass less over the widest activations
-                block.fc1.gelu, block.act = True, nn.Identity()
             cfg = model.config
-            if DecodeAttention.fits(cfg.d_model // cfg.n_head, cfg.max_positions):
+            fits = DecodeAttention.fits(cfg.d_model // cfg.n_head, cfg.max_positions)
+            if fits:
                 model.cache_dtype = torch.bfloat16  # half the bytes to read per step; keys and values to 8 bits
-                for block in model.blocks:
+            for block in model.blocks:
+                block.fc1.gelu, block.act = True, nn.Identity()  # GELU in fc1's kernel: one pass less
+                if fits:
                     block.decode_attention = DecodeAttention(cfg.n_head)
             return model
     if not _engine_available():

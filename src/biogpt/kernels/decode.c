@@ -69,26 +69,21 @@ static void configure_tiles(int rows) {
     _tile_loadconfig(&cfg);
 }
 
-/* x [M, K] fp32 -> xq [M, Kp] int8 (zero padded to Kp) and scale [M]. */
-static void quantize_rows(const float *x, int64_t M, int64_t K, int64_t Kp, int8_t *xq, float *scale) {
-    for (int64_t m = 0; m < M; m++) {
-        const float *row = x + m * K;
-        __m512 vmax = _mm512_setzero_ps();
-        int64_t k = 0;
-        for (; k + 16 <= K; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(row + k)));
-        float amax = _mm512_reduce_max_ps(vmax);
-        for (; k < K; k++) amax = fmaxf(amax, fabsf(row[k]));
-        float s = amax > 0.f ? amax / 127.f : 1.f;
-        scale[m] = s;
-        __m512 inv = _mm512_set1_ps(1.f / s);
-        int8_t *out = xq + m * Kp;
-        for (k = 0; k + 16 <= K; k += 16) {
-            __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(row + k), inv)); /* round to nearest even */
-            _mm_storeu_si128((__m128i *)(out + k), _mm512_cvtsepi32_epi8(q));
-        }
-        for (; k < K; k++) out[k] = (int8_t)nearbyintf(row[k] / s);
-        memset(out + K, 0, (size_t)(Kp - K));
+/* one row x [K] fp32 -> xq [Kp] int8 (zero padded to Kp) and its scale */
+static void quantize_row(const float *x, int64_t K, int64_t Kp, int8_t *xq, float *scale) {
+    __m512 vmax = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(x + k)));
+    float amax = _mm512_reduce_max_ps(vmax);
+    for (; k < K; k++) amax = fmaxf(amax, fabsf(x[k]));
+    const float s = amax > 0.f ? amax / 127.f : 1.f, inv = 1.f / s;
+    *scale = s;
+    for (k = 0; k + 16 <= K; k += 16) {
+        __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + k), _mm512_set1_ps(inv))); /* to nearest even */
+        _mm_storeu_si128((__m128i *)(xq + k), _mm512_cvtsepi32_epi8(q));
     }
+    for (; k < K; k++) xq[k] = (int8_t)nearbyintf(x[k] * inv); /* the same product as the vector loop */
+    memset(xq + K, 0, (size_t)(Kp - K));
 }
 
 /* exp(x) for x <= 0, as softmax needs after subtracting the max: 2^n e^r with r = x - n ln2 in
@@ -155,7 +150,7 @@ void biogpt_int8_linear(const float *x, int64_t M, int64_t K, const int8_t *w, c
         int32_t acc[16 * 16] __attribute__((aligned(64)));
         int configured_rows = -1;
 #pragma omp for schedule(static)
-        for (int64_t m = 0; m < M; m++) quantize_rows(x + m * K, 1, K, Kp, xq + m * Kp, xs + m);
+        for (int64_t m = 0; m < M; m++) quantize_row(x + m * K, K, Kp, xq + m * Kp, xs + m);
         /* (the implied barrier: every row is quantized before any tile reads it) */
 #pragma omp for schedule(static)
         for (int64_t g = 0; g < groups; g++) {
