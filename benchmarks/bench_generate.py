@@ -4,8 +4,8 @@
 
 Cases: greedy at batch 1, greedy at batch 16, beam search with 5 beams. Each case runs, alternating:
 transformers fp32; biogpt fp32 (the exact mode: outputs are checked identical to transformers); biogpt bf16
-(prepacked for oneDNN, where the CPU has native bf16: biogpt.cpu_inference.pack_bf16); biogpt int8 (int8
-weights: biogpt.cpu_inference.quantize_int8, with biogpt's own AMX kernels and a bf16 KV cache where the CPU
+(prepacked for oneDNN, where the CPU has native bf16: biogpt.backends.cpu.forms.pack_bf16); biogpt int8 (int8
+weights: biogpt.backends.cpu.forms.quantize_int8, with biogpt's own AMX kernels and a bf16 KV cache where the CPU
 has AMX, PyTorch's quantized Linear elsewhere; the header line says which). It prints tokens/s, ratios against
 transformers fp32, and the share of generated tokens that bf16 and int8 have in common with fp32.
 """
@@ -15,10 +15,10 @@ import time
 
 import torch
 
-from biogpt.checkpoint import config_from_hf, hf_to_ours
-from biogpt.cpu_inference import can_pack_bf16, pack_bf16, quantize_int8
-from biogpt.generate import generate
-from biogpt.model import BioGPT
+from biogpt.backends.cpu import can_pack_bf16, pack_bf16, quantize_int8
+from biogpt.checkpoints import config_from_hf, hf_to_ours
+from biogpt.generation import generate
+from biogpt.models.biogpt import BioGPT
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from biogpt import Tokenizer
-from biogpt.corpus import task_abstracts
+from biogpt.tasks.texts import task_abstracts
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,9 +11,9 @@ import time
 
 import torch
 
-from biogpt.checkpoint import config_from_hf, hf_to_ours
-from biogpt.model import BioGPT
-from biogpt.train import PRESETS, lm_loss
+from biogpt.checkpoints import config_from_hf, hf_to_ours
+from biogpt.models.biogpt import BioGPT
+from biogpt.training import PRESETS, lm_loss
 
 
 def main() -> None:

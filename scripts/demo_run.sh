@@ -12,14 +12,14 @@ stamp() { echo "[$(( $(date +%s) - start ))s] $*"; }
 stamp "export the task abstracts as JSONL"
 python -c "
 import json, sys
-from biogpt.corpus import task_abstracts
+from biogpt.tasks.texts import task_abstracts
 with open('$RUN/abstracts.jsonl', 'w') as f:
     for i, a in enumerate(task_abstracts('$TASKS')):
         f.write(json.dumps({'id': i, 'title': '', 'abstract': a}) + '\n')
 "
 python -c "
 import json
-from biogpt.corpus import read_records
+from biogpt.training.corpus import read_records
 with open('$RUN/abstracts.txt', 'w') as f:
     for r in read_records('$RUN/abstracts.jsonl'):
         f.write(r.text + '\n')

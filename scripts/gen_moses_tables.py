@@ -1,4 +1,4 @@
-"""Regenerate src/biogpt/_moses_tables.py: the character classes and English non-breaking prefixes
+"""Regenerate src/biogpt/text/_moses_tables.py: the character classes and English non-breaking prefixes
 that the Moses tokenizer uses.
 
 The tables are data, not code: Perl Unicode property sets (an older Unicode version than Python's
@@ -56,7 +56,7 @@ def main() -> None:
     lines.append("NONBREAKING_PREFIXES_EN = (")
     lines += [f"    {p!r}," for p in prefixes]
     lines.append(")")
-    out = Path(__file__).resolve().parents[1] / "src" / "biogpt" / "_moses_tables.py"
+    out = Path(__file__).resolve().parents[1] / "src" / "biogpt" / "text" / "_moses_tables.py"
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"wrote {out}")
 

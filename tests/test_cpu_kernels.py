@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from biogpt import kernels
-from biogpt.model import BioGPTConfig, KVCache
+from biogpt.backends.cpu import kernels
+from biogpt.models.biogpt import BioGPTConfig, KVCache
 
 amx = pytest.mark.skipif(not kernels.available(), reason="needs an x86 CPU with AMX int8 and a C compiler")
 
@@ -27,7 +27,7 @@ def reference_int8_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | No
 @amx
 @pytest.mark.parametrize("M,N,K", [(1, 64, 64), (3, 100, 70), (16, 192, 1024), (17, 200, 130), (40, 48, 24)])
 def test_int8_linear_matches_reference(M, N, K):
-    from biogpt.cpu_inference import AMXInt8Linear
+    from biogpt.backends.cpu import AMXInt8Linear
 
     g = torch.Generator().manual_seed(M * 1000 + N + K)
     w, b, x = torch.randn(N, K, generator=g), torch.randn(N, generator=g), torch.randn(2, M, K, generator=g)
@@ -48,7 +48,7 @@ def test_int8_linear_matches_reference(M, N, K):
 @amx
 @pytest.mark.parametrize("n_head,d_model", [(4, 128), (2, 256), (3, 96)])
 def test_decode_attention_matches_sdpa(n_head, d_model):
-    from biogpt.cpu_inference import DecodeAttention
+    from biogpt.backends.cpu import DecodeAttention
 
     cfg = BioGPTConfig(vocab_size=100, n_layer=2, d_model=d_model, n_head=n_head, d_ffn=64, max_positions=64)
     B, D, s, layer = 3, d_model // n_head, 37, 1
@@ -86,7 +86,7 @@ def test_decode_attention_matches_sdpa(n_head, d_model):
 
 
 def _tiny():
-    from biogpt.model import BioGPT
+    from biogpt.models.biogpt import BioGPT
 
     cfg = BioGPTConfig(vocab_size=100, n_layer=1, d_model=64, n_head=2, d_ffn=128, max_positions=32)
     return BioGPT(cfg).eval()
@@ -102,7 +102,7 @@ def fresh_kernels(tmp_path, monkeypatch):
 
 
 def test_cpu_without_amx_falls_back(fresh_kernels, monkeypatch):
-    from biogpt.cpu_inference import Int8Linear, QuantizationError, quantize_int8
+    from biogpt.backends.cpu import Int8Linear, QuantizationError, quantize_int8
 
     monkeypatch.setattr(kernels, "_cpu_flags", lambda: {"avx512f"})
     with pytest.raises(kernels.KernelUnavailable, match="lacks .*amx_int8"):
@@ -116,7 +116,7 @@ def test_cpu_without_amx_falls_back(fresh_kernels, monkeypatch):
 
 @pytest.mark.skipif(not kernels._CPU_FLAGS <= kernels._cpu_flags(), reason="the build is only tried on AMX CPUs")
 def test_kernel_build_errors_and_cache(fresh_kernels, monkeypatch):
-    from biogpt.cpu_inference import AMXInt8Linear, quantize_int8
+    from biogpt.backends.cpu import AMXInt8Linear, quantize_int8
 
     monkeypatch.setenv("CC", str(fresh_kernels / "no-such-cc"))
     with pytest.raises(kernels.KernelUnavailable, match="no C compiler"):

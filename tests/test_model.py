@@ -7,9 +7,10 @@ import shutil
 import pytest
 import torch
 
-from biogpt import BioGPT
-from biogpt.checkpoint import CheckpointError, config_from_hf, convert, hf_to_ours, load_pretrained
-from biogpt.generate import AllowedSequences, SourceSpans, generate, left_pad
+from biogpt import BioGPT, convert
+from biogpt import load as load_pretrained
+from biogpt.checkpoints import CheckpointError, config_from_hf, hf_to_ours
+from biogpt.generation import AllowedSequences, SourceSpans, generate, left_pad
 
 from .conftest import VOCABS
 
@@ -119,8 +120,6 @@ def test_generation_matches_transformers(kw):
     assert torch.equal(out.sequences, ref.sequences)
     if kw.get("num_beams", 1) > 1:
         assert (out.scores - ref.sequences_scores).abs().max() <= 1e-5
-    # the model.generate() method is the same engine
-    assert torch.equal(m.generate(ids, mask, **kw), ref.sequences)
 
 
 def test_constraints_and_sampling():
@@ -172,7 +171,7 @@ def test_hf_directory_formats(tmp_path):
     sd = dict(hf.state_dict())
     sd["output_projection.weight"] = sd["biogpt.embed_tokens.weight"].clone()
     torch.save(sd, b / "pytorch_model.bin")
-    assert (BioGPT.from_pretrained(b)(ids) - ref).abs().max() <= 1e-5
+    assert (load_pretrained(b)[0](ids) - ref).abs().max() <= 1e-5
 
 
 def fairseq_checkpoint(hf, d, k: int, extra_state=None):
@@ -248,7 +247,7 @@ def test_checkpoint_errors(tmp_path, monkeypatch):
     shutil.copytree(d, wrong)
     for f in ("dict.txt", "bpecodes"):
         shutil.copy(VOCABS["large"] / f, wrong / f)
-    with pytest.raises(CheckpointError, match=r"42393 embedding rows but .*dict.txt gives 57717 tokens"):
+    with pytest.raises(CheckpointError, match=r"42393 embedding rows but the vocabulary .* has 57717 tokens \+ 9 prompt tokens"):
         load_pretrained(wrong)
     # truncated checkpoint.pt
     cut = tmp_path / "cut"
@@ -311,9 +310,8 @@ def test_cli_generate_info_convert(tmp_path, capsys):
 
 @pytest.mark.parametrize("amx", [False, True], ids=["pytorch-int8", "amx-int8"])
 def test_int8_mode_is_close_to_fp32(amx, tmp_path, capsys, monkeypatch):
-    from biogpt import kernels
+    from biogpt.backends.cpu import AMXInt8Linear, DecodeAttention, Int8Linear, kernels, quantize_int8
     from biogpt.cli import main
-    from biogpt.cpu_inference import AMXInt8Linear, DecodeAttention, Int8Linear, quantize_int8
 
     if amx and not kernels.available():
         pytest.skip("needs an x86 CPU with AMX int8 and a C compiler")
@@ -326,7 +324,7 @@ def test_int8_mode_is_close_to_fp32(amx, tmp_path, capsys, monkeypatch):
     assert y.shape == ref.shape and 0 < (y - ref).abs().max() <= 0.03 * ref.abs().max()
 
     # a model with the training initialisation (the heavy random weights above are far from trained ones)
-    from biogpt.model import BioGPTConfig
+    from biogpt.models.biogpt import BioGPTConfig
 
     m = BioGPT(BioGPTConfig(vocab_size=500, n_layer=3, d_model=64, n_head=2, d_ffn=256, max_positions=64)).eval()
     m.init_weights(seed=0)
@@ -370,16 +368,16 @@ def test_int8_mode_is_close_to_fp32(amx, tmp_path, capsys, monkeypatch):
     def no_kernels():
         raise kernels.KernelUnavailable("this CPU lacks amx_int8")
 
-    monkeypatch.setattr("biogpt.cpu_inference.decode_kernels", no_kernels)  # a CPU without AMX ...
-    monkeypatch.setattr("biogpt.cpu_inference._engine_available", lambda: False)  # ... nor fbgemm/qnnpack
+    monkeypatch.setattr("biogpt.backends.cpu.forms.decode_kernels", no_kernels)  # a CPU without AMX ...
+    monkeypatch.setattr("biogpt.backends.cpu.forms._engine_available", lambda: False)  # ... nor fbgemm/qnnpack
     assert main(["generate", "--model", str(d), "x", "--dtype", "int8"]) == 2
     assert "no quantized CPU engine" in capsys.readouterr().err
 
 
 def test_prepacked_bf16_matches_plain_bf16(tmp_path, capsys, monkeypatch):
+    from biogpt.backends.cpu import PackedBF16Linear, QuantizationError, can_pack_bf16, pack_bf16, quantize_int8
     from biogpt.cli import main
-    from biogpt.cpu_inference import PackedBF16Linear, QuantizationError, can_pack_bf16, pack_bf16, quantize_int8
-    from biogpt.model import BioGPTConfig
+    from biogpt.models.biogpt import BioGPTConfig
 
     m = BioGPT(BioGPTConfig(vocab_size=500, n_layer=3, d_model=64, n_head=4, d_ffn=256, max_positions=64)).eval()
     m.init_weights(seed=0)
@@ -411,7 +409,7 @@ def test_prepacked_bf16_matches_plain_bf16(tmp_path, capsys, monkeypatch):
         assert g1.shape == g2.shape and (g1 == g2).float().mean() >= 0.9
 
     # where oneDNN has no native bf16 the model is only cast, with the same results
-    monkeypatch.setattr("biogpt.cpu_inference.can_pack_bf16", lambda: False)
+    monkeypatch.setattr("biogpt.backends.cpu.forms.can_pack_bf16", lambda: False)
     cast = BioGPT(m.config).eval()
     cast.load_state_dict(m.state_dict())
     pack_bf16(cast)

@@ -164,7 +164,7 @@ def tiny_task_model(k: int):
 
 
 def test_end_to_end_on_a_tiny_model(tmp_path, capsys):
-    from biogpt.checkpoint import save_hf
+    from biogpt.checkpoints import save_hf
     from biogpt.cli import main
 
     task = get_task("hoc")

@@ -5,9 +5,9 @@ import random
 
 import pytest
 
-from biogpt import Tokenizer, VocabError, moses
-from biogpt.corpus import task_texts
-from biogpt.tokenizer import load_vocab
+from biogpt import Tokenizer, VocabError
+from biogpt.tasks.texts import task_texts
+from biogpt.text import load_vocab, moses
 
 from .conftest import TASKS, VOCABS
 
@@ -103,7 +103,7 @@ def test_moses_tables_match_sacremoses():
     """The generated character classes are exactly sacremoses' sets (regenerate with scripts/gen_moses_tables.py)."""
     from sacremoses.tokenize import MosesDetokenizer, MosesTokenizer
 
-    from biogpt import _moses_tables as t
+    from biogpt.text import _moses_tables as t
 
     def chars(ranges):
         return {chr(c) for a, b in ranges for c in range(a, b + 1)}

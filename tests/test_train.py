@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from biogpt.corpus import build_corpus, task_abstracts
-from biogpt.train import TrainConfig, inverse_sqrt_lr, pretrain
+from biogpt.tasks.texts import task_abstracts
+from biogpt.training import TrainConfig, inverse_sqrt_lr, pretrain
+from biogpt.training.corpus import build_corpus
 
 from .conftest import TASKS, VOCABS
 
@@ -43,8 +44,8 @@ def test_loss_falls_and_checkpoint_loads(corpus, tmp_path):
     losses = [e["loss"] for e in log]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5
     assert "valid_loss" in log[5] and log[5]["valid_ppl"] > 1
-    from biogpt.checkpoint import load_pretrained
-    from biogpt.generate import generate
+    from biogpt import load as load_pretrained
+    from biogpt.generation import generate
 
     model, tok = load_pretrained(tmp_path / "run" / "last")
     out = generate(model, [tok.encode("The patients")], max_new_tokens=5).sequences
@@ -90,9 +91,10 @@ def test_two_processes_equal_gradient_accumulation(corpus, tmp_path, fsdp):
 
 def test_finetune_yields_a_checkpoint_eval_accepts(tmp_path, capsys):
     from biogpt import BioGPT, BioGPTConfig, Tokenizer
-    from biogpt.checkpoint import load_pretrained, save_hf
+    from biogpt import load as load_pretrained
+    from biogpt.checkpoints import save_hf
     from biogpt.cli import main
-    from biogpt.train import finetune
+    from biogpt.training import finetune
 
     m = BioGPT(BioGPTConfig(vocab_size=42384, n_layer=1, d_model=32, n_head=2, d_ffn=64))
     m.init_weights(seed=0)
@@ -108,8 +110,8 @@ def test_finetune_yields_a_checkpoint_eval_accepts(tmp_path, capsys):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_head_loss_equals_full_logits(dtype, monkeypatch):
-    from biogpt.model import PAD_ID, BioGPT, BioGPTConfig
-    from biogpt.train import _LinearCrossEntropy, lm_loss
+    from biogpt.models.biogpt import PAD_ID, BioGPT, BioGPTConfig
+    from biogpt.training.loss import _LinearCrossEntropy, lm_loss
 
     monkeypatch.setattr(_LinearCrossEntropy, "GROUP_ROWS", 24)  # several bf16 groups, a short last chunk
     model = BioGPT(BioGPTConfig(vocab_size=300, n_layer=2, d_model=32, n_head=4, d_ffn=64, max_positions=64))

@@ -7,9 +7,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from biogpt import Tokenizer, moses
-from biogpt.bpe_train import count_words, learn, learn_merges
-from biogpt.corpus import build_corpus, load_shards, task_abstracts
+from biogpt import Tokenizer
+from biogpt.tasks.texts import task_abstracts
+from biogpt.text import moses
+from biogpt.training.bpe_learn import count_words, learn, learn_merges
+from biogpt.training.corpus import build_corpus, load_shards
 
 from .conftest import TASKS, VOCABS
 

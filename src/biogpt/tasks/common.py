@@ -10,6 +10,7 @@ A task is a small object with
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,11 +19,9 @@ from typing import Any
 
 import torch
 
-from biogpt.tokenizer import EOS_ID, Tokenizer
-
-
-class TaskError(ValueError):
-    """Bad task input: missing split file, wrong number of predictions, mismatched model, unknown task."""
+from biogpt.errors import TaskError
+from biogpt.generation import generate
+from biogpt.text.tokenizer import EOS_ID, Tokenizer
 
 
 @dataclass
@@ -34,8 +33,6 @@ class Example:
 
 
 def read_json(path: Path) -> Any:
-    import json
-
     if not path.exists():
         raise TaskError(f"{path}: split file not found")
     return json.loads(path.read_text(encoding="utf-8"))
@@ -124,8 +121,6 @@ def predict(task, model, tok: Tokenizer, examples: Sequence[Example], batch_size
     The length limit counts the prefix, as fairseq's did (at most max_positions - 1 tokens in all), and
     stops at the task's longest training target.
     """
-    from biogpt.generate import generate
-
     if model.config.num_prompt_tokens != task.num_prompt_tokens:
         raise TaskError(
             f"{task.name} uses {task.num_prompt_tokens} learned prompt tokens but the model has "

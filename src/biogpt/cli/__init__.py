@@ -8,7 +8,7 @@ import sys
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
-    from biogpt.tokenizer import Tokenizer
+    from biogpt.text.tokenizer import Tokenizer
 
     tok = Tokenizer.from_pretrained(args.vocab, lowercase=args.lowercase)
     out = sys.stdout
@@ -39,7 +39,7 @@ def _has_cuda() -> bool:
 def _dtype(name: str):
     import torch
 
-    from biogpt.cpu_inference import native_bf16
+    from biogpt.backends.cpu import native_bf16
 
     if name == "auto":
         return torch.bfloat16 if native_bf16() else torch.float32
@@ -49,32 +49,26 @@ def _dtype(name: str):
 def _load(args):
     import torch
 
-    from biogpt.checkpoint import CheckpointError, load_pretrained
-    from biogpt.cpu_inference import pack_bf16, quantize_int8
-    from biogpt.tokenizer import Tokenizer
+    from biogpt.api import load
+    from biogpt.backends.cpu import pack_bf16, quantize_int8
+    from biogpt.errors import CheckpointError
 
     int8 = args.dtype == "int8"
     dtype = None if int8 else _dtype(args.dtype)
-    model, tok = load_pretrained(args.model, dtype=dtype)
+    model, tok = load(args.model, dtype=dtype, vocab=args.vocab)
     if int8:
         quantize_int8(model)
     elif dtype == torch.bfloat16:
         pack_bf16(model)  # the CPU form: weights laid out once for oneDNN's bf16 kernels
-    if args.vocab:
-        tok = Tokenizer.from_pretrained(args.vocab, num_prompt_tokens=model.config.num_prompt_tokens)
     if tok is None:
         raise CheckpointError(f"{args.model}: no vocabulary beside the weights; pass --vocab DIR")
-    if tok.vocab_size != model.config.vocab_size:
-        raise CheckpointError(
-            f"the tokenizer has {tok.vocab_size} tokens but the model {model.config.vocab_size} embedding rows"
-        )
     return model, tok
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from biogpt.generate import generate
+    from biogpt.generation import generate
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -103,9 +97,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from biogpt.checkpoint import load_state
+    from biogpt.checkpoints import load_state
 
-    cfg, sd, vocab_dir = load_state(args.model)
+    state = load_state(args.model)
+    cfg, sd, vocab_dir = state.config, state.state_dict, state.vocab_dir
     n = sum(v.numel() for v in sd.values())
     print(f"model: {args.model}")
     for k, v in cfg.to_dict().items():
@@ -113,7 +108,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"parameters: {n:,} ({n / 1e6:.1f}M; output head tied to the token embedding)")
     print(f"dtype: {next(iter(sd.values())).dtype}")
     if vocab_dir is not None:
-        from biogpt.tokenizer import load_vocab
+        from biogpt.text import load_vocab
 
         v = load_vocab(vocab_dir)
         print(f"vocabulary: {vocab_dir} ({len(v.pieces)} tokens, {len(v.merges)} BPE merges)")
@@ -121,12 +116,13 @@ def cmd_info(args: argparse.Namespace) -> int:
         print("vocabulary: none beside the weights")
     k = cfg.num_prompt_tokens
     first = cfg.vocab_size - k
-    print(f"prompt tokens: {k}" + (f" (learned1..learned{k} = ids {first}..{cfg.vocab_size - 1})" if k else ""))
+    how = f"; {state.prompt_source}" if k else ""
+    print(f"prompt tokens: {k}" + (f" (learned1..learned{k} = ids {first}..{cfg.vocab_size - 1}{how})" if k else ""))
     return 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from biogpt.checkpoint import convert
+    from biogpt.api import convert
 
     convert(args.src, args.dst)
     print(f"wrote a Hugging Face directory to {args.dst}")
@@ -178,8 +174,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_bpe_learn(args: argparse.Namespace) -> int:
     import time
 
-    from biogpt import moses
-    from biogpt.bpe_train import learn
+    from biogpt.text import moses
+    from biogpt.training.bpe_learn import learn
 
     def lines():
         for path in args.input:
@@ -196,7 +192,7 @@ def cmd_bpe_learn(args: argparse.Namespace) -> int:
 
 
 def cmd_corpus_build(args: argparse.Namespace) -> int:
-    from biogpt.corpus import build_corpus
+    from biogpt.training.corpus import build_corpus
 
     m = build_corpus(
         args.input,
@@ -215,7 +211,7 @@ def cmd_corpus_build(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from biogpt.train import TrainConfig, pretrain
+    from biogpt.training import TrainConfig, pretrain
 
     cfg = TrainConfig(out_dir=args.output, lr=args.lr, warmup_updates=args.warmup, max_updates=args.max_updates,
                       tokens_per_update=args.tokens_per_update, micro_batch_tokens=args.micro_batch_tokens,
@@ -227,7 +223,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from biogpt.train import finetune
+    from biogpt.training import finetune
 
     final = finetune(args.task, args.model, args.data, args.output, epochs=args.epochs, max_updates=args.max_updates,
                      lr=args.lr, warmup_updates=args.warmup, tokens_per_update=args.tokens_per_update,
@@ -366,14 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from biogpt.checkpoint import CheckpointError
-    from biogpt.cpu_inference import QuantizationError
-    from biogpt.tasks import TaskError
-    from biogpt.tokenizer import VocabError
+    from biogpt.errors import BioGPTError
 
     try:
         return args.func(args)
-    except (VocabError, CheckpointError, TaskError, QuantizationError) as e:
+    except BioGPTError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # `biogpt ... | head`

@@ -1,7 +1,7 @@
 """Native CPU kernels, compiled on first use with the system C compiler and cached.
 
 - `decode.c`: the int8 Linear and the decode attention over a bf16 KV cache of
-  `biogpt.cpu_inference.quantize_int8` on x86 CPUs with AMX (Sapphire Rapids and later). PyTorch has no CPU
+  `biogpt.backends.cpu.forms.quantize_int8` on x86 CPUs with AMX (Sapphire Rapids and later). PyTorch has no CPU
   kernels that stream int8 weights or a KV cache at memory speed for a few rows; these do
   (benchmarks/bench_generate.py). Elsewhere the int8 form uses PyTorch's own quantized Linear and attention.
 

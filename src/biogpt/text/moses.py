@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 
-from biogpt import _moses_tables as tables
+from biogpt.text import _moses_tables as tables
 
 
 def _char_class(ranges: tuple[tuple[int, int], ...]) -> str:

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from biogpt.models.cache import KVCache
+
 POSITION_OFFSET = 2  # fairseq: the first real token is row padding_idx + 1 = 2
 PAD_ID = 1
 
@@ -32,6 +34,9 @@ class BioGPTConfig:
     max_positions: int = 1024
     scale_embedding: bool = True
     num_prompt_tokens: int = 0  # learned1..learnedK, the last K rows of the vocabulary
+    # what a task checkpoint was fine-tuned with, as its fairseq cfg.task says (max_source_positions,
+    # max_target_positions); None where the checkpoint does not say (tasks then use the original scripts')
+    task_settings: dict | None = None
     dropout: float = 0.1  # residual and embedding dropout (training only)
     attention_dropout: float = 0.1
     activation_dropout: float = 0.0
@@ -51,54 +56,6 @@ class BioGPTConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-class KVCache:
-    """Pre-allocated keys and values for every layer, plus which cached slots hold real tokens.
-
-    k, v: [L, B, H, S_max, D]; valid: [B, S_max] (False for padding); next_pos: [B] next position id.
-    """
-
-    def __init__(self, cfg: BioGPTConfig, batch: int, max_len: int, dtype: torch.dtype, device: torch.device):
-        if max_len > cfg.max_positions:
-            raise ValueError(f"cache length {max_len} exceeds the model's {cfg.max_positions} positions")
-        shape = (cfg.n_layer, batch, cfg.n_head, max_len, cfg.d_model // cfg.n_head)
-        self.k = torch.empty(shape, dtype=dtype, device=device)
-        self.v = torch.empty(shape, dtype=dtype, device=device)
-        self.valid = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
-        self.next_pos = torch.zeros(batch, dtype=torch.long, device=device)
-        self.length = 0  # slots filled (the same for every row)
-        self.has_padding = False
-
-    @property
-    def max_len(self) -> int:
-        return self.k.shape[3]
-
-    def reorder(self, index: torch.Tensor) -> None:
-        """Keep rows `index` (beam search): every row becomes a copy of row index[row].
-
-        Only the filled slots move (the buffers are allocated for the longest output)."""
-        n = self.length
-        # only rows that change parent are copied, one strided block each (a generic gather over all rows is
-        # several times slower); sources are copied out first because a source may also be a destination
-        dst = (index != torch.arange(len(index), device=index.device)).nonzero().flatten().tolist()
-        src = index[dst].tolist()
-        for buf in (self.k, self.v):
-            moved = [buf[:, r, :, :n].clone() for r in src]  # each [L, H, n, D]
-            for r, block in zip(dst, moved):
-                buf[:, r, :, :n].copy_(block)
-        self.valid = self.valid.index_select(0, index)
-        self.next_pos = self.next_pos.index_select(0, index)
-
-    def load_repeated(self, other: KVCache, n: int) -> None:
-        """Fill this empty cache (B * n rows) from `other` (B rows), each row repeated n times: beam search
-        runs the prompt once per input instead of once per beam."""
-        s = other.length
-        for dst, src in ((self.k, other.k), (self.v, other.v)):
-            dst[:, :, :, :s].unflatten(1, (-1, n)).copy_(src[:, :, None, :, :s])  # [L, B, n, H, s, D]
-        self.valid[:, :s] = other.valid[:, :s].repeat_interleave(n, 0)
-        self.next_pos = other.next_pos.repeat_interleave(n)
-        self.length, self.has_padding = s, other.has_padding
 
 
 class Block(nn.Module):
@@ -155,13 +112,6 @@ class BioGPT(nn.Module):
         self.cache_dtype: torch.dtype | None = None  # KV cache dtype; None: the weights' (cpu_inference.py sets bf16)
 
     # --- construction ---------------------------------------------------------------------------------
-
-    @classmethod
-    def from_pretrained(cls, path: str, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"):
-        """Load a Hugging Face directory, an original fairseq checkpoint, or a hub id (see checkpoint.py)."""
-        from biogpt.checkpoint import load_model
-
-        return load_model(path, dtype=dtype, device=device)
 
     def init_weights(self, seed: int | None = None) -> None:
         """fairseq initialisation: embeddings N(0, d^-0.5) with a zero pad row, q/k/v xavier (gain 1/sqrt 2)."""
@@ -249,17 +199,10 @@ class BioGPT(nn.Module):
         return F.linear(x, self.tok_emb.weight).float()  # tied head, no bias
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
+        """An empty cache for `batch` rows of up to `max_len` tokens (prompt + new), in `cache_dtype`."""
+        cfg = self.config
+        if max_len > cfg.max_positions:
+            raise ValueError(f"cache length {max_len} exceeds the model's {cfg.max_positions} positions")
         p = self.tok_emb.weight
-        return KVCache(self.config, batch, max_len, self.cache_dtype or p.dtype, p.device)
-
-    @torch.inference_mode()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
-        """Prompt + new tokens, [B, T + n] (or [B * num_return_sequences, ...]), like `transformers` generate().
-
-        Prompts of different lengths are left-padded with pad id 1 and marked by attention_mask. Arguments are
-        those of `biogpt.generate.generate` (max_new_tokens, num_beams, do_sample, temperature, top_k, top_p,
-        seed, length_penalty, early_stopping, min_new_tokens, no_repeat_ngram_size, repetition_penalty, ...).
-        """
-        from biogpt.generate import generate
-
-        return generate(self, input_ids, attention_mask, **kwargs).sequences
+        return KVCache(cfg.n_layer, batch, cfg.n_head, max_len, cfg.d_model // cfg.n_head, self.cache_dtype or p.dtype,
+                       p.device)  # fmt: skip

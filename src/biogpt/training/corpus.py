@@ -1,16 +1,13 @@
-"""Reading documents for tokenizer checks, benchmarks and corpus building.
-
-`task_texts` yields every text in BioGPT's task files (titles, abstracts, HoC sentences, PubMedQA
-questions, contexts, long answers and the original tsv sources): tens of thousands of real biomedical
-strings, used to prove tokenizer parity and to measure speed.
-"""
+"""`biogpt corpus build`: documents from PubMed XML, JSONL and text files -> tokenized uint16 shards, resumable."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import multiprocessing as mp
 import os
 import sys
+import xml.etree.ElementTree as ET
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -19,48 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def task_texts(tasks_dir: str | Path) -> Iterator[str]:
-    """Every text of the five tasks under `tasks_dir` (`BC5CDR/ DDI/ KD-DTI/ HoC/ PubMedQA/`), in file order."""
-    root = Path(tasks_dir)
-    for task in ("BC5CDR", "DDI", "KD-DTI"):
-        for split in ("train", "valid", "test"):
-            path = root / task / f"{split}.json"
-            if not path.exists():
-                continue
-            for doc in json.loads(path.read_text(encoding="utf-8")).values():
-                for field in ("title", "abstract"):
-                    if doc.get(field):
-                        yield doc[field]
-    for split in ("train", "valid", "test"):
-        for name in ("HoC", "PubMedQA"):
-            path = root / name / f"{split}.tsv"
-            if path.exists():
-                for line in path.read_text(encoding="utf-8").split("\n"):
-                    if line.strip():
-                        yield line.rsplit("\t", 1)[0]
-    path = root / "PubMedQA" / "ori_pqal.json"
-    if path.exists():
-        for item in json.loads(path.read_text(encoding="utf-8")).values():
-            yield item["QUESTION"]
-            yield from item["CONTEXTS"]
-            yield item["LONG_ANSWER"]
-
-
-def task_abstracts(tasks_dir: str | Path) -> Iterator[str]:
-    """Title + abstract of each document of the relation tasks and PubMedQA (one string per document)."""
-    root = Path(tasks_dir)
-    for task in ("BC5CDR", "DDI", "KD-DTI"):
-        for split in ("train", "valid", "test"):
-            path = root / task / f"{split}.json"
-            if path.exists():
-                for doc in json.loads(path.read_text(encoding="utf-8")).values():
-                    yield " ".join(x for x in (doc.get("title", ""), doc.get("abstract", "")) if x)
-    path = root / "PubMedQA" / "ori_pqal.json"
-    if path.exists():
-        for item in json.loads(path.read_text(encoding="utf-8")).values():
-            yield " ".join(item["CONTEXTS"])
-
+from biogpt.text.tokenizer import Tokenizer
 
 # ---------------------------------------------------------------------------------------------------
 # building a pre-training corpus (`biogpt corpus build`)
@@ -80,8 +36,6 @@ def _open(path: Path):
 
 def read_pubmed_xml(path: Path) -> Iterator[Record]:
     """PubmedArticle records (PMID, ArticleTitle, every AbstractText section) and DeleteCitation PMIDs."""
-    import xml.etree.ElementTree as ET
-
     try:
         with _open(path) as f:
             for _, el in ET.iterparse(f, events=("end",)):
@@ -153,8 +107,6 @@ _worker_tok = None
 
 def _init_worker(vocab_dir: str) -> None:
     global _worker_tok
-    from biogpt.tokenizer import Tokenizer
-
     _worker_tok = Tokenizer.from_pretrained(vocab_dir)
 
 
@@ -216,8 +168,6 @@ def build_corpus(
     shards are fsynced and `manifest.json` records their lengths, so an interrupted build resumes from the
     last finished input with nothing duplicated or lost. Problems are counted, never silently dropped.
     """
-    from biogpt.tokenizer import Tokenizer
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer.from_pretrained(vocab_dir)
@@ -249,8 +199,6 @@ def build_corpus(
     writers = {s: ShardWriter(out, s, shard_tokens, manifest[s]) for s in ("train", "valid")}
     pool = None
     if workers > 1:
-        import multiprocessing as mp
-
         pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(str(vocab_dir),))
     else:
         _init_worker(str(vocab_dir))

@@ -1,6 +1,6 @@
 """Learning a BPE vocabulary (`biogpt bpe learn`): fastBPE `learnbpe` + fairseq dictionary, in the original formats.
 
-Input: text that has gone through the Moses step (`biogpt.moses.tokenize`), one document or sentence per
+Input: text that has gone through the Moses step (`biogpt.text.moses.tokenize`), one document or sentence per
 line. Output: `bpecodes` (`left right count`, one merge per line, in merge order) and `dict.txt`
 (`piece count`, most frequent first, `@@` on word-internal pieces), which `Tokenizer.from_pretrained` loads.
 
@@ -17,7 +17,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
-from biogpt.tokenizer import BPE, SPECIALS, Vocab, write_fairseq
+from biogpt.text.tokenizer import BPE, SPECIALS, Vocab, write_fairseq
 
 Pair = tuple[str, str]
 

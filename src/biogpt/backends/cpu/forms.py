@@ -10,7 +10,7 @@ stream in and are turned into products.
 - `quantize_int8(model)`: every block Linear and the tied output head get int8 weights, symmetric, one scale
   per output row, quantized once here; int32 accumulation, fp32 bias and output. LayerNorm, attention, the KV
   cache and the embeddings stay fp32. A quarter of fp32's bytes: the fastest form. Two kernels:
-  - on CPUs with AMX (Sapphire Rapids and later), biogpt's own (biogpt/kernels/decode.c, `AMXInt8Linear`):
+  - on CPUs with AMX (Sapphire Rapids and later), biogpt's own (biogpt/backends/cpu/kernels/decode.c, `AMXInt8Linear`):
     activations int8, symmetric, one scale per row, so a row's result never depends on the other rows of
     the batch; it streams the weights at close to memory speed;
   - elsewhere, PyTorch's dynamically quantized Linear (fbgemm/x86 or qnnpack, `Int8Linear`): activations
@@ -27,8 +27,10 @@ import warnings
 import torch
 from torch import nn
 
-from biogpt.kernels import KernelUnavailable, decode_kernels
-from biogpt.model import BioGPT, KVCache
+from biogpt.backends.cpu.kernels import KernelUnavailable, decode_kernels
+from biogpt.errors import QuantizationError
+from biogpt.models.biogpt import BioGPT
+from biogpt.models.cache import KVCache
 
 
 class Int8Linear(nn.Module):
@@ -57,7 +59,7 @@ class Int8Linear(nn.Module):
 
 
 class AMXInt8Linear(nn.Module):
-    """y = x W^T + b with W held as int8 AMX tiles (layout: biogpt/kernels/decode.c), run by that kernel."""
+    """y = x W^T + b with W held as int8 AMX tiles (layout: kernels/decode.c), run by that kernel."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
         super().__init__()
@@ -95,7 +97,7 @@ class AMXInt8Linear(nn.Module):
 
 
 class DecodeAttention(nn.Module):
-    """Attention of one new token per row over a bf16 KV cache, by biogpt/kernels/decode.c: it writes the
+    """Attention of one new token per row over a bf16 KV cache, by biogpt/backends/cpu/kernels/decode.c: it writes the
     token's key and value into the cache and reads every cached slot once, in fp32 arithmetic."""
 
     MAX_HEAD_DIM, MAX_SLOTS = 256, 4096  # the kernel's limits (head dim also a multiple of 32)
@@ -120,11 +122,6 @@ class DecodeAttention(nn.Module):
         self._kernel(qkv.data_ptr(), B, H, d // H, k.data_ptr(), v.data_ptr(), cache.max_len, cache.length,
                      valid.data_ptr(), out.data_ptr(), torch.get_num_threads())  # fmt: skip
         return out
-
-
-class QuantizationError(ValueError):
-    """An inference form cannot be made: int8 off the CPU or without a quantized engine, or a model that is
-    already in one of these forms."""
 
 
 class PackedBF16Linear(nn.Module):

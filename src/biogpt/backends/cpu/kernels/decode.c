@@ -13,7 +13,7 @@
         accumulation: int32 over the whole row (exact);
         output:       fp32, acc * x_scale[m] * w_scale[n] + bias[n], optionally through exact GELU
                       (erf to 1.5e-7, fused here to save a pass over the widest activations).
-      Weight layout (built by biogpt.cpu_inference), W zero padded to Np = 64*ceil(N/64) rows and
+      Weight layout (built by biogpt.backends.cpu.forms), W zero padded to Np = 64*ceil(N/64) rows and
       Kp = 64*ceil(K/64) columns: for output group g (64 rows), input block kb (64 columns) and j = 0..3 one
       1 KiB AMX B tile, ordered [g][kb][j], so that each group is one contiguous stream. Tile row r holds
       input columns kb*64 + 4r .. +3 of output rows g*64 + 16j .. +15, interleaved:

@@ -1,0 +1,135 @@
+"""The generation engine: ids in, ids out; it never sees text.
+
+One pre-allocated KV cache per call; prompts of different lengths are left-padded. Greedy and beam search
+follow `transformers` generate() rule for rule (same logits processors in the same order, same beam
+bookkeeping, length normalisation and early-stopping heuristic), so outputs are identical token for token
+on the same weights. Sampling (temperature, top-k, top-p, seeded) and constrained decoding (forced prefix,
+a set of allowed strings, spans of a source text) are ours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from biogpt.generation.beam import beam_search
+from biogpt.generation.constraints import Constraint, ForcedPrefix
+from biogpt.generation.processors import process, sample
+
+
+@dataclass
+class GenerationOutput:
+    sequences: torch.Tensor  # [B * num_return_sequences, T + n]: prompt (left-padded) + new tokens, pad-filled
+    scores: torch.Tensor | None = None  # beam search: the length-normalised score of each returned sequence
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lists of ids -> (input_ids, attention_mask), left-padded."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token (BioGPT prompts start with </s> = 2)")
+    T = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), T), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), T), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, T - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
+        mask[i, T - len(p) :] = 1
+    return ids, mask
+
+
+@torch.inference_mode()
+def generate(
+    model: nn.Module,
+    input_ids: torch.Tensor | Sequence[Sequence[int]],
+    attention_mask: torch.Tensor | None = None,
+    *,
+    max_new_tokens: int = 20,
+    min_new_tokens: int = 0,
+    num_beams: int = 1,
+    num_return_sequences: int = 1,
+    length_penalty: float = 1.0,
+    early_stopping: bool | str = False,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 50,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    repetition_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0,
+    eos_token_id: int = 2,
+    pad_token_id: int = 1,
+    forced_tokens: Sequence[Sequence[int]] | None = None,
+    constraints: Sequence[Constraint | None] | Constraint | None = None,
+) -> GenerationOutput:
+    """Generate up to `max_new_tokens` after each prompt. See the module docstring for what matches what."""
+    if not isinstance(input_ids, torch.Tensor):
+        input_ids, attention_mask = left_pad(input_ids, pad_token_id)
+    dev = model.tok_emb.weight.device
+    input_ids = input_ids.to(dev)
+    attention_mask = attention_mask.to(dev) if attention_mask is not None else torch.ones_like(input_ids)
+    B, T0 = input_ids.shape
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if T0 + max_new_tokens > model.config.max_positions:
+        max_new_tokens = model.config.max_positions - T0
+        if max_new_tokens < 1:
+            raise ValueError(f"the prompt ({T0} tokens) fills the model's {model.config.max_positions} positions")
+    if num_beams < 1 or num_return_sequences > num_beams:
+        raise ValueError("need num_beams >= 1 and num_return_sequences <= num_beams")
+    if num_beams > 1 and do_sample:
+        raise ValueError("beam sampling is not supported: use num_beams=1 with do_sample, or do_sample=False")
+    # one constraint per row (forced prefix first)
+    rows: list[Constraint | None] | None = None
+    if constraints is not None or forced_tokens is not None:
+        base = list(constraints) if isinstance(constraints, Sequence) else [constraints] * B
+        if len(base) != B:
+            raise ValueError(f"{len(base)} constraints for {B} prompts")
+        if forced_tokens is not None:
+            if len(forced_tokens) != B:
+                raise ValueError(f"{len(forced_tokens)} forced prefixes for {B} prompts")
+            base = [ForcedPrefix(f, c) if len(f) else c for f, c in zip(forced_tokens, base)]
+        rows = base
+    opts = dict(
+        repetition_penalty=repetition_penalty,
+        no_repeat_ngram_size=no_repeat_ngram_size,
+        min_new_tokens=min_new_tokens,
+        eos=eos_token_id,
+        prompt_len=T0,
+        pad_lens=(attention_mask != 0).int().argmax(1),
+    )
+    if num_beams == 1:
+        return _greedy_orsample(
+            model, input_ids, attention_mask, max_new_tokens, rows, do_sample, temperature, top_k, top_p, seed,
+            pad_token_id, opts,
+        )  # fmt: skip
+    seqs, scores = beam_search(
+        model, input_ids, attention_mask, max_new_tokens, rows, num_beams, num_return_sequences, length_penalty,
+        early_stopping, pad_token_id, opts,
+    )  # fmt: skip
+    return GenerationOutput(seqs, scores)
+
+
+def _greedy_orsample(model, ids, mask, max_new, rows, do_sample, temperature, top_k, top_p, seed, pad, opts):
+    B, T0 = ids.shape
+    eos = opts["eos"]
+    g = torch.Generator(device=ids.device).manual_seed(seed) if seed is not None else None
+    cache = model.new_cache(B, T0 + max_new)
+    logits = model(ids, mask, cache=cache, last_only=True)[:, -1]
+    seqs = ids
+    done = torch.zeros(B, dtype=torch.bool, device=ids.device)
+    ones = torch.ones(B, 1, dtype=torch.long, device=ids.device)
+    for step in range(max_new):
+        scores = process(logits, seqs, step, constraints=rows, **opts)
+        if do_sample:
+            nxt = sample(scores, temperature, top_k, top_p, g)
+        else:
+            nxt = scores.argmax(-1)
+        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+        seqs = torch.cat([seqs, nxt[:, None]], 1)
+        done = done | (nxt == eos)
+        if bool(done.all()) or step == max_new - 1:
+            break
+        logits = model(nxt[:, None], ones, cache=cache, last_only=True)[:, -1]
+    return GenerationOutput(seqs)

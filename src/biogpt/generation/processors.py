@@ -1,0 +1,68 @@
+"""Logits processing in transformers' order (repetition penalty, no-repeat n-grams, min length, constraints)
+and sampling (temperature, top-k, top-p)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from biogpt.generation.constraints import Constraint
+
+
+def process(
+    scores: torch.Tensor,
+    seqs: torch.Tensor,
+    new_len: int,
+    repetition_penalty: float,
+    no_repeat_ngram_size: int,
+    min_new_tokens: int,
+    eos: int,
+    constraints: list[Constraint | None] | None,
+    prompt_len: int,
+    pad_lens: torch.Tensor,
+) -> torch.Tensor:
+    """scores [N, V] float32 for rows seqs [N, L] (prompt + generated so far); pad_lens [N] left padding."""
+    if repetition_penalty != 1.0:
+        # every token seen so far, left padding excluded (it points at an extra column, dropped after)
+        V = scores.shape[-1]
+        seen_ids = seqs.masked_fill(torch.arange(seqs.shape[1], device=seqs.device)[None] < pad_lens[:, None], V)
+        padded = F.pad(scores, (0, 1))
+        seen = torch.gather(padded, 1, seen_ids)
+        seen = torch.where(seen < 0, seen * repetition_penalty, seen / repetition_penalty)
+        scores = padded.scatter(1, seen_ids, seen)[:, :V]
+    if no_repeat_ngram_size > 0 and seqs.shape[1] + 1 >= no_repeat_ngram_size:
+        scores = scores.clone()
+        n = no_repeat_ngram_size
+        for r, row in enumerate(seqs.tolist()):
+            prefix = row[len(row) - n + 1 :] if n > 1 else []
+            banned = {row[i + n - 1] for i in range(len(row) - n + 1) if row[i : i + n - 1] == prefix}
+            if banned:
+                scores[r, list(banned)] = -float("inf")
+    if new_len < min_new_tokens:
+        scores = scores.clone()
+        scores[:, eos] = -float("inf")
+    if constraints is not None:
+        generated = seqs[:, prompt_len:].tolist()
+        for r, c in enumerate(constraints):
+            allowed = c.allowed(generated[r]) if c is not None else None
+            if allowed is not None:
+                keep = torch.full_like(scores[r], -float("inf"))
+                keep[allowed] = scores[r, allowed]
+                scores[r] = keep
+    return scores
+
+
+def sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, g: torch.Generator | None):
+    if temperature != 1.0:
+        logits = logits / temperature
+    if top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, -float("inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=False)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum <= 1 - top_p
+        drop[:, -1] = False  # always keep the most likely token
+        logits = logits.masked_fill(drop.scatter(1, order, drop), -float("inf"))
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=g).squeeze(1)
