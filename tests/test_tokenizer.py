@@ -259,29 +259,44 @@ def test_bad_input(tmp_path):
         load_vocab(hf)
 
 
-def test_cli_tokenize(capsys, monkeypatch, tmp_path):
+def _stdin(monkeypatch, data: bytes) -> None:
     import io
 
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
+
+
+def test_cli_tokenize(capsys, monkeypatch, tmp_path):
     from biogpt.cli import main
 
     tok = Tokenizer.from_pretrained(VOCABS["base"])
     lines = ["COVID-19 is", "", "Bicalutamide & IL-2."]
-    monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(lines) + "\n"))
+    _stdin(monkeypatch, ("\n".join(lines) + "\n").encode())
     assert main(["tokenize", "--vocab", str(VOCABS["base"])]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out == [" ".join(map(str, tok.encode(t))) for t in lines]
 
-    monkeypatch.setattr("sys.stdin", io.StringIO("Bicalutamide & IL-2.\n"))
+    _stdin(monkeypatch, b"Bicalutamide & IL-2.\n")
     assert main(["tokenize", "--vocab", str(VOCABS["base"]), "--tokens"]) == 0
     assert capsys.readouterr().out == "Bic@@ alutamide &amp; IL @-@ 2 .\n"
 
-    monkeypatch.setattr("sys.stdin", io.StringIO("2 4805 9 656 21\n"))
+    _stdin(monkeypatch, b"2 4805 9 656 21\n")
     assert main(["tokenize", "--vocab", str(VOCABS["base"]), "--decode"]) == 0
     assert capsys.readouterr().out == "COVID-19 is\n"
 
-    monkeypatch.setattr("sys.stdin", io.StringIO("x\n"))
-    assert main(["tokenize", "--vocab", str(tmp_path)]) == 2
-    assert "no vocabulary found" in capsys.readouterr().err
+    # bad input: one error line, exit 2, never a traceback or silent <unk>s
+    cases = [
+        (b"x\n", [str(tmp_path)], "no vocabulary found"),
+        (b"ok\n\xff\xfe bad\n", [], "standard input line 2 is not UTF-8"),
+        (b"2 99999999\n", ["--decode"], "id 99999999 is outside the vocabulary (ids 0..42383)"),
+        (b"2 x\n", ["--decode"], "line 1 is '2 x'"),
+    ]
+    for data, extra, message in cases:
+        _stdin(monkeypatch, data)
+        vocab = extra[:1] if extra[:1] == [str(tmp_path)] else [str(VOCABS["base"])]
+        flags = [f for f in extra if f != str(tmp_path)]
+        assert main(["tokenize", "--vocab", *vocab, *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
 
 
 @pytest.mark.slow

@@ -32,3 +32,7 @@ class CorpusError(BioGPTError):
 
 class TrainingError(BioGPTError):
     """Training cannot start or resume as asked: bad settings, or a run directory made with other settings."""
+
+
+class GenerationError(BioGPTError):
+    """A generation request the model cannot serve: no room left for new tokens, bad decoding settings."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from biogpt.errors import GenerationError
+
 
 class Constraint:
     def allowed(self, generated: Sequence[int]) -> list[int] | None:
@@ -30,7 +32,7 @@ class AllowedSequences(Constraint):
 
     def __init__(self, sequences: Sequence[Sequence[int]], eos_token_id: int = 2):
         if not sequences or any(len(s) == 0 for s in sequences):
-            raise ValueError("AllowedSequences needs non-empty sequences")
+            raise GenerationError("AllowedSequences needs non-empty sequences")
         self.trie: dict = {}
         for seq in sequences:
             node = self.trie

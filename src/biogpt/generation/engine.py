@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from biogpt.errors import GenerationError
 from biogpt.generation.beam import beam_search
 from biogpt.generation.constraints import Constraint, ForcedPrefix
 from biogpt.generation.processors import process, sample
@@ -29,7 +30,7 @@ class GenerationOutput:
 def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Lists of ids -> (input_ids, attention_mask), left-padded."""
     if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token (BioGPT prompts start with </s> = 2)")
+        raise GenerationError("every prompt needs at least one token (BioGPT prompts start with </s> = 2)")
     T = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), T), pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), T), dtype=torch.long)
@@ -71,24 +72,32 @@ def generate(
     attention_mask = attention_mask.to(dev) if attention_mask is not None else torch.ones_like(input_ids)
     B, T0 = input_ids.shape
     if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        raise GenerationError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if T0 + max_new_tokens > model.config.max_positions:
         max_new_tokens = model.config.max_positions - T0
         if max_new_tokens < 1:
-            raise ValueError(f"the prompt ({T0} tokens) fills the model's {model.config.max_positions} positions")
+            raise GenerationError(
+                f"the prompt ({T0} tokens) fills the model's {model.config.max_positions} positions: no room for new "
+                "tokens; shorten the prompt"
+            )
     if num_beams < 1 or num_return_sequences > num_beams:
-        raise ValueError("need num_beams >= 1 and num_return_sequences <= num_beams")
+        raise GenerationError("need num_beams >= 1 and num_return_sequences <= num_beams")
+    if do_sample and (not temperature > 0 or not 0 < top_p <= 1 or top_k < 0):
+        raise GenerationError(
+            f"sampling needs temperature > 0, 0 < top_p <= 1 and top_k >= 0 (got {temperature}, {top_p}, {top_k}); "
+            "for deterministic output use greedy decoding (do_sample=False)"
+        )
     if num_beams > 1 and do_sample:
-        raise ValueError("beam sampling is not supported: use num_beams=1 with do_sample, or do_sample=False")
+        raise GenerationError("beam sampling is not supported: use num_beams=1 with do_sample, or do_sample=False")
     # one constraint per row (forced prefix first)
     rows: list[Constraint | None] | None = None
     if constraints is not None or forced_tokens is not None:
         base = list(constraints) if isinstance(constraints, Sequence) else [constraints] * B
         if len(base) != B:
-            raise ValueError(f"{len(base)} constraints for {B} prompts")
+            raise GenerationError(f"{len(base)} constraints for {B} prompts")
         if forced_tokens is not None:
             if len(forced_tokens) != B:
-                raise ValueError(f"{len(forced_tokens)} forced prefixes for {B} prompts")
+                raise GenerationError(f"{len(forced_tokens)} forced prefixes for {B} prompts")
             base = [ForcedPrefix(f, c) if len(f) else c for f, c in zip(forced_tokens, base)]
         rows = base
     opts = dict(

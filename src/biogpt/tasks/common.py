@@ -21,7 +21,8 @@ import torch
 
 from biogpt.errors import TaskError
 from biogpt.generation import generate
-from biogpt.text.tokenizer import EOS_ID, Tokenizer
+from biogpt.text.fastbpe import EOS_ID, UNK_ID
+from biogpt.text.tokenizer import Tokenizer
 
 
 @dataclass
@@ -53,15 +54,23 @@ def read_tsv_split(path: Path) -> list[tuple[int, str, str]]:
     return out
 
 
+DECODING_LENGTH = 1024  # inference.py --decoding_length default (fairseq max_len_b), for base and Large alike
+
 # ---------------------------------------------------------------------------------------------------
 # sequence layout (language_modeling_prompt): [</s>] + src + learned1..K + tgt + [</s>]
+
+
+def ellipsis_id(tok: Tokenizer) -> int:
+    """The id of `...`, the truncation marker; `<unk>` in a vocabulary without it, as fairseq's
+    Dictionary.index("...") gives (vocabularies learned by `biogpt bpe learn` may lack the whole word)."""
+    return tok.piece_to_id.get("...</w>", UNK_ID)
 
 
 def encode_source(tok: Tokenizer, source: str, max_source_tokens: int) -> list[int]:
     """Source ids (no leading </s>), truncated as fairseq did: max_src - 1 tokens, then `...`."""
     ids = tok.encode(source, add_eos_prefix=False)
     if len(ids) > max_source_tokens:
-        ids = ids[: max_source_tokens - 1] + [tok.piece_to_id["...</w>"]]
+        ids = ids[: max_source_tokens - 1] + [ellipsis_id(tok)]
     return ids
 
 
@@ -70,7 +79,7 @@ def encode_target(tok: Tokenizer, target: str, max_target_tokens: int) -> list[i
     ids = tok.encode(target, add_eos_prefix=False) + [EOS_ID]
     if len(ids) > max_target_tokens:
         ids = ids[:max_target_tokens]
-        ids[-2:] = [tok.piece_to_id["...</w>"], EOS_ID]
+        ids[-2:] = [ellipsis_id(tok), EOS_ID]
     return ids
 
 
@@ -118,8 +127,9 @@ def drop_final_period(text: str) -> str:
 def predict(task, model, tok: Tokenizer, examples: Sequence[Example], batch_size: int = 8, log=None) -> list[str]:
     """Greedy decoding after the forced prefix, batched by length; one decoded answer per example, in order.
 
-    The length limit counts the prefix, as fairseq's did (at most max_positions - 1 tokens in all), and
-    stops at the task's longest training target.
+    The length limit counts the prefix, as the original inference.py's did: min(--decoding_length 1024,
+    max_positions - 1) tokens in all (1023 for base, 1024 for Large); it also stops at the task's longest
+    training target (max_length - max_source_tokens - K), which no fine-tuned model exceeds.
     """
     if model.config.num_prompt_tokens != task.num_prompt_tokens:
         raise TaskError(
@@ -130,7 +140,7 @@ def predict(task, model, tok: Tokenizer, examples: Sequence[Example], batch_size
     order = sorted(range(len(prefixes)), key=lambda i: len(prefixes[i]))
     outputs: list[str] = [""] * len(prefixes)
     max_tgt = task.max_length - task.max_source_tokens - task.num_prompt_tokens
-    limit = min(task.max_length, model.config.max_positions) - 1
+    limit = min(DECODING_LENGTH, model.config.max_positions - 1)
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
         longest = max(len(prefixes[i]) for i in batch)

@@ -14,7 +14,7 @@ from biogpt.tasks.common import Example, drop_final_period, f1, read_json, strip
 
 _INTERACTION = re.compile(r"the interaction between (.*) and (.*) is (.*)")
 PREFIXES = ("in conclusion,", "in conclusion ,", "we can conclude that", "we have that")
-_ROMAN = {str(i): r for i, r in enumerate(["", "I", "II", "III", "IV", "V", "VI", "VII", "VIII", "IX"]) if i}
+_ROMAN = dict(zip("0123456789", ["0", "I", "II", "III", "IV", "V", "VI", "VII", "VIII", "IX"]))
 
 Triple = tuple[str, str, str]
 
@@ -46,43 +46,51 @@ def _rm(s: str) -> str:
 
 
 def normalize_name(s: str) -> str:
-    if s and s[-1].isdigit() and (len(s) == 1 or not s[-2].isdigit()):
-        s = s[:-1] + _ROMAN.get(s[-1], s[-1])
+    """As hard_match_evaluation.py: a single trailing digit (after a non-digit, in a name of 3+ characters)
+    becomes a Roman numeral, `-type` is dropped, then everything but ASCII letters and digits."""
+    s = s.strip()
+    if len(s) > 2 and s[-1].isnumeric() and not s[-2].isnumeric() and s[-1] in _ROMAN:
+        s = s[:-1] + _ROMAN[s[-1]]
     s = s.replace("-type", "")
-    return re.sub(r"[^0-9a-zA-Z]", "", s)
+    return re.sub(r"[^a-zA-Z0-9]+", "", s)
 
 
 def normalize(triples: frozenset[Triple], way) -> set[Triple]:
     return {tuple(normalize_name(way(x.strip().lower().replace(" ", ""))) for x in t) for t in triples}
 
 
-def _prf(pred: set, gold: set) -> tuple[float, float, float]:
-    hit = len(pred & gold)
-    p = hit / len(pred) if pred else (1.0 if not gold else 0.0)
-    r = hit / len(gold) if gold else (1.0 if not pred else 0.0)
-    return p, r, f1(p, r)
+def _precision(pred: set, gold: set) -> float:
+    return len(pred & gold) / len(pred) if pred else float(pred == gold)
+
+
+def _recall(pred: set, gold: set) -> float:
+    return len(pred & gold) / len(gold) if gold else float(pred == gold)
+
+
+def _best_pr(pred: frozenset[Triple] | set, gold: frozenset[Triple] | set) -> tuple[float, float]:
+    """(P, R), each the better of the two name normalisations on its own (normed_eval in the original), so P
+    may come from "abbr" and R from "rm"; F1 is then computed from this pair, not maximised separately."""
+    ways = [(normalize(pred, w), normalize(gold, w)) for w in (_abbr, _rm)]
+    return max(_precision(p, g) for p, g in ways), max(_recall(p, g) for p, g in ways)
 
 
 def hard_match(predictions: list[frozenset[Triple]], golds: list[frozenset[Triple]]) -> dict:
+    """hard_match_evaluation.py: per-document P, R and F1 = get_f1(P, R), averaged over documents (the paper's
+    numbers, printed there as "tp p", "tp r" and the misnamed "tp micro f1"), and P, R, F1 over the pooled
+    triples of the whole split ("Ontology": identical triples of different documents count once)."""
     doc = []
-    pooled = {way: (set(), set()) for way in (_abbr, _rm)}
     for pred, gold in zip(predictions, golds):
-        scores = []
-        for way in (_abbr, _rm):
-            p, g = normalize(pred, way), normalize(gold, way)
-            pooled[way][0].update(p)
-            pooled[way][1].update(g)
-            scores.append(_prf(p, g))
-        doc.append(tuple(max(s[i] for s in scores) for i in range(3)))
+        p, r = _best_pr(pred, gold)
+        doc.append((p, r, f1(p, r)))
     n = len(doc) or 1
-    pool = [_prf(*pooled[way]) for way in (_abbr, _rm)]
+    pooled_p, pooled_r = _best_pr(set().union(*predictions), set().union(*golds))
     return {
         "doc_precision": sum(d[0] for d in doc) / n,
         "doc_recall": sum(d[1] for d in doc) / n,
         "doc_f1": sum(d[2] for d in doc) / n,
-        "pooled_precision": max(p[0] for p in pool),
-        "pooled_recall": max(p[1] for p in pool),
-        "pooled_f1": max(p[2] for p in pool),
+        "pooled_precision": pooled_p,
+        "pooled_recall": pooled_r,
+        "pooled_f1": f1(pooled_p, pooled_r),
     }
 
 

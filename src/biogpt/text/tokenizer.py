@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from biogpt.errors import VocabError
 from biogpt.text import moses
 from biogpt.text.fastbpe import (
     _CACHE_LIMIT,
@@ -290,7 +291,7 @@ class Tokenizer:
         for i in ids:
             i = int(i)
             if not 0 <= i < len(pieces):
-                raise ValueError(f"id {i} is outside the vocabulary (size {len(pieces)})")
+                raise VocabError(f"id {i} is outside the vocabulary (ids 0..{len(pieces) - 1})")
             if i < 4:
                 if skip_special_tokens:
                     continue

@@ -1,0 +1,136 @@
+"""What every verb shares: checked argument types, early checks of paths, and loading a model for inference.
+
+Numeric options are checked when they are parsed, so a bad value is a usage error (exit 2) before any work
+starts; output paths are checked before minutes of generation or training, not after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from biogpt.errors import BioGPTError
+
+DEFAULT_DATA = "../shared/data/tasks"  # the project's layout: the shared data folder beside the repository
+
+
+def _number(kind, low=None, high=None, low_open=False, what=""):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what or kind.__name__}, got {text!r}") from None
+        if value != value:  # NaN
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        if low is not None and (value <= low if low_open else value < low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low}, got {text}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}, got {text}")
+        return value
+
+    parse.__name__ = what or kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _number(int, 1, what="a positive integer")
+nonneg_int = _number(int, 0, what="an integer >= 0")
+positive_float = _number(float, 0.0, low_open=True, what="a number > 0")
+nonneg_float = _number(float, 0.0, what="a number >= 0")
+probability = _number(float, 0.0, 1.0, low_open=True, what="a number in (0, 1]")
+per_mille = _number(int, 0, 1000, what="an integer in 0..1000")
+
+
+def writable_file(path: str | None, what: str) -> None:
+    """Fail now, not after the work, if `path` cannot be written: its folder must exist and be writable."""
+    if path is None or path == "-":
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise BioGPTError(f"{what} {p} is a directory; give a file name")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise BioGPTError(f"{what} {p}: the folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise BioGPTError(f"{what} {p}: not writable here; choose another path")
+
+
+def writable_dir(path: str, what: str) -> None:
+    """An output folder must be creatable (its nearest existing parent writable) or already writable."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise BioGPTError(f"{what} {p} exists and is not a folder")
+    existing = p
+    while not existing.exists():
+        existing = existing.parent
+    if not os.access(existing, os.W_OK):
+        raise BioGPTError(f"{what} {p}: {existing} is not writable; choose another folder")
+
+
+def data_dir(path: str) -> str:
+    """The task data folder, with an error that says which default was used and how to pass another."""
+    if not Path(path).is_dir():
+        if path == DEFAULT_DATA:
+            raise BioGPTError(
+                f"the task data folder {path} (the default, relative to the current folder {Path.cwd()}) does not "
+                "exist; pass --data DIR (a folder with BC5CDR/ DDI/ KD-DTI/ HoC/ PubMedQA/)"
+            )
+        raise BioGPTError(f"--data {path}: no such folder (expected BC5CDR/ DDI/ KD-DTI/ HoC/ PubMedQA/ inside)")
+    return path
+
+
+def input_files(paths: list[str]) -> None:
+    """Every input must be a readable file (not a folder), checked before any work starts."""
+    for path in paths:
+        p = Path(path)
+        if not p.exists():
+            raise BioGPTError(f"{p}: no such file")
+        if p.is_dir():
+            raise BioGPTError(f"{p} is a folder; give the files inside it")
+        if not os.access(p, os.R_OK):
+            raise BioGPTError(f"{p}: not readable")
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def check_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BioGPTError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+
+
+def load_for_inference(args: argparse.Namespace):
+    """The model in the requested precision mode and its tokenizer (from beside the weights or --vocab)."""
+    import torch
+
+    from biogpt.api import load
+    from biogpt.backends.cpu import native_bf16, pack_bf16, quantize_int8
+
+    int8 = args.dtype == "int8"
+    dtype = None
+    if args.dtype == "bf16" or (args.dtype == "auto" and native_bf16()):
+        dtype = torch.bfloat16
+    model, tok = load(args.model, dtype=dtype, vocab=args.vocab)
+    if int8:
+        quantize_int8(model)
+    elif dtype == torch.bfloat16:
+        pack_bf16(model)  # the CPU form: weights laid out once for oneDNN's bf16 kernels
+    if tok is None:
+        raise BioGPTError(f"{args.model}: no vocabulary beside the weights; pass --vocab DIR")
+    return model, tok
+
+
+def add_model_options(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--model", required=required,
+                   help="Hugging Face directory, fairseq checkpoint (.pt, or its folder) or hub id")  # fmt: skip
+    p.add_argument("--vocab", help="vocabulary folder, if none sits beside the weights")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "int8", "auto"],
+                   help="fp32 is exact; bf16 and int8 (int8 weights, CPU) are faster and approximate; auto: bf16 "
+                        "where the CPU runs it natively (default: %(default)s)")  # fmt: skip
+    p.add_argument("--threads", type=positive_int, help="CPU threads (default: PyTorch's, one per core)")

@@ -1,0 +1,115 @@
+"""`biogpt generate`, `biogpt info` and `biogpt convert`."""
+
+from __future__ import annotations
+
+import argparse
+
+from biogpt.cli.args import (
+    add_model_options,
+    load_for_inference,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    probability,
+    set_threads,
+    writable_dir,
+)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from biogpt.generation import generate
+
+    set_threads(args.threads)
+    model, tok = load_for_inference(args)
+    prompts = [tok.encode(p) for p in args.prompt]
+    out = generate(
+        model,
+        prompts,
+        max_new_tokens=args.max_new_tokens,
+        min_new_tokens=args.min_new_tokens,
+        num_beams=args.num_beams,
+        num_return_sequences=args.num_return_sequences,
+        length_penalty=args.length_penalty,
+        early_stopping=args.early_stopping,
+        do_sample=args.do_sample,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        repetition_penalty=args.repetition_penalty,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
+    )
+    for row in out.sequences.tolist():
+        print(tok.decode(row))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from biogpt.checkpoints import load_state
+    from biogpt.text import load_vocab
+
+    state = load_state(args.model)
+    cfg, sd = state.config, state.state_dict
+    n = sum(v.numel() for v in sd.values())
+    print(f"model: {args.model} (BioGPT, {'Hugging Face directory' if state.format == 'hf' else 'fairseq checkpoint'})")
+    for k, v in cfg.to_dict().items():
+        print(f"  {k}: {v}")
+    print(f"parameters: {n:,} ({n / 1e6:.1f}M; output head tied to the token embedding)")
+    print(f"dtype: {next(iter(sd.values())).dtype}")
+    if state.vocab_dir is not None:
+        v = load_vocab(state.vocab_dir)
+        print(f"vocabulary: {state.vocab_dir} ({len(v.pieces)} tokens, {len(v.merges)} BPE merges)")
+    else:
+        print("vocabulary: none beside the weights")
+    k = cfg.num_prompt_tokens
+    first = cfg.vocab_size - k
+    how = f"; {state.prompt_source}" if k else ""
+    print(f"prompt tokens: {k}" + (f" (learned1..learned{k} = ids {first}..{cfg.vocab_size - 1}{how})" if k else ""))
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from biogpt.api import convert
+
+    writable_dir(args.dst, "the output folder")
+    convert(args.src, args.dst)
+    print(f"wrote a Hugging Face directory to {args.dst}")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("generate", help="continue one or more prompts")
+    p.add_argument("prompt", nargs="+", help="prompt text(s); several are batched")
+    add_model_options(p)
+    p.add_argument("--max-new-tokens", type=positive_int, default=50, help="tokens to generate (default: %(default)s)")
+    p.add_argument("--min-new-tokens", type=nonneg_int, default=0,
+                   help="tokens before </s> may end the output (default: %(default)s)")  # fmt: skip
+    p.add_argument("--num-beams", type=positive_int, default=1, help="beams; 1 is greedy (default: %(default)s)")
+    p.add_argument("--num-return-sequences", type=positive_int, default=1,
+                   help="outputs per prompt, at most --num-beams (default: %(default)s)")  # fmt: skip
+    p.add_argument("--length-penalty", type=float, default=1.0,
+                   help="beam scores are divided by length ** this (default: %(default)s)")  # fmt: skip
+    p.add_argument("--early-stopping", action="store_true", help="stop beam search once num_beams outputs ended")
+    p.add_argument("--do-sample", action="store_true", help="sample instead of greedy/beam search")
+    p.add_argument("--temperature", type=positive_float, default=1.0,
+                   help="sampling temperature, > 0 (default: %(default)s)")  # fmt: skip
+    p.add_argument("--top-k", type=nonneg_int, default=50,
+                   help="sample among the k most likely tokens; 0: all (default: %(default)s)")  # fmt: skip
+    p.add_argument("--top-p", type=probability, default=1.0,
+                   help="sample within this cumulative probability, in (0, 1] (default: %(default)s)")  # fmt: skip
+    p.add_argument("--seed", type=int, help="sampling seed (default: none, a new draw each run)")
+    p.add_argument("--repetition-penalty", type=positive_float, default=1.0,
+                   help="divide scores of tokens already present by this (default: %(default)s, off)")  # fmt: skip
+    p.add_argument("--no-repeat-ngram-size", type=nonneg_int, default=0,
+                   help="never repeat an n-gram of this many tokens; 0: off (default: %(default)s)")  # fmt: skip
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("info", help="config, parameter count, vocabulary and prompt tokens of a checkpoint")
+    p.add_argument("model", help="Hugging Face directory, fairseq checkpoint or hub id")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("convert", help="any checkpoint -> a Hugging Face directory (weights, config, tokenizer)")
+    p.add_argument("src", help="fairseq checkpoint.pt (with dict.txt + bpecodes beside it) or HF directory")
+    p.add_argument("dst", help="output folder")
+    p.set_defaults(func=cmd_convert)
+

@@ -1,0 +1,96 @@
+"""`biogpt eval`: run a task model on a benchmark split and score it as the original scorer, or score outputs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from biogpt.cli.args import (
+    DEFAULT_DATA,
+    add_model_options,
+    data_dir,
+    load_for_inference,
+    positive_int,
+    set_threads,
+    writable_file,
+)
+from biogpt.errors import BioGPTError
+
+
+def _write_atomic(path: str, text: str) -> None:
+    """Write a file whole or not at all: a failed write never leaves a half-written report."""
+    tmp = Path(f"{path}.tmp{os.getpid()}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from biogpt.tasks import get_task, predict, read_predictions, task_for_model
+
+    if bool(args.model) == bool(args.predictions):
+        raise BioGPTError("give one of --model PATH (run inference) or --predictions FILE (score outputs)")
+    writable_file(args.output, "--output")
+    writable_file(args.save_outputs, "--save-outputs")
+    if args.save_outputs and args.predictions:
+        raise BioGPTError("--save-outputs saves generated outputs; with --predictions nothing is generated")
+    options = {"setting": args.setting} if args.task == "pubmedqa" else {}
+    model = tok = None
+    if args.predictions:
+        task = get_task(args.task, **options)
+    else:
+        set_threads(args.threads)
+        model, tok = load_for_inference(args)
+        task = task_for_model(args.task, model.config, **options)  # the settings this model was trained with
+    examples = task.examples(data_dir(args.data), args.split)
+    if args.limit is not None:
+        examples = examples[: args.limit]
+    if args.predictions:
+        outputs = read_predictions(args.predictions, len(examples))
+    else:
+        outputs = predict(task, model, tok, examples, batch_size=args.batch_size,
+                          log=lambda m: print(f"  generated {m}", file=sys.stderr))  # fmt: skip
+        if args.save_outputs:
+            _write_atomic(args.save_outputs, "".join(o.replace("\n", " ") + "\n" for o in outputs))
+    metrics = task.score([task.parse(o) for o in outputs], examples)
+    report = {"task": args.task, "split": args.split, "n": len(examples), "metrics": metrics}
+    if args.task == "pubmedqa":
+        report["setting"] = args.setting
+    if model is not None:
+        report["settings"] = {"max_source_tokens": task.max_source_tokens, "max_length": task.max_length,
+                              "num_prompt_tokens": task.num_prompt_tokens}  # fmt: skip
+    text = json.dumps(report, indent=2)
+    if args.output:
+        _write_atomic(args.output, text + "\n")
+    if args.json and not args.output:
+        print(text)
+    else:
+        print(f"{args.task} ({args.split}, n={len(examples)})")
+        for k, v in metrics.items():
+            print(f"  {k:<18}{v:.4f}" if isinstance(v, float) else f"  {k:<18}{v}")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("eval", help="run a task checkpoint on a benchmark split and score it, or score outputs")
+    p.add_argument("task", choices=["pubmedqa", "bc5cdr", "ddi", "kd-dti", "hoc"])
+    add_model_options(p, required=False)
+    p.add_argument("--predictions", help="score these outputs instead (one generated output per line, in split order)")
+    p.add_argument("--data", default=DEFAULT_DATA,
+                   help="folder with BC5CDR/ DDI/ KD-DTI/ HoC/ PubMedQA/ (default: %(default)s, relative to the "
+                        "current folder)")  # fmt: skip
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"], help="(default: %(default)s)")
+    p.add_argument("--setting", default="reasoning-free", choices=["reasoning-free", "reasoning-required"],
+                   help="PubMedQA input: with the long answer (the paper's setting) or without "
+                        "(default: %(default)s)")  # fmt: skip
+    p.add_argument("--limit", type=positive_int, help="only the first N examples (default: the whole split)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="sequences per batch (default: %(default)s)")
+    p.add_argument("--save-outputs", help="also write the generated outputs here (one per line)")
+    p.add_argument("--output", help="write the JSON report to this file")
+    p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+    p.set_defaults(func=cmd_eval, needs_model_or_predictions=True)
