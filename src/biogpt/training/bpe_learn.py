@@ -4,8 +4,9 @@ Input: text that has gone through the Moses step (`biogpt.text.moses.tokenize`),
 line. Output: `bpecodes` (`left right count`, one merge per line, in merge order) and `dict.txt`
 (`piece count`, most frequent first, `@@` on word-internal pieces), which `Tokenizer.from_pretrained` loads.
 
-The learner counts words once, then merges the most frequent adjacent pair (ties: the smallest pair) until
-it has made the requested number of merges or the best pair is rarer than `min_frequency`. Pair counts are
+The learner counts words once, then merges the most frequent adjacent pair (ties broken as fastBPE breaks them,
+by its token numbering) until it has made the requested number of merges or the best pair is rarer than
+`min_frequency`; its merges and counts equal fastBPE's, line for line (tests/test_bpe_learn.py). Pair counts are
 updated only for the words that contain the merged pair (an index pair -> words), and the best pair comes
 from a heap with stale entries skipped, so the cost per merge follows the number of affected words.
 """
@@ -29,12 +30,91 @@ def count_words(lines: Iterable[str]) -> Counter:
     return counts
 
 
+# fastBPE breaks ties between equally frequent pairs by the smaller pair of token ids, and numbers the characters
+# in the order it meets them while iterating its `unordered_map<string, uint32_t>` of word counts, so the
+# learned codes depend on libstdc++'s hash table: std::hash<std::string> (MurmurHash2-64, `_Hash_bytes`, seed
+# 0xc70f6907), buckets = hash % bucket count, each new element first in its bucket, each newly used bucket first
+# in the list, and the bucket counts that `_Prime_rehash_policy` grows through one insertion at a time (13 on the
+# first insertion; rehash when full, to the listed prime >= twice the count). Checked against GCC 12.2.
+_MUL = 0xC6A4A7935BD1E995
+_MASK = (1 << 64) - 1
+_BUCKET_COUNTS = (13, 29, 59, 127, 257, 541, 1109, 2357, 5087, 10273, 20753, 42043, 85229, 172933, 351061, 712697,
+                  1447153, 2938679, 5967347, 12117689, 24607243, 49969847, 101473717, 206062531, 418451333,
+                  849749479, 1725587117, 3504151727, 8589934583, 25769803693, 68719476731, 206158430123)  # fmt: skip
+
+
+def _std_hash(data: bytes, seed: int = 0xC70F6907) -> int:
+    """libstdc++ `std::hash<std::string>` on a 64-bit little-endian machine."""
+    n = len(data)
+    h = seed ^ ((n * _MUL) & _MASK)
+    aligned = n & ~7
+    for i in range(0, aligned, 8):
+        k = (int.from_bytes(data[i : i + 8], "little") * _MUL) & _MASK
+        h = ((h ^ (((k ^ (k >> 47)) * _MUL) & _MASK)) * _MUL) & _MASK
+    if n & 7:
+        h = ((h ^ int.from_bytes(data[aligned:], "little")) * _MUL) & _MASK
+    h = ((h ^ (h >> 47)) * _MUL) & _MASK
+    return h ^ (h >> 47)
+
+
+def fastbpe_word_order(words: Iterable[str]) -> list[str]:
+    """The order in which fastBPE's word-count map iterates `words`, given in the order it first read them."""
+    words = list(words)
+    hashes = [_std_hash(w.encode("utf-8")) for w in words]
+    groups: list[int] = []  # buckets, in the order they became non-empty (the list runs newest first)
+    members: dict[int, list[int]] = {}  # bucket -> words, in insertion order (the bucket runs newest first)
+    n_buckets, level = 1, -1
+
+    def insert(i: int) -> None:
+        b = hashes[i] % n_buckets
+        if b not in members:
+            groups.append(b)
+            members[b] = []
+        members[b].append(i)
+
+    def current() -> list[int]:
+        return [i for b in reversed(groups) for i in reversed(members[b])]
+
+    for i in range(len(words)):
+        if i == (_BUCKET_COUNTS[level] if level >= 0 else 0):  # full: rehash, re-inserting in iteration order
+            old = current()
+            level += 1
+            n_buckets = _BUCKET_COUNTS[level]
+            groups, members = [], {}
+            for j in old:
+                insert(j)
+        insert(i)
+    return [words[i] for i in current()]
+
+
 def learn_merges(word_counts: dict[str, int], num_merges: int, min_frequency: int = 2) -> list[tuple[Pair, int]]:
-    """The merges, in order, with the count of each pair when it was merged."""
-    words = [list(w[:-1]) + [w[-1] + "</w>"] for w in word_counts]
-    freqs = list(word_counts.values())
-    pair_counts: dict[Pair, int] = defaultdict(int)
-    where: dict[Pair, set[int]] = defaultdict(set)
+    """The merges, in order, with the count of each pair when it was merged: fastBPE `learnbpe`'s output.
+
+    `word_counts` must be in first-occurrence order (as `count_words` gives), since fastBPE's tie-breaking
+    depends on it. Tokens are numbered as in fastBPE: characters in the order met (`fastbpe_word_order`, a
+    word's last character with `</w>` being its own token), then each merge result, a new number each time, so
+    a string built by two different merges is two tokens whose pairs are counted apart. The best pair has the
+    highest count, ties going to the smallest (left id, right id). Unlike fastBPE, which always prints
+    `num_merges` lines (ending with count-0 pairs once nothing is left), this stops when the best count is
+    below `min_frequency` (or 0)."""
+    ids: dict[str, int] = {}
+    names: list[str] = []
+    words: list[list[int]] = []
+    freqs: list[int] = []
+    for w in fastbpe_word_order(word_counts):
+        symbols = list(w)
+        symbols[-1] += "</w>"
+        row = []
+        for s in symbols:
+            t = ids.get(s)
+            if t is None:
+                t = ids[s] = len(names)
+                names.append(s)
+            row.append(t)
+        words.append(row)
+        freqs.append(word_counts[w])
+    pair_counts: dict[tuple[int, int], int] = defaultdict(int)
+    where: dict[tuple[int, int], set[int]] = defaultdict(set)
     for i, (symbols, f) in enumerate(zip(words, freqs)):
         for pair in zip(symbols, symbols[1:]):
             pair_counts[pair] += f
@@ -51,10 +131,11 @@ def learn_merges(word_counts: dict[str, int], num_merges: int, min_frequency: in
             continue
         if count < min_frequency:
             break
-        merges.append((pair, count))
         first, second = pair
-        merged = first + second
-        changed: set[Pair] = set()
+        merges.append(((names[first], names[second]), count))
+        merged = len(names)
+        names.append(names[first] + names[second])
+        changed: set[tuple[int, int]] = set()
         for i in list(where[pair]):
             symbols, f = words[i], freqs[i]
             for p in zip(symbols, symbols[1:]):  # remove this word's old pairs
