@@ -36,3 +36,7 @@ class TrainingError(BioGPTError):
 
 class GenerationError(BioGPTError):
     """A generation request the model cannot serve: no room left for new tokens, bad decoding settings."""
+
+
+class InputError(BioGPTError):
+    """An input file that cannot be read at all, or is in no known format (a bad record is a counted skip)."""

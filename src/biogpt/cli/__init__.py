@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from biogpt.cli import models, tasks, text, training
+from biogpt.cli import mining, models, tasks, text, training
 
 
 class Parser(argparse.ArgumentParser):
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_parsers(sub)
     tasks.add_parsers(sub)
     training.add_parsers(sub)
+    mining.add_parsers(sub)
     return ap
 
 

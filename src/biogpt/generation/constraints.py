@@ -4,6 +4,7 @@ span of a source text. The engine asks each row's constraint for the allowed ids
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from biogpt.errors import GenerationError
 
@@ -63,3 +64,136 @@ class SourceSpans(Constraint):
             return sorted(set(src))
         nxt = {src[i + n] for i in range(len(src) - n) if src[i : i + n] == list(generated)}
         return sorted(nxt) + [self.eos]
+
+
+# ---------------------------------------------------------------------------------------------------
+# templates: fixed text, spans of a source and choices from a label set, repeated with a separator
+
+
+@dataclass(frozen=True)
+class Lit:
+    """Exactly these tokens."""
+
+    tokens: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Span:
+    """A contiguous span of the source tokens, whole words only (it starts at a word start, ends at a word end),
+    containing none of `exclude` (e.g. a template word a parser would split at)."""
+
+    exclude: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of these token sequences (a label set)."""
+
+    options: tuple[tuple[int, ...], ...]
+
+
+class Template(Constraint):
+    """Output = ITEM... (SEP ITEM...)* END </s>: e.g. `the relation between <span> and <span> exists`, joined by
+    `;`, ended by `.` — the relation-extraction targets, with every entity a span of the source text and every
+    relation word one of the task's labels. Every output it allows parses, and every entity it names is in the
+    source.
+
+    Tokens are matched by an NFA simulated over what was generated so far: a span may end wherever a word ends
+    (or go on), a label wherever one ends, so the allowed set is the union over the live states.
+    """
+
+    def __init__(
+        self, items: Sequence[Lit | Span | Choice], sep: Sequence[int], end: Sequence[int], source: Sequence[int],
+        can_start: Sequence[bool], can_end: Sequence[bool], eos_token_id: int = 2,
+    ):  # fmt: skip
+        """`can_start[i]` / `can_end[i]`: a span may begin / end at source token i (e.g. at word boundaries,
+        on a token with a letter or digit, so the detokenizer never glues it to the template's words)."""
+        if not len(source) == len(can_start) == len(can_end):
+            raise GenerationError("Template: one can_start and one can_end flag per source token")
+        self.items = list(items) + [None]  # None: the junction (separator or end)
+        self.sep, self.end, self.eos = tuple(sep), tuple(end), eos_token_id
+        self.source = list(source)
+        self.final = list(can_end)
+        self.starts = frozenset(i for i, ok in enumerate(can_start) if ok)
+        self._tries = [self._trie(it.options) if isinstance(it, Choice) else None for it in items]
+
+    @staticmethod
+    def _trie(options) -> dict:
+        root: dict = {}
+        for seq in options:
+            node = root
+            for t in seq:
+                node = node.setdefault(t, {})
+            node[None] = True
+        return root
+
+    # states: ("item", i, data) where data is a position in a literal, (starts, length) of a span, or a trie
+    # node; ("sep", pos) / ("end", pos) inside the separator / end literal; ("done",) after END.
+
+    def _enter(self, i: int) -> list[tuple]:
+        """The states at the start of item i (the junction after the last item)."""
+        it = self.items[i]
+        if it is None:
+            return [("sep", 0), ("end", 0)]
+        if isinstance(it, Lit):
+            return [("lit", i, 0)] if it.tokens else self._enter(i + 1)
+        if isinstance(it, Span):
+            return [("span", i, self.starts, 0)]
+        return [("choice", i, self._tries[i])]
+
+    def _closure(self, states: list[tuple]) -> list[tuple]:
+        """States plus those reachable without a token: a span or label that may end here."""
+        out, todo = [], list(states)
+        while todo:
+            s = todo.pop()
+            out.append(s)
+            if s[0] == "span" and s[3] > 0 and any(self.final[p + s[3] - 1] for p in s[2]):
+                todo += self._enter(s[1] + 1)
+            elif s[0] == "choice" and None in s[2]:
+                todo += self._enter(s[1] + 1)
+        return out
+
+    def _step(self, s: tuple, t: int) -> list[tuple]:
+        kind = s[0]
+        if kind == "lit":
+            lit = self.items[s[1]].tokens
+            if lit[s[2]] != t:
+                return []
+            return [("lit", s[1], s[2] + 1)] if s[2] + 1 < len(lit) else self._enter(s[1] + 1)
+        if kind == "span":
+            n, src = s[3], self.source
+            if t in self.items[s[1]].exclude:
+                return []
+            starts = frozenset(p for p in s[2] if p + n < len(src) and src[p + n] == t)
+            return [("span", s[1], starts, n + 1)] if starts else []
+        if kind == "choice":
+            return [("choice", s[1], s[2][t])] if t in s[2] else []
+        if kind in ("sep", "end"):
+            lit = self.sep if kind == "sep" else self.end
+            if lit[s[1]] != t:
+                return []
+            if s[1] + 1 < len(lit):
+                return [(kind, s[1] + 1)]
+            return self._enter(0) if kind == "sep" else [("done",)]
+        return []
+
+    def _next(self, s: tuple) -> set[int]:
+        kind = s[0]
+        if kind == "lit":
+            return {self.items[s[1]].tokens[s[2]]}
+        if kind == "span":
+            n, src = s[3], self.source
+            return {src[p + n] for p in s[2] if p + n < len(src)} - self.items[s[1]].exclude
+        if kind == "choice":
+            return {t for t in s[2] if t is not None}
+        if kind in ("sep", "end"):
+            return {(self.sep if kind == "sep" else self.end)[s[1]]}
+        return {self.eos}  # done
+
+    def allowed(self, generated):
+        states = self._closure(self._enter(0))
+        for t in generated:
+            states = self._closure([n for s in states for n in self._step(s, t)])
+            if not states:
+                return [self.eos]  # off the template (cannot happen while the constraint is applied)
+        return sorted(set().union(*(self._next(s) for s in states)))

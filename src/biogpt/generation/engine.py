@@ -25,6 +25,9 @@ from biogpt.generation.processors import process, sample
 class GenerationOutput:
     sequences: torch.Tensor  # [B * num_return_sequences, T + n]: prompt (left-padded) + new tokens, pad-filled
     scores: torch.Tensor | None = None  # beam search: the length-normalised score of each returned sequence
+    # with output_logprobs: [B * num_return_sequences, n] the model's own log-probability of each new token
+    # (log-softmax of its logits, before any penalty or constraint), 0 where the row had already ended
+    logprobs: torch.Tensor | None = None
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,6 +66,7 @@ def generate(
     pad_token_id: int = 1,
     forced_tokens: Sequence[Sequence[int]] | None = None,
     constraints: Sequence[Constraint | None] | Constraint | None = None,
+    output_logprobs: bool = False,
 ) -> GenerationOutput:
     """Generate up to `max_new_tokens` after each prompt. See the module docstring for what matches what."""
     if not isinstance(input_ids, torch.Tensor):
@@ -109,18 +113,35 @@ def generate(
         pad_lens=(attention_mask != 0).int().argmax(1),
     )
     if num_beams == 1:
-        return _greedy_orsample(
+        return _greedy_or_sample(
             model, input_ids, attention_mask, max_new_tokens, rows, do_sample, temperature, top_k, top_p, seed,
-            pad_token_id, opts,
+            pad_token_id, opts, output_logprobs,
         )  # fmt: skip
     seqs, scores = beam_search(
         model, input_ids, attention_mask, max_new_tokens, rows, num_beams, num_return_sequences, length_penalty,
         early_stopping, pad_token_id, opts,
     )  # fmt: skip
-    return GenerationOutput(seqs, scores)
+    logprobs = None
+    if output_logprobs:
+        prompt_mask = attention_mask.repeat_interleave(num_return_sequences, 0)
+        logprobs = token_logprobs(model, seqs, prompt_mask, eos_token_id, pad_token_id)
+    return GenerationOutput(seqs, scores, logprobs)
 
 
-def _greedy_orsample(model, ids, mask, max_new, rows, do_sample, temperature, top_k, top_p, seed, pad, opts):
+@torch.inference_mode()
+def token_logprobs(model, seqs: torch.Tensor, prompt_mask: torch.Tensor, eos: int, pad: int) -> torch.Tensor:
+    """log p(token | everything before it) of the new tokens of seqs [N, T0 + n] (prompt_mask [N, T0]), in one
+    forward pass; 0 after a row's first </s>."""
+    T0 = prompt_mask.shape[1]
+    new = seqs[:, T0:]
+    ended = torch.cumsum((new == eos).long(), 1) - (new == eos).long() > 0  # after the first </s>
+    mask = torch.cat([prompt_mask, (~ended).long()], 1)
+    logits = model(seqs, mask)[:, T0 - 1 : -1].float()  # [N, n, V]: the logits that chose each new token
+    lp = torch.log_softmax(logits, -1).gather(2, new[:, :, None]).squeeze(2)
+    return lp.masked_fill(ended | (new == pad), 0.0)
+
+
+def _greedy_or_sample(model, ids, mask, max_new, rows, do_sample, temperature, top_k, top_p, seed, pad, opts, want_lp):
     B, T0 = ids.shape
     eos = opts["eos"]
     g = torch.Generator(device=ids.device).manual_seed(seed) if seed is not None else None
@@ -129,16 +150,20 @@ def _greedy_orsample(model, ids, mask, max_new, rows, do_sample, temperature, to
     seqs = ids
     done = torch.zeros(B, dtype=torch.bool, device=ids.device)
     ones = torch.ones(B, 1, dtype=torch.long, device=ids.device)
+    lps = []
     for step in range(max_new):
         scores = process(logits, seqs, step, constraints=rows, **opts)
         if do_sample:
             nxt = sample(scores, temperature, top_k, top_p, g)
         else:
             nxt = scores.argmax(-1)
+        if want_lp:
+            lp = torch.log_softmax(logits.float(), -1).gather(1, nxt[:, None]).squeeze(1)
+            lps.append(lp.masked_fill(done, 0.0))
         nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
         seqs = torch.cat([seqs, nxt[:, None]], 1)
         done = done | (nxt == eos)
         if bool(done.all()) or step == max_new - 1:
             break
         logits = model(nxt[:, None], ones, cache=cache, last_only=True)[:, -1]
-    return GenerationOutput(seqs)
+    return GenerationOutput(seqs, logprobs=torch.stack(lps, 1) if want_lp else None)

@@ -17,6 +17,7 @@ PREFIXES = ("in conclusion,", "in conclusion ,", "we can conclude that", "we hav
 _ROMAN = dict(zip("0123456789", ["0", "I", "II", "III", "IV", "V", "VI", "VII", "VIII", "IX"]))
 
 Triple = tuple[str, str, str]
+LABELS = ("advise", "effect", "int", "mechanism")  # every interaction in the DDI-2013 train/valid/test files
 
 
 def triples_target(triples: list[dict], content: str) -> str:

@@ -1,0 +1,133 @@
+"""`biogpt extract`: a task model over documents, into JSONL, BioC XML/JSON or PubTator, resumable."""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import sys
+from pathlib import Path
+
+from biogpt.cli.args import add_model_options, input_files, positive_int, set_threads, writable_file
+from biogpt.errors import BioGPTError
+
+_worker = None
+
+
+def _build_extractor(args: argparse.Namespace, progress_note: bool):
+    import biogpt
+    from biogpt.cli.args import load_for_inference
+    from biogpt.mining import Extractor, weights_sha256
+
+    model, tok = load_for_inference(args)
+    info = {"name": str(args.model), "sha256": weights_sha256(model), "dtype": args.dtype}
+    ex = Extractor(model, tok, args.task, grounded=args.grounded, num_beams=args.num_beams,
+                   batch_size=args.batch_size, model_info=info)  # fmt: skip
+    if progress_note:
+        print(f"model: {args.model} ({info['sha256'][:12]}), task {args.task}, biogpt {biogpt.__version__}",
+              file=sys.stderr)  # fmt: skip
+    return ex
+
+
+def _init_worker(args: argparse.Namespace) -> None:
+    global _worker
+    import signal
+
+    import torch
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends the pool
+    torch.set_num_threads(max(1, (args.threads or torch.get_num_threads()) // args.workers))
+    _worker = _build_extractor(args, False)
+
+
+def _work(item):
+    key, docs, problems = item
+    return key, _worker.extract(docs), problems
+
+
+def output_format(args: argparse.Namespace) -> str:
+    from biogpt.mining.writers import EXTENSIONS
+
+    if args.format:
+        return args.format
+    if args.output == "-":
+        return "jsonl"
+    fmt = EXTENSIONS.get(Path(args.output).suffix.lower())
+    if fmt is None:
+        raise BioGPTError(f"cannot tell the output format from {args.output!r}; pass --format "
+                          "(jsonl, bioc-xml, bioc-json or pubtator)")  # fmt: skip
+    return fmt
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    import biogpt
+    from biogpt.mining import pipeline
+
+    fmt = output_format(args)
+    if args.output == "-" and fmt != "jsonl":
+        raise BioGPTError("-o - writes JSONL to standard output; give a file name for other formats")
+    input_files(args.input)
+    writable_file(args.output, "-o")
+    set_threads(args.threads)
+    settings = {"task": args.task, "model": str(args.model), "dtype": args.dtype, "grounded": args.grounded,
+                "num_beams": args.num_beams, "batch_size": args.batch_size, "chunk_size": args.chunk_size,
+                "input_format": args.input_format}  # fmt: skip
+    infons = {"task": args.task, "model": str(args.model), "biogpt_version": biogpt.__version__}
+    extract, map_chunks, pool = None, None, None
+    if args.ray is not None:
+        from biogpt.mining.ray import ray_map_chunks
+
+        map_chunks = ray_map_chunks(args, _build_extractor)
+    elif args.workers > 1:
+        pool = mp.get_context("spawn").Pool(args.workers, initializer=_init_worker, initargs=(args,))
+        map_chunks = lambda items: pool.imap(_work, items)  # noqa: E731  (ordered: shards are committed in order)
+    else:
+        extract = _build_extractor(args, True).extract
+    try:
+        summary = pipeline.run(args.input, args.output, fmt, extract, settings, infons, input_format=args.input_format,
+                               chunk_size=args.chunk_size, strict=args.strict, progress=not args.quiet,
+                               map_chunks=map_chunks)  # fmt: skip
+    except BaseException:
+        if pool is not None:
+            pool.terminate()  # never wait for workers on Ctrl-C or an error
+        raise
+    if pool is not None:
+        pool.close()
+        pool.join()
+    for problem in summary.problems[:20]:
+        print(f"  malformed: {problem}", file=sys.stderr)
+    if len(summary.problems) > 20:
+        print(f"  ... and {len(summary.problems) - 20} more malformed records", file=sys.stderr)
+    print(f"done: {summary.line()}" + ("" if args.output == "-" else f" -> {args.output}"), file=sys.stderr)
+    return 0
+
+
+def add_parsers(sub) -> None:
+    from biogpt.mining.readers import FORMATS
+    from biogpt.mining.writers import OUTPUT_FORMATS
+
+    p = sub.add_parser("extract", help="a task model over documents: grounded relations, answers or labels")
+    p.add_argument("input", nargs="+", help="PubMed XML(.gz), PubTator, BioC XML/JSON, JSONL or text files")
+    p.add_argument("--task", required=True, choices=["bc5cdr", "ddi", "kd-dti", "hoc", "pubmedqa"])
+    add_model_options(p)
+    p.add_argument("-o", "--output", required=True, help="output file (its extension gives the format), or - for "
+                   "JSONL on standard output; OUTPUT.parts/ holds the resumable state until the run ends")  # fmt: skip
+    p.add_argument("--format", choices=OUTPUT_FORMATS, help="output format (default: from the extension: .jsonl, "
+                   ".xml = bioc-xml, .json = bioc-json, .pubtator/.txt = pubtator)")  # fmt: skip
+    p.add_argument("--input-format", choices=FORMATS, help="input format (default: recognised from the content)")
+    p.add_argument("--grounded", action="store_true",
+                   help="decode within the task's template: entities only from spans of the text, relation words "
+                        "from the task's labels")  # fmt: skip
+    p.add_argument("--num-beams", type=positive_int, default=1,
+                   help="1: greedy, as the original (default: %(default)s)")  # fmt: skip
+    p.add_argument("--batch-size", type=positive_int, default=8, help="documents per batch (default: %(default)s)")
+    p.add_argument("--chunk-size", type=positive_int, default=64,
+                   help="documents per committed shard: the most a crash can lose (default: %(default)s)")  # fmt: skip
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="processes, each with its own model, sharing the threads (default: %(default)s: one model, "
+                        "all threads)")  # fmt: skip
+    p.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
+                   help="run on a Ray cluster (pip install 'biogpt[ray]'); ADDRESS as ray.init takes it "
+                        "(default: auto, or a new local instance)")  # fmt: skip
+    p.add_argument("--strict", action="store_true", help="stop at the first malformed record instead of skipping it")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_extract)

@@ -1,0 +1,150 @@
+"""Running a task model over documents: sources built as the task's inference builds them, length-sorted
+batches through the one generation engine, and records with every entity located in the text.
+
+`Extractor.extract(docs)` is the unit every runner shares (one process, worker processes, Ray actors, the
+HTTP server): documents in, one record (a plain dict) per document out, in input order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import torch
+
+from biogpt.errors import TaskError
+from biogpt.generation import generate
+from biogpt.mining import tasks as mtasks
+from biogpt.mining.grounding import Grounder
+from biogpt.mining.readers import Document
+from biogpt.tasks import task_for_model
+from biogpt.tasks.common import DECODING_LENGTH
+from biogpt.text.tokenizer import Tokenizer
+
+TASKS = ("bc5cdr", "ddi", "kd-dti", "hoc", "pubmedqa")
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """sha256 over the weights as loaded (names, dtypes, shapes and bytes, in name order)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+@dataclass
+class Extractor:
+    """A task model ready to extract: `task_name` one of TASKS; `grounded` restricts decoding to the task's
+    template, entities to spans of the source and relation words to the task's labels."""
+
+    model: torch.nn.Module
+    tok: Tokenizer
+    task_name: str
+    grounded: bool = False
+    num_beams: int = 1
+    batch_size: int = 8
+    model_info: dict = field(default_factory=dict)  # name, sha256, dtype: written into every record
+
+    def __post_init__(self):
+        if self.task_name not in TASKS:
+            raise ValueError(f"unknown task {self.task_name!r}; choose one of {', '.join(TASKS)}")
+        self.task = task_for_model(self.task_name, self.model.config)
+        k = self.model.config.num_prompt_tokens
+        if k != self.task.num_prompt_tokens:
+            raise TaskError(
+                f"{self.task_name} uses {self.task.num_prompt_tokens} learned prompt tokens but the model has {k}; "
+                f"use a model fine-tuned for {self.task_name}"
+            )
+
+    @property
+    def decoding(self) -> dict:
+        return {"task": self.task_name, "num_beams": self.num_beams, "grounded": self.grounded,
+                "max_source_tokens": self.task.max_source_tokens, "max_length": self.task.max_length,
+                "num_prompt_tokens": self.task.num_prompt_tokens}  # fmt: skip
+
+    def extract(self, docs: list[Document]) -> list[dict]:
+        """One record per document, in order; documents that cannot serve the task get a record saying why."""
+        prepared = []
+        for d in docs:
+            src = mtasks.source_text(self.task_name, self.task, d)
+            prepared.append(None if src is None else mtasks.encode_prefix(self.task, self.tok, src))
+        todo = sorted((i for i, p in enumerate(prepared) if p is not None), key=lambda i: len(prepared[i][0]))
+        outputs: dict[int, tuple[list[int], list[float]]] = {}
+        max_tgt = self.task.max_length - self.task.max_source_tokens - self.task.num_prompt_tokens
+        limit = min(DECODING_LENGTH, self.model.config.max_positions - 1)
+        for b in range(0, len(todo), self.batch_size):
+            batch = todo[b : b + self.batch_size]
+            longest = max(len(prepared[i][0]) for i in batch)
+            new = max(1, min(max_tgt, limit - (longest - 1)))
+            constraints = None
+            if self.grounded:
+                constraints = [mtasks.grammar(self.task_name, self.tok, prepared[i][1]) for i in batch]
+            out = generate(self.model, [prepared[i][0] for i in batch], max_new_tokens=new, num_beams=self.num_beams,
+                           constraints=constraints, output_logprobs=True)  # fmt: skip
+            for i, row, lps in zip(batch, out.sequences[:, longest:].tolist(), out.logprobs.tolist()):
+                outputs[i] = (row, lps)
+        return [self._record(d, outputs.get(i)) for i, d in enumerate(docs)]
+
+    def _record(self, doc: Document, out: tuple[list[int], list[float]] | None) -> dict:
+        record = {
+            "id": doc.id,
+            "task": self.task_name,
+            "text": doc.text,
+            "passages": [{"type": p.type, "offset": p.offset, "text": p.text} for p in doc.passages],
+        }
+        if doc.question is not None:
+            record["question"] = doc.question
+        if doc.annotations or doc.relations:
+            record["input_annotations"], record["input_relations"] = doc.annotations, doc.relations
+        entities: list[dict] = []
+        relations: list[dict] = []
+        record.update(entities=entities, relations=relations, parsed=False, sequence_logprob=0.0, output="")
+        if out is None:
+            record["skipped"] = "a question is needed (PubMedQA)" if self.task_name == "pubmedqa" else "no text"
+        else:
+            ids, lps = out
+            n = ids.index(2) + 1 if 2 in ids else len(ids)
+            record["output"] = self.tok.decode(ids[:n])
+            record["sequence_logprob"] = round(sum(lps[:n]), 6)
+            parts = mtasks.split_output(self.task_name, self.tok, ids[:n], lps[:n])
+            if self.task_name in mtasks.RELATION_TASKS:
+                self._relations(doc, parts, entities, relations)
+                record["parsed"] = bool(relations)
+            elif self.task_name == "hoc":
+                record["labels"] = [{"label": x["label"], "score": round(x["logprob"], 6), "known": x["known"]}
+                                    for x in mtasks.read_labels(parts)]  # fmt: skip
+                record["parsed"] = bool(record["labels"])
+            else:
+                a = mtasks.read_answer(parts)
+                record["answer"] = None if a is None else {"text": a["answer"], "score": round(a["logprob"], 6),
+                                                            "known": a["known"]}  # fmt: skip
+                record["parsed"] = a is not None
+        record["model"] = self.model_info
+        record["decoding"] = self.decoding
+        return record
+
+    def _relations(self, doc: Document, parts, entities: list[dict], relations: list[dict]) -> None:
+        spec = mtasks.RELATION_TASKS[self.task_name]
+        grounder = Grounder(doc.text)
+        ids: dict[tuple[str, str], str] = {}
+
+        def entity(name: str, kind: str) -> str:
+            key = (name.lower(), kind)
+            if key not in ids:
+                spans = grounder.spans(name)
+                ids[key] = f"E{len(ids) + 1}"
+                located = [{"start": s, "end": e, "text": doc.text[s:e]} for s, e in spans]
+                entities.append({"id": ids[key], "text": name, "type": kind, "grounded": bool(spans), "spans": located})
+            return ids[key]
+
+        seen = set()
+        for r in mtasks.read_relations(self.task_name, parts):
+            h, t = entity(r["head"], spec["head"]), entity(r["tail"], spec["tail"])
+            if (h, t, r["type"]) in seen:  # the original scorer counts a repeated relation once
+                continue
+            seen.add((h, t, r["type"]))
+            grounded = all(e["grounded"] for e in entities if e["id"] in (h, t))
+            relations.append({"id": f"R{len(relations) + 1}", "type": r["type"], "head": h, "tail": t,
+                              "score": round(r["logprob"], 6), "grounded": grounded})  # fmt: skip
