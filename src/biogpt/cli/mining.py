@@ -61,11 +61,15 @@ def output_format(args: argparse.Namespace) -> str:
 def cmd_extract(args: argparse.Namespace) -> int:
     import biogpt
     from biogpt.mining import pipeline
+    from biogpt.mining.readers import detect_format
 
     fmt = output_format(args)
     if args.output == "-" and fmt != "jsonl":
         raise BioGPTError("-o - writes JSONL to standard output; give a file name for other formats")
     input_files(args.input)
+    if args.input_format is None:
+        for path in args.input:  # a file in no known format fails here, before the model is loaded
+            detect_format(Path(path))
     writable_file(args.output, "-o")
     set_threads(args.threads)
     settings = {"task": args.task, "model": str(args.model), "dtype": args.dtype, "grounded": args.grounded,

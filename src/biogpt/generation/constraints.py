@@ -134,7 +134,7 @@ class Template(Constraint):
         """The states at the start of item i (the junction after the last item)."""
         it = self.items[i]
         if it is None:
-            return [("sep", 0), ("end", 0)]
+            return ([("sep", 0)] if self.sep else []) + [("end", 0)]
         if isinstance(it, Lit):
             return [("lit", i, 0)] if it.tokens else self._enter(i + 1)
         if isinstance(it, Span):

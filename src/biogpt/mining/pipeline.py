@@ -190,13 +190,18 @@ def run(
 
     runner = map_chunks or (lambda items: ((k, extract(d), p) for k, d, p in items))
     committed = 0
-    for key, records, problems in runner(pending()):
-        state.commit(key, records, problems)
-        summary.add(records, problems)
-        bar.update(len(records))
-        committed += 1
-        if _stop_after is not None and committed >= _stop_after:
-            raise KeyboardInterrupt  # tests: as if killed here (the manifest already holds this chunk)
+    try:
+        for key, records, problems in runner(pending()):
+            state.commit(key, records, problems)
+            summary.add(records, problems)
+            bar.update(len(records))
+            committed += 1
+            if _stop_after is not None and committed >= _stop_after:
+                raise KeyboardInterrupt  # tests: as if killed here (the manifest already holds this chunk)
+    except BaseException:
+        if not state.manifest["chunks"]:  # nothing to resume: leave nothing behind
+            shutil.rmtree(state.parts, ignore_errors=True)
+        raise
     bar.close()
     state.assemble(keys, fmt, infons, to_stdout)
     summary.seconds = time.perf_counter() - t0

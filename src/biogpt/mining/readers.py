@@ -14,7 +14,6 @@ known format, raises `InputError`.
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import xml.etree.ElementTree as ET
 import zlib
@@ -92,6 +91,46 @@ def title_abstract(doc_id: str, title: str, abstract: str, where: str = "", ques
 # opening and recognising files
 
 
+class _Stream:
+    """Reads a possibly damaged file in small pieces: a truncated .gz gives everything before the damage, then
+    looks like an early end, with the reason kept in `error`."""
+
+    PIECE = 8192
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def read(self, n: int = -1) -> bytes:
+        if self.error is not None:
+            return b""
+        try:
+            return self.f.read(self.PIECE if n is None or n < 0 else min(n, self.PIECE))
+        except (OSError, EOFError, zlib.error) as e:
+            self.error = e
+            return b""
+
+    def lines(self) -> Iterator[bytes]:
+        rest = b""
+        while True:
+            piece = self.read()
+            if not piece:
+                break
+            rest += piece
+            *complete, rest = rest.split(b"\n")
+            yield from (line + b"\n" for line in complete)
+        if rest:
+            yield rest
+
+    def close(self) -> None:
+        self.f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 def open_binary(path: Path):
     """The file's bytes, gunzipped when it is gzip (by its magic number, whatever its name)."""
     try:
@@ -101,18 +140,20 @@ def open_binary(path: Path):
     except OSError as e:
         raise InputError(f"{path}: {e.strerror}") from None
     if f.peek(2)[:2] == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=f)
-    return f
+        return _Stream(gzip.GzipFile(fileobj=f))
+    return _Stream(f)
 
 
 def detect_format(path: Path) -> str:
     """The input format from the file's first bytes (not its name)."""
     with open_binary(path) as f:
-        try:
-            head = f.read(4096)
-        except (OSError, EOFError, zlib.error) as e:
-            raise InputError(f"{path}: cannot read ({e}); a truncated or damaged .gz?") from None
-    text = head.decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
+        head = f.read(4096)
+        if not head and f.error is not None:
+            raise InputError(f"{path}: cannot read ({f.error}); a truncated or damaged .gz?")
+    decoded = head.decode("utf-8", errors="replace")
+    if b"\x00" in head or decoded.count("\ufffd") > len(decoded) // 20:
+        raise InputError(f"{path}: not text (binary data?); give PubMed XML, PubTator, BioC, JSONL or plain text")
+    text = decoded.lstrip("\ufeff \t\r\n")
     if text.startswith("<"):
         if "<PubmedArticle" in text or "<PubmedBookArticle" in text or "pubmed_" in text.lower():
             return "pubmed-xml"
@@ -155,14 +196,13 @@ def _text_lines(path: Path) -> Iterator[tuple[int, str | None, str | None]]:
     """(line number, text or None, problem or None) of a text file, never stopping at a bad line."""
     with open_binary(path) as f:
         n = 0
-        try:
-            for n, raw in enumerate(f, 1):
-                try:
-                    yield n, raw.decode("utf-8").rstrip("\r\n"), None
-                except UnicodeDecodeError as e:
-                    yield n, None, f"not UTF-8 ({e.reason} at byte {e.start})"
-        except (OSError, EOFError, zlib.error) as e:
-            yield n + 1, None, f"the file ends early or is damaged ({e}); nothing after this line was read"
+        for n, raw in enumerate(f.lines(), 1):
+            try:
+                yield n, raw.decode("utf-8").rstrip("\r\n"), None
+            except UnicodeDecodeError as e:
+                yield n, None, f"not UTF-8 ({e.reason} at byte {e.start})"
+        if f.error is not None:
+            yield n + 1, None, f"the file ends early or is damaged ({f.error}); nothing after this line was read"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -178,7 +218,12 @@ def read_pubmed_xml(path: Path) -> Iterator[Document | Problem]:
     count = 0
     with open_binary(path) as f:
         try:
-            for _, el in ET.iterparse(f, events=("end",)):
+            root = None
+            for event, el in ET.iterparse(f, events=("start", "end")):
+                if root is None:
+                    root = el  # PubmedArticleSet: cleared as records finish, so memory stays flat
+                if event == "start":
+                    continue
                 if el.tag == "PubmedArticle":
                     count += 1
                     where = f"{path.name}:record {count}"
@@ -186,7 +231,7 @@ def read_pubmed_xml(path: Path) -> Iterator[Document | Problem]:
                     title_el = el.find("MedlineCitation/Article/ArticleTitle")
                     title = _clean("".join(title_el.itertext())) if title_el is not None else ""
                     parts = [_clean("".join(a.itertext())) for a in el.iterfind(".//Abstract/AbstractText")]
-                    el.clear()
+                    root.clear()
                     if not pmid or not pmid.strip():
                         yield Problem(where, "PubmedArticle without PMID")
                         continue
@@ -194,11 +239,12 @@ def read_pubmed_xml(path: Path) -> Iterator[Document | Problem]:
                 elif el.tag == "DeleteCitation":
                     for pm in el.iterfind("PMID"):
                         yield Document((pm.text or "").strip(), [], where=f"{path.name}:DeleteCitation", deleted=True)
-                    el.clear()
+                    root.clear()
         except ET.ParseError as e:
-            yield Problem(f"{path.name}:line {e.position[0]}", f"broken XML ({e}); nothing after it was read")
-        except (OSError, EOFError, zlib.error) as e:
-            yield Problem(f"{path.name}:record {count + 1}", f"the file ends early or is damaged ({e})")
+            if f.error is not None:
+                yield Problem(f"{path.name}:record {count + 1}", f"the file ends early or is damaged ({f.error})")
+            else:
+                yield Problem(f"{path.name}:line {e.position[0]}", f"broken XML ({e}); nothing after it was read")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -311,12 +357,13 @@ def read_bioc_json(path: Path) -> Iterator[Document | Problem]:
     """A BioC JSON collection (`{"documents": [...]}`), PubTator3's export (`{"PubTator3": [...]}`), or a list
     of documents. The file is one JSON value, read whole (PubTator3 exports a hundred documents per file)."""
     with open_binary(path) as f:
+        raw = b"".join(iter(f.read, b""))
+        if f.error is not None:
+            raise InputError(f"{path}: cannot read ({f.error}); a truncated or damaged .gz?")
         try:
-            data = json.load(io.TextIOWrapper(f, encoding="utf-8"))
+            data = json.loads(raw.decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise InputError(f"{path}: not valid BioC JSON ({e})") from None
-        except (OSError, EOFError, zlib.error) as e:
-            raise InputError(f"{path}: cannot read ({e}); a truncated or damaged .gz?") from None
     if isinstance(data, dict):
         docs = data.get("PubTator3", data.get("documents"))
         if docs is None and "passages" in data:
@@ -338,8 +385,11 @@ def read_bioc_xml(path: Path) -> Iterator[Document | Problem]:
     count = 0
     with open_binary(path) as f:
         try:
-            for _, el in ET.iterparse(f, events=("end",)):
-                if el.tag != "document":
+            root = None
+            for event, el in ET.iterparse(f, events=("start", "end")):
+                if root is None:
+                    root = el  # the collection: cleared as documents finish
+                if event == "start" or el.tag != "document":
                     continue
                 count += 1
                 d = {"id": el.findtext("id"), "passages": [], "relations": []}
@@ -352,12 +402,13 @@ def read_bioc_xml(path: Path) -> Iterator[Document | Problem]:
                 for r in el.findall("relation"):
                     d["relations"].append({"id": r.get("id"), "infons": _xml_infons(r),
                                            "nodes": [dict(n.attrib) for n in r.findall("node")]})  # fmt: skip
-                el.clear()
+                root.clear()
                 yield _bioc_document(d, f"{path.name}:document {count}")
         except ET.ParseError as e:
-            yield Problem(f"{path.name}:line {e.position[0]}", f"broken XML ({e}); nothing after it was read")
-        except (OSError, EOFError, zlib.error) as e:
-            yield Problem(f"{path.name}:document {count + 1}", f"the file ends early or is damaged ({e})")
+            if f.error is not None:
+                yield Problem(f"{path.name}:document {count + 1}", f"the file ends early or is damaged ({f.error})")
+            else:
+                yield Problem(f"{path.name}:line {e.position[0]}", f"broken XML ({e}); nothing after it was read")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -8,16 +8,24 @@ stream in and are turned into products.
   Same numerics as the bf16 model (bf16 inputs and weights, fp32 accumulation); measured 1.3-1.5x faster
   Linears at batch 1-16 and faster prefill on an AMX CPU (benchmarks/bench_generate.py).
 - `quantize_int8(model)`: every block Linear and the tied output head get int8 weights, symmetric, one scale
-  per output row, quantized once here; int32 accumulation, fp32 bias and output. LayerNorm, attention, the KV
-  cache and the embeddings stay fp32. A quarter of fp32's bytes: the fastest form. Two kernels:
-  - on CPUs with AMX (Sapphire Rapids and later), biogpt's own (biogpt/backends/cpu/kernels/decode.c, `AMXInt8Linear`):
-    activations int8, symmetric, one scale per row, so a row's result never depends on the other rows of
-    the batch; it streams the weights at close to memory speed;
+  per output row, quantized once here; int32 accumulation, fp32 bias and output. LayerNorm and the embeddings
+  stay fp32. A quarter of fp32's bytes: the fastest form. Two kernels:
+  - on CPUs with AMX (Sapphire Rapids and later), biogpt's own (biogpt/backends/cpu/kernels/decode.c,
+    `AMXInt8Linear`, `DecodeAttention`): activations int8, symmetric, one scale per row, so a row's result
+    never depends on the other rows of the batch; it streams the weights at close to memory speed; exact GELU
+    fused into the first MLP Linear; decoding attention over a bf16 KV cache;
   - elsewhere, PyTorch's dynamically quantized Linear (fbgemm/x86 or qnnpack, `Int8Linear`): activations
-    uint8 with one scale and zero point per call, computed from all the rows of that call.
+    uint8 with one scale and zero point per call, computed from all the rows of that call; attention and the KV
+    cache stay fp32.
+  A failure to build or load the AMX kernels on a CPU that has AMX falls back with one RuntimeWarning saying
+  why; `amx=True` turns it into a QuantizationError.
+- `quantize_int8_reference(model)`: the AMX form's arithmetic in plain PyTorch ops (`ReferenceInt8Linear`,
+  `ReferenceDecodeAttention`): the same model layout (fused GELU, bf16 KV cache, decoding attention) on any
+  machine, slowly. It is what the kernels are tested against, and lets the numerics of the AMX form be
+  measured where there is no AMX.
 
-Both are approximate (measured against fp32 in tests/test_model.py and benchmarks/bench_generate.py) and for
-inference only: save or convert the fp32 model instead.
+The int8 forms are approximate (measured against fp32 in tests/test_cpu_kernels.py and
+benchmarks/bench_generate.py) and for inference only: save or convert the fp32 model instead.
 """
 
 from __future__ import annotations
@@ -25,9 +33,10 @@ from __future__ import annotations
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from biogpt.backends.cpu.kernels import KernelUnavailable, decode_kernels
+from biogpt.backends.cpu.kernels import KernelBuildError, KernelUnavailable, decode_kernels
 from biogpt.errors import QuantizationError
 from biogpt.models.biogpt import BioGPT
 from biogpt.models.cache import KVCache
@@ -68,9 +77,9 @@ class AMXInt8Linear(nn.Module):
         self.out_features, self.in_features = N, K
         Np, Kp = -(-N // 64) * 64, -(-K // 64) * 64  # zero padded to whole tile groups
         self._k_padded = Kp
-        scale = (w.abs().amax(1) / 127).clamp_min(1e-12)  # [N]
+        qw, scale = quantize_weight_rows(w)  # [N, K] int8, [N]
         q = torch.zeros(Np, Kp, dtype=torch.int8)
-        q[:N, :K] = torch.round(w / scale[:, None]).to(torch.int8)
+        q[:N, :K] = qw
         # [Np, Kp] -> [group, kb, j, r, c, i]: row g*64 + 16j + c, column kb*64 + 4r + i
         self._tiles = q.view(Np // 64, 4, 16, Kp // 64, 16, 4).permute(0, 3, 1, 4, 2, 5).contiguous()
         self._scale = torch.zeros(Np)
@@ -122,6 +131,88 @@ class DecodeAttention(nn.Module):
         self._kernel(qkv.data_ptr(), B, H, d // H, k.data_ptr(), v.data_ptr(), cache.max_len, cache.length,
                      valid.data_ptr(), out.data_ptr(), torch.get_num_threads())  # fmt: skip
         return out
+
+
+def quantize_weight_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """weight [N, K] -> (int8 [N, K], fp32 scales [N]): symmetric, one scale per output row, max|w| / 127 (an
+    all-zero row gets 1e-12, so nothing divides by zero), w / scale rounded half to even. The AMX kernels' and
+    the reference's weights."""
+    w = weight.detach().float()
+    scale = (w.abs().amax(1) / 127).clamp_min(1e-12)
+    return torch.round(w / scale[:, None]).to(torch.int8), scale
+
+
+def quantize_activation_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] fp32 -> (int8 [M, K], fp32 scales [M]) as decode.c's quantize_row does it: scale max|x| / 127 per
+    row (1 for an all-zero row), x times the fp32 reciprocal of the scale (not divided by it: the kernel
+    multiplies), rounded half to even, saturated to int8."""
+    amax = x.abs().amax(1)
+    scale = torch.where(amax > 0, amax / 127, torch.ones_like(amax))
+    q = torch.round(x * (1 / scale)[:, None]).clamp(-128, 127)
+    return q.to(torch.int8), scale
+
+
+class ReferenceInt8Linear(nn.Module):
+    """AMXInt8Linear's arithmetic in PyTorch ops, on any machine: int8 weights per output row, int8 activations
+    per input row, exact integer sums (in float64, exact below 2^53 = far above 127 * 128 * K), one rounding of
+    the sums to fp32 (the kernel's int32 -> fp32), then acc * x_scale * w_scale + bias as the kernel's fused
+    multiply-add (the product exact in float64, one rounding to fp32), then exact GELU if `gelu`."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        qw, scale = quantize_weight_rows(weight)
+        self.register_buffer("qweight", qw, persistent=False)
+        self.register_buffer("scale", scale, persistent=False)
+        b = bias.detach().float().contiguous() if bias is not None else None
+        self.register_buffer("bias", b, persistent=False)
+        self.gelu = False  # True: the output goes through exact GELU (the block's act is then Identity)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features).float()
+        xq, xs = quantize_activation_rows(x2)
+        acc = (xq.double() @ self.qweight.double().T).float()  # [M, N] integers, then the kernel's one rounding
+        y = (acc * xs[:, None]).double() * self.scale.double()
+        if self.bias is not None:
+            y = y + self.bias.double()
+        y = y.float()
+        if self.gelu:
+            y = F.gelu(y)
+        return y.view(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        gelu = ", then GELU" if self.gelu else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 reference{gelu}"
+
+
+class ReferenceDecodeAttention(nn.Module):
+    """DecodeAttention's arithmetic in PyTorch ops, on any machine: the new token's key and value written to the
+    bf16 cache by a PyTorch cast (round to nearest even, as the kernel's), then fp32 attention of q / sqrt(D)
+    (the scale rounded to fp32 as the kernel's 1.f / sqrtf(D)) over the real cached slots and the new one."""
+
+    def __init__(self, n_head: int):
+        super().__init__()
+        self.n_head = n_head
+
+    def forward(self, qkv: torch.Tensor, cache: KVCache, layer: int) -> torch.Tensor:
+        B, T, d3 = qkv.shape  # [B, 1, 3d] fp32: q, k, v of the new token
+        d, H = d3 // 3, self.n_head
+        D = d // H
+        if T != 1 or cache.k.dtype != torch.bfloat16 or qkv.dtype != torch.float32:
+            raise ValueError("DecodeAttention takes one fp32 token per row and a bf16 cache (model.new_cache)")
+        q, k, v = qkv.view(B, 3, H, D).unbind(1)  # [B, H, D]
+        s = cache.length
+        cache.k[layer, :, :, s] = k
+        cache.v[layer, :, :, s] = v
+        seen = cache.valid[:, : s + 1].clone()
+        seen[:, s] = True  # the new token always sees itself (the kernel's rule, padding queries included)
+        seen = seen[:, None, :]  # [B, 1, S]
+        K = cache.k[layer, :, :, : s + 1].float()  # [B, H, S, D]; slots past s are never read
+        V = cache.v[layer, :, :, : s + 1].float().masked_fill(~seen[..., None], 0)  # padding may hold anything
+        scale = 1 / torch.tensor(float(D), device=qkv.device).sqrt()
+        scores = torch.einsum("bhd,bhsd->bhs", q * scale, K).masked_fill(~seen, float("-inf"))
+        out = torch.einsum("bhs,bhsd->bhd", torch.softmax(scores, -1), V)
+        return out.reshape(B, 1, d)
 
 
 class PackedBF16Linear(nn.Module):
@@ -195,8 +286,9 @@ def _engine_available() -> bool:
 def quantize_int8(model: BioGPT, amx: bool | None = None) -> BioGPT:
     """Turn `model` (in place) into its int8-weight inference form and return it; it must be on the CPU.
 
-    amx: None uses biogpt's AMX kernels where they run and PyTorch's quantized Linear elsewhere; True requires
-    the AMX kernels; False always uses PyTorch's."""
+    amx: None uses biogpt's AMX kernels where they run and PyTorch's quantized Linear elsewhere (with one
+    RuntimeWarning saying why when the CPU has AMX but the kernels could not be built or loaded); True requires
+    the AMX kernels (QuantizationError saying why not); False always uses PyTorch's."""
     if model.tok_emb.weight.device.type != "cpu":
         raise QuantizationError("int8 mode runs on the CPU; use --dtype bf16 or fp32 on other devices")
     _check_plain(model)
@@ -206,17 +298,38 @@ def quantize_int8(model: BioGPT, amx: bool | None = None) -> BioGPT:
         except KernelUnavailable as e:
             if amx:
                 raise QuantizationError(f"the AMX int8 kernels cannot run: {e}") from e
+            if isinstance(e, KernelBuildError):  # not the expected fallback of a CPU without AMX: say why
+                warnings.warn(
+                    f"biogpt's AMX int8 kernels cannot run ({e}); using PyTorch's quantized Linear instead",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
         else:
-            _replace_linears(model.float().eval(), AMXInt8Linear)
-            cfg = model.config
-            fits = DecodeAttention.fits(cfg.d_model // cfg.n_head, cfg.max_positions)
-            if fits:
-                model.cache_dtype = torch.bfloat16  # half the bytes to read per step; keys and values to 8 bits
-            for block in model.blocks:
-                block.fc1.gelu, block.act = True, nn.Identity()  # GELU in fc1's kernel: one pass less
-                if fits:
-                    block.decode_attention = DecodeAttention(cfg.n_head)
-            return model
+            return _kernel_form(model, AMXInt8Linear, DecodeAttention)
     if not _engine_available():
         raise QuantizationError("this PyTorch build has no quantized CPU engine; use --dtype bf16 or fp32")
     return _replace_linears(model.float().eval(), Int8Linear)
+
+
+def quantize_int8_reference(model: BioGPT) -> BioGPT:
+    """Turn `model` (in place) into the AMX int8 form's arithmetic written in PyTorch ops, and return it.
+
+    The same form as `quantize_int8(model, amx=True)` (int8 Linears with GELU fused into fc1; where the kernel
+    fits the head size, a bf16 KV cache and the decoding attention), on any machine and without a compiler, but
+    slow: for testing and measuring the AMX form's numerics where there is no AMX."""
+    _check_plain(model)
+    return _kernel_form(model, ReferenceInt8Linear, ReferenceDecodeAttention)
+
+
+def _kernel_form(model: BioGPT, linear: type[nn.Module], attention: type[nn.Module]) -> BioGPT:
+    """The AMX form's layout with `linear` and `attention` as its kernels (the AMX ones or the reference)."""
+    _replace_linears(model.float().eval(), linear)
+    cfg = model.config
+    fits = DecodeAttention.fits(cfg.d_model // cfg.n_head, cfg.max_positions)
+    if fits:
+        model.cache_dtype = torch.bfloat16  # half the bytes to read per step; keys and values to 8 bits
+    for block in model.blocks:
+        block.fc1.gelu, block.act = True, nn.Identity()  # GELU in fc1's kernel: one pass less
+        if fits:
+            block.decode_attention = attention(cfg.n_head)
+    return model
