@@ -61,13 +61,14 @@ def test_logits_match_transformers(kw):
     with torch.no_grad():
         # unpadded
         full = torch.tensor([PROMPTS[0]])
-        assert (hf(full).logits - ours(full)).abs().max() <= 1e-5
+        assert (hf(full).logits - ours(full)).abs().max() <= 1e-6
         # left padding: transformers needs mask-derived positions (as generate() passes them)
         pos = (mask.cumsum(-1) - 1).clamp_min(0)
         ref = hf(input_ids=ids, attention_mask=mask, position_ids=pos).logits
-        assert (ref - ours(ids, mask))[mask.bool()].abs().max() <= 1e-5
+        assert (ref - ours(ids, mask))[mask.bool()].abs().max() <= 1e-6
         # a padded row equals the row alone
         alone = ours(torch.tensor([PROMPTS[1]]))[0]
+        # measured up to 4.2e-6: a padded batch runs other matmul shapes
         assert (ours(ids, mask)[1, -len(PROMPTS[1]) :] - alone).abs().max() <= 1e-5
         # right padding
         right = torch.full_like(ids, 1)
@@ -76,7 +77,7 @@ def test_logits_match_transformers(kw):
             right[i, : len(p)] = torch.tensor(p)
             rmask[i, : len(p)] = 1
         ref = hf(input_ids=right, attention_mask=rmask).logits
-        assert (ref - ours(right, rmask))[rmask.bool()].abs().max() <= 1e-5
+        assert (ref - ours(right, rmask))[rmask.bool()].abs().max() <= 1e-6
 
 
 def test_kv_cache_equals_full_forward():
@@ -90,7 +91,7 @@ def test_kv_cache_equals_full_forward():
         for t in range(3, ids.shape[1]):
             parts.append(m(ids[:, t : t + 1], mask[:, t : t + 1], cache=cache))
         inc = torch.cat(parts, 1)
-    assert (inc - full)[mask.bool()].abs().max() <= 1e-5
+    assert (inc - full)[mask.bool()].abs().max() <= 1e-5  # measured 4.8e-6 (one token per step: other matmul shapes)
 
 
 GEN_CASES = [
@@ -119,7 +120,7 @@ def test_generation_matches_transformers(kw):
     out = generate(m, ids, mask, **kw)
     assert torch.equal(out.sequences, ref.sequences)
     if kw.get("num_beams", 1) > 1:
-        assert (out.scores - ref.sequences_scores).abs().max() <= 1e-5
+        assert (out.scores - ref.sequences_scores).abs().max() <= 1e-6
 
 
 def test_constraints_and_sampling():
@@ -163,7 +164,7 @@ def test_hf_directory_formats(tmp_path):
     ref = hf(ids).logits.detach()
     d = _save_hf_with_vocab(hf, tmp_path / "st")
     model, tok = load_pretrained(d)
-    assert (model(ids) - ref).abs().max() <= 1e-5 and tok.vocab_size == 42384
+    assert (model(ids) - ref).abs().max() <= 1e-6 and tok.vocab_size == 42384
     # pytorch_model.bin with the duplicated head, as microsoft/biogpt ships it
     b = tmp_path / "bin"
     b.mkdir()
@@ -171,7 +172,7 @@ def test_hf_directory_formats(tmp_path):
     sd = dict(hf.state_dict())
     sd["output_projection.weight"] = sd["biogpt.embed_tokens.weight"].clone()
     torch.save(sd, b / "pytorch_model.bin")
-    assert (load_pretrained(b)[0](ids) - ref).abs().max() <= 1e-5
+    assert (load_pretrained(b)[0](ids) - ref).abs().max() <= 1e-6
 
 
 def fairseq_checkpoint(hf, d, k: int, extra_state=None):
@@ -225,18 +226,18 @@ def test_fairseq_checkpoint_with_prompt_tokens(tmp_path):
     assert model.config.num_prompt_tokens == 9 and tok.prompt_ids == list(range(42384, 42393))
     ids = torch.tensor([tok.encode("Aspirin inhibits COX-1.") + tok.prompt_ids])
     ref = hf(ids).logits.detach()
-    assert (model(ids) - ref).abs().max() <= 1e-5
+    assert (model(ids) - ref).abs().max() <= 1e-6
     # convert -> a directory that transformers loads with identical logits and tokens
     from transformers import BioGptForCausalLM, BioGptTokenizer
 
     convert(d / "checkpoint.pt", tmp_path / "hf")
     hf2 = BioGptForCausalLM.from_pretrained(tmp_path / "hf").eval()
-    assert (hf2(ids).logits.detach() - ref).abs().max() <= 1e-5
+    assert (hf2(ids).logits.detach() - ref).abs().max() <= 1e-6
     htok = BioGptTokenizer.from_pretrained(tmp_path / "hf")
     assert htok("Aspirin inhibits COX-1.")["input_ids"] == tok.encode("Aspirin inhibits COX-1.")
-    assert htok.decode(tok.prompt_ids[:2]) == "learned1learned2" or "learned1" in htok.decode(tok.prompt_ids[:2])
+    assert htok.decode(tok.prompt_ids[:2]) == "learned1learned2"  # added special tokens, joined as transformers does
     again, tok2 = load_pretrained(tmp_path / "hf")
-    assert tok2.num_prompt_tokens == 9 and (again(ids) - ref).abs().max() <= 1e-5
+    assert tok2.num_prompt_tokens == 9 and (again(ids) - ref).abs().max() <= 1e-6
 
 
 def test_checkpoint_errors(tmp_path, monkeypatch):
