@@ -421,3 +421,24 @@ def test_stdout_and_questions(task_models, abstracts, capsys):
     assert len(lines) == 24
     r = json.loads(lines[0])
     assert r["question"] == "Does it cause harm?" and r["answer"]["text"] in ("yes", "no", "maybe")
+
+
+@pytest.mark.slow
+def test_ray_gives_the_single_process_output(task_models, tmp_path):
+    pytest.importorskip("ray")
+    import ray
+
+    docs = json.loads((TASKS / "BC5CDR" / "train.json").read_text())
+    path = tmp_path / "docs.jsonl"
+    with open(path, "w") as f:
+        for pmid, d in list(docs.items())[:200]:
+            f.write(json.dumps({"id": pmid, "title": d["title"], "abstract": d["abstract"]}) + "\n")
+    common = ["extract", "--task", "bc5cdr", "--model", str(task_models[9]), str(path), "--grounded", "--quiet",
+              "--threads", "1", "--chunk-size", "16", "--batch-size", "8"]  # fmt: skip
+    assert main([*common, "-o", str(tmp_path / "local.jsonl")]) == 0
+    try:
+        assert main([*common, "-o", str(tmp_path / "ray.jsonl"), "--ray", "--workers", "2"]) == 0
+    finally:
+        ray.shutdown()
+    assert (tmp_path / "ray.jsonl").read_bytes() == (tmp_path / "local.jsonl").read_bytes()
+    assert len((tmp_path / "ray.jsonl").read_text().splitlines()) == 200
