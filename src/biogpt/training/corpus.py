@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import ctypes
 import gzip
+import hashlib
 import json
 import multiprocessing as mp
+import multiprocessing.pool
 import os
+import signal
 import sys
+import threading
+import time
 import xml.etree.ElementTree as ET
 import zlib
 from collections import Counter
@@ -16,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from biogpt.errors import CorpusError
 from biogpt.text.tokenizer import Tokenizer
 
 # ---------------------------------------------------------------------------------------------------
@@ -103,11 +110,45 @@ def read_records(path: str | Path) -> Iterator[Record]:
 
 
 _worker_tok = None
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _init_worker(vocab_dir: str) -> None:
+def _exit_with_parent(parent: int) -> None:
+    """End this worker when the building process dies, even by SIGKILL, instead of lingering and printing
+    BrokenPipeError tracebacks: the kernel sends SIGTERM on Linux; elsewhere a thread polls the parent id."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    else:
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent:  # it died before the request above was in place
+        os._exit(1)
+
+
+def _init_worker(vocab_dir: str, parent: int | None = None) -> None:
     global _worker_tok
+    if parent is not None:  # a pool worker: Ctrl-C is the parent's to handle (it terminates the pool)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        _exit_with_parent(parent)
     _worker_tok = Tokenizer.from_pretrained(vocab_dir)
+
+
+def _start_pool(workers: int, vocab_dir: str) -> multiprocessing.pool.Pool:
+    """`workers` tokenizer processes. They start with SIGINT ignored (an ignored signal stays ignored across
+    exec, and Python keeps it so), so a Ctrl-C while they import prints no traceback from them."""
+    main = threading.current_thread() is threading.main_thread()  # only it may set signal handlers
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        ctx = mp.get_context("spawn")
+        return ctx.Pool(workers, initializer=_init_worker, initargs=(vocab_dir, os.getpid()))
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, old)
 
 
 def _encode_docs(texts: list[str]) -> list[list[int]]:
@@ -124,6 +165,10 @@ class ShardWriter:
     def __init__(self, out: Path, split: str, shard_tokens: int, lengths: list[int]):
         self.out, self.split, self.shard_tokens, self.lengths = out, split, shard_tokens, list(lengths)
         for k, n in enumerate(self.lengths):  # resume: cut every shard back to its committed length
+            have = self.path(k).stat().st_size if self.path(k).exists() else 0
+            if have < n * 2:  # truncate() would pad the lost tokens with zeros
+                raise CorpusError(f"{self.path(k)}: {have // 2} tokens, but manifest.json records {n}: the build is "
+                                  "damaged; delete the output folder and build again")  # fmt: skip
             with open(self.path(k), "r+b" if self.path(k).exists() else "w+b") as f:
                 f.truncate(n * 2)
         k = len(self.lengths)
@@ -151,6 +196,53 @@ class ShardWriter:
                 os.fsync(f.fileno())
 
 
+def vocab_fingerprint(tok: Tokenizer) -> str:
+    """sha256 of a vocabulary's pieces (in id order) and merges (in rank order): the same for its fairseq and
+    its Hugging Face files, different for any other vocabulary of the same size."""
+    h = hashlib.sha256()
+    for piece in tok.vocab.pieces:
+        h.update(piece.encode("utf-8") + b"\n")
+    h.update(b"\0")
+    for left, right in tok.vocab.merges:
+        h.update(f"{left} {right}\n".encode())
+    return h.hexdigest()
+
+
+def _check_options(inputs: list[str], workers: int, validation_per_mille: int, shard_tokens: int) -> None:
+    bad = [(name, value, rule) for name, value, rule, ok in (
+        ("workers", workers, ">= 1", workers >= 1),
+        ("validation_per_mille", validation_per_mille, "in 0..1000", 0 <= validation_per_mille <= 1000),
+        ("shard_tokens", shard_tokens, ">= 1", shard_tokens >= 1),
+    ) if not ok]  # fmt: skip
+    if bad:
+        raise CorpusError("; ".join(f"{name} must be {rule}, got {value}" for name, value, rule in bad))
+    if not inputs:
+        raise CorpusError("no input files given")
+    missing = [p for p in inputs if not Path(p).is_file()]
+    if missing:
+        raise CorpusError(f"input file(s) not found: {', '.join(missing)}")
+
+
+def _survivors(inputs: list[str]) -> tuple[dict[str, tuple[int, int]], int]:
+    """Pass 1: {id: (input index, record index) of its last record} and how many of those have a text."""
+    last: dict[str, tuple[int, int]] = {}
+    has_text: dict[str, bool] = {}
+    for i, path in enumerate(inputs):
+        try:
+            for j, rec in enumerate(read_records(path)):
+                if rec.id is None:
+                    continue
+                if rec.deleted:
+                    last.pop(rec.id, None)
+                    has_text.pop(rec.id, None)
+                else:
+                    last[rec.id] = (i, j)
+                    has_text[rec.id] = rec.text is not None
+        except (OSError, EOFError) as e:  # a damaged .gz, an unreadable file
+            raise CorpusError(f"{path}: cannot read ({e})") from None
+    return last, sum(has_text.values())
+
+
 def build_corpus(
     inputs: list[str | Path],
     vocab_dir: str | Path,
@@ -165,41 +257,43 @@ def build_corpus(
 
     Pass 1 finds the last record of every PMID (a later record replaces an earlier one; a DeleteCitation
     removes it); pass 2 tokenizes those in input order, in `workers` processes. After each input file the
-    shards are fsynced and `manifest.json` records their lengths, so an interrupted build resumes from the
-    last finished input with nothing duplicated or lost. Problems are counted, never silently dropped.
+    shards are fsynced and `manifest.json` records their lengths, so an interrupted build (an error, Ctrl-C,
+    a kill) resumes from the last finished input with nothing duplicated or lost. Problems are counted, never
+    silently dropped. Bad options, missing inputs, or inputs without a single document raise CorpusError
+    before anything is written.
     """
+    inputs = [str(Path(p)) for p in inputs]
+    _check_options(inputs, workers, validation_per_mille, shard_tokens)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer.from_pretrained(vocab_dir)
     if tok.vocab_size > 65536:
-        raise ValueError(f"vocabulary of {tok.vocab_size} does not fit uint16 shards")
-    inputs = [str(Path(p)) for p in inputs]
+        raise CorpusError(f"{vocab_dir}: a vocabulary of {tok.vocab_size} tokens does not fit uint16 shards")
     manifest_path = out / "manifest.json"
-    manifest = {"inputs": inputs, "vocab": str(vocab_dir), "vocab_size": tok.vocab_size, "dtype": "uint16",
+    manifest = {"inputs": inputs, "vocab": str(vocab_dir), "vocab_size": tok.vocab_size,
+                "vocab_sha256": vocab_fingerprint(tok), "dtype": "uint16",
                 "validation_per_mille": validation_per_mille, "shard_tokens": shard_tokens, "done": 0,
                 "train": [], "valid": [], "documents": {"train": 0, "valid": 0}, "problems": {}}  # fmt: skip
     if manifest_path.exists():
-        old = json.loads(manifest_path.read_text())
-        same = ("inputs", "vocab_size", "validation_per_mille", "shard_tokens")
-        if any(old.get(k) != manifest[k] for k in same):
-            raise ValueError(f"{out} holds a build with other inputs or settings; use a new output directory")
+        old = read_manifest(out)
+        same = ("inputs", "vocab_size", "vocab_sha256", "validation_per_mille", "shard_tokens")
+        differ = [k for k in same if k in old and old[k] != manifest[k]]
+        if differ:
+            raise CorpusError(f"{out} holds a build with other inputs or settings ({', '.join(differ)} differ); "
+                              "use a new output folder, or rerun the earlier command to finish that build")  # fmt: skip
         manifest = old
+        if manifest["done"] >= len(inputs):
+            return manifest
 
-    # pass 1: which record of each id survives
-    last: dict[str, tuple[int, int]] = {}
-    for i, path in enumerate(inputs):
-        for j, rec in enumerate(read_records(path)):
-            if rec.id is None:
-                continue
-            if rec.deleted:
-                last.pop(rec.id, None)
-            else:
-                last[rec.id] = (i, j)
+    last, n_docs = _survivors(inputs)
+    if n_docs == 0:
+        raise CorpusError(f"no documents in {len(inputs)} input file(s): every record is malformed, without an "
+                          "abstract, replaced or deleted; nothing written")  # fmt: skip
 
+    out.mkdir(parents=True, exist_ok=True)
     writers = {s: ShardWriter(out, s, shard_tokens, manifest[s]) for s in ("train", "valid")}
     pool = None
     if workers > 1:
-        pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(str(vocab_dir),))
+        pool = _start_pool(workers, str(vocab_dir))
     else:
         _init_worker(str(vocab_dir))
     try:
@@ -240,15 +334,42 @@ def build_corpus(
                 d = manifest["documents"]
                 print(f"\r[{i + 1}/{len(inputs)}] {inputs[i]}: {len(docs)} documents "
                       f"(total train {d['train']}, valid {d['valid']})", file=sys.stderr)  # fmt: skip
-    finally:
-        if pool:
-            pool.close()
-            pool.join()
+    except BaseException:
+        if pool is not None:
+            # not close() + join(): after Ctrl-C or an error the pending tasks are never collected, and join
+            # would wait for them; what was written after the last commit is cut off on the next run
+            pool.terminate()
+        raise
+    if pool is not None:
+        pool.close()
+        pool.join()
+    return manifest
+
+
+def read_manifest(out_dir: str | Path) -> dict:
+    """`manifest.json` of a built corpus, or CorpusError saying what is wrong with it."""
+    path = Path(out_dir) / "manifest.json"
+    if not path.is_file():
+        raise CorpusError(f"{out_dir}: no manifest.json; build a corpus there with `biogpt corpus build`")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CorpusError(f"{path}: damaged ({e}); delete the folder and build the corpus again") from None
+    need = ("inputs", "vocab_size", "done", "train", "valid")
+    if not isinstance(manifest, dict) or any(k not in manifest for k in need):
+        raise CorpusError(f"{path}: not a corpus manifest (needs {', '.join(need)})")
     return manifest
 
 
 def load_shards(out_dir: str | Path, split: str = "train") -> list[np.ndarray]:
-    """The shards of a built corpus as read-only memory maps."""
-    manifest = json.loads((Path(out_dir) / "manifest.json").read_text())
-    return [np.memmap(Path(out_dir) / f"{split}_{k:05d}.bin", dtype=np.uint16, mode="r", shape=(n,))
-            for k, n in enumerate(manifest[split]) if n]  # fmt: skip
+    """The shards of a built corpus as read-only memory maps (uint16 [n] each)."""
+    manifest = read_manifest(out_dir)
+    shards = []
+    for k, n in enumerate(manifest[split]):
+        path = Path(out_dir) / f"{split}_{k:05d}.bin"
+        have = path.stat().st_size // 2 if path.is_file() else 0
+        if have < n:
+            raise CorpusError(f"{path}: {have} tokens, but manifest.json records {n}; the corpus is damaged")
+        if n:
+            shards.append(np.memmap(path, dtype=np.uint16, mode="r", shape=(n,)))
+    return shards

@@ -2,30 +2,25 @@
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from biogpt.api import load
 from biogpt.checkpoints.convert import save_hf
 from biogpt.errors import TrainingError
 from biogpt.models.biogpt import PAD_ID, BioGPT, BioGPTConfig
+from biogpt.recipes import RECIPES  # the original per-task recipes (examples/*/train.sh)
 from biogpt.tasks import get_task, training_pair
 from biogpt.tasks.common import encode_source
 from biogpt.text.tokenizer import Tokenizer
-from biogpt.training.data import rank_batches
-from biogpt.training.dist import dist_info, log0
-from biogpt.training.loop import TrainConfig, average_checkpoints, train
+from biogpt.training.data import batch_by_size, pair_batches, rank_batches
+from biogpt.training.dist import device_for, init, log0
+from biogpt.training.loop import ON_EXISTING, TrainConfig, average_checkpoints, train
 
-# The original per-task recipes (examples/*/train.sh): learning rate, warm-up, and epochs or updates.
-RECIPES = {
-    "bc5cdr": dict(lr=1e-5, warmup_updates=100, epochs=100),
-    "ddi": dict(lr=1e-4, warmup_updates=500, epochs=100),
-    "kd-dti": dict(lr=1e-5, warmup_updates=1000, epochs=30),
-    "hoc": dict(lr=1e-5, warmup_updates=1000, max_updates=20000),
-    "pubmedqa": dict(lr=1e-5, warmup_updates=100, epochs=100),
-}
+__all__ = ["RECIPES", "add_prompt_tokens", "finetune", "run_length"]
 
 
 def add_prompt_tokens(model: BioGPT, k: int, seed: int = 1) -> BioGPT:
@@ -58,12 +53,31 @@ def finetune(
     average_last: int = 5,
     seed: int = 1,
     dtype: str = "fp32",
-    device: str = "cpu",
+    device: str | torch.device = "cpu",
+    on_existing: str = "resume",
 ) -> Path:
     """Fine-tune for a task with the original recipe; returns the final checkpoint directory (`out/final`),
-    the average of the last `average_last` epoch checkpoints (HoC: the last one), which `biogpt eval` takes."""
-    rank, world = dist_info()
+    the average of the last `average_last` epoch checkpoints (HoC: the last one), which `biogpt eval` takes.
+
+    Length: `max_updates` if given, else `epochs` if given, else the recipe's (epochs, or updates for HoC).
+    An earlier run in out_dir is resumed if it has the same settings (task, model, data, target_only and
+    the TrainConfig's), or started again with on_existing="overwrite". Bad values raise TrainingError before
+    anything is loaded or written.
+    """
+    bad = [f"{name} must be >= 1, got {v!r}" for name, v in (("epochs", epochs), ("max_updates", max_updates),
+           ("average_last", average_last)) if v is not None and not (isinstance(v, int) and v >= 1)]  # fmt: skip
+    if bad:
+        raise TrainingError("; ".join(bad))
+    if on_existing not in ON_EXISTING:
+        raise TrainingError(f"on_existing must be one of {', '.join(ON_EXISTING)}, got {on_existing!r}")
     task = get_task(task_name)
+    recipe = {**RECIPES[task_name]}
+    # checked now (TrainConfig refuses bad values); its length and saving cadence follow from the data below
+    cfg = TrainConfig(out_dir=str(out_dir), lr=lr if lr is not None else recipe["lr"], seed=seed,
+                      warmup_updates=warmup_updates if warmup_updates is not None else recipe["warmup_updates"],
+                      tokens_per_update=tokens_per_update, micro_batch_tokens=micro_batch_tokens, dtype=dtype,
+                      keep_last=average_last, eval_every=10**9)  # fmt: skip
+    dev = device_for(device)
     model, tok = load(model_path)
     if tok is None:
         raise TrainingError(f"{model_path}: no vocabulary beside the weights; fine-tuning needs the model's vocabulary")
@@ -73,69 +87,69 @@ def finetune(
     elif model.config.num_prompt_tokens != k:
         raise TrainingError(f"{task_name} needs {k} prompt tokens; the model has {model.config.num_prompt_tokens}")
     tok = Tokenizer(tok.vocab, num_prompt_tokens=k)
-    model.to(device)
-    examples = task.examples(data_dir, "train")
     pairs = []
-    for ex in examples:
+    for ex in task.examples(data_dir, "train"):
         x, y = training_pair(task, tok, ex)
         if target_only:  # score the target only: source and prompt positions ignored
             n = len(encode_source(tok, ex.source, task.max_source_tokens)) + k
             y = [PAD_ID] * n + y[n:]
         pairs.append((x, y))
-    recipe = {**RECIPES[task_name]}
-    lr = lr if lr is not None else recipe["lr"]
-    warmup = warmup_updates if warmup_updates is not None else recipe["warmup_updates"]
+    if not pairs:
+        raise TrainingError(f"{data_dir}: no {task_name} training examples to fine-tune on")
+    rank, world = init(dev)
+    model.to(dev)
 
-    def epoch_batches(epoch: int) -> list[list[int]]:
-        """fairseq batch_by_size: shuffle, stable sort by length, fill batches up to micro_batch_tokens."""
-        perm = np.random.default_rng(seed + epoch).permutation(len(pairs))
-        perm = sorted(perm, key=lambda i: len(pairs[i][0]))
-        batches, cur, longest = [], [], 0
-        for i in perm:
-            longest2 = max(longest, len(pairs[i][0]))
-            if cur and longest2 * (len(cur) + 1) > micro_batch_tokens:
-                batches.append(cur)
-                cur, longest2 = [], len(pairs[i][0])
-            cur.append(int(i))
-            longest = longest2
-        if cur:
-            batches.append(cur)
-        return [batches[j] for j in np.random.default_rng(seed + epoch).permutation(len(batches))]
-
-    n_micro = len(epoch_batches(0))
+    n_micro = len(batch_by_size([len(x) for x, _ in pairs], micro_batch_tokens, seed, 0))
     micro_per_update = max(1, tokens_per_update // (micro_batch_tokens * world))
     updates_per_epoch = max(1, n_micro // (micro_per_update * world))
-    n_epochs = epochs if epochs is not None else recipe.get("epochs")
-    total = max_updates if max_updates is not None else (recipe.get("max_updates") or n_epochs * updates_per_epoch)
+    total, save_every = run_length(task_name, epochs, max_updates, updates_per_epoch)
+    cfg = replace(cfg, max_updates=total, save_every=save_every)
     position = {"epoch": 0, "block": 0}
-
-    def stream():
-        while True:
-            batches = epoch_batches(position["epoch"])
-            while position["block"] < len(batches):
-                idx = batches[position["block"]]
-                position["block"] += 1
-                T = max(len(pairs[i][0]) for i in idx)
-                x = torch.full((len(idx), T), PAD_ID, dtype=torch.long)
-                y = torch.full((len(idx), T), PAD_ID, dtype=torch.long)
-                for r, i in enumerate(idx):  # right padding
-                    x[r, : len(pairs[i][0])] = torch.tensor(pairs[i][0])
-                    y[r, : len(pairs[i][1])] = torch.tensor(pairs[i][1])
-                yield x, y
-            position["epoch"] += 1
-            position["block"] = 0
-
-    save_every = updates_per_epoch if "epochs" in recipe or epochs is not None else max(1, total // 20)
-    cfg = TrainConfig(out_dir=str(out_dir), lr=lr, warmup_updates=warmup, max_updates=total, seed=seed,
-                      tokens_per_update=tokens_per_update, micro_batch_tokens=micro_batch_tokens, dtype=dtype,
-                      save_every=save_every, keep_last=max(average_last, 1), eval_every=10**9)  # fmt: skip
-    log0(rank, f"{task_name}: {len(pairs)} training pairs, {updates_per_epoch} updates per epoch, {total} updates")
-    train(model, cfg, rank_batches(stream(), rank, world), micro_per_update, position,
-          save=lambda m, d: save_hf(m, tok, d))  # fmt: skip
+    stream = pair_batches(pairs, micro_batch_tokens, seed, position)
     final = Path(out_dir) / "final"
+    if rank == 0 and on_existing == "overwrite":
+        _remove(final)
+    settings = {"task": task_name, "model_path": _identity(model_path), "target_only": target_only,
+                "training_pairs": len(pairs), "prompt_tokens": k}  # fmt: skip
+    log0(rank, f"{task_name}: {len(pairs)} training pairs, {updates_per_epoch} updates per epoch, {total} updates")
+    train(model, cfg, rank_batches(stream, rank, world), micro_per_update, position,
+          save=lambda m, d: save_hf(m, tok, d), settings=settings, on_existing=on_existing)  # fmt: skip
     if rank == 0:
-        dirs = sorted(p for p in Path(out_dir).glob("update_*") if p.is_dir())[-max(average_last, 1) :]
+        dirs = sorted(p for p in Path(out_dir).glob("update_*") if p.is_dir())[-average_last:]
         if len(dirs) > 1 and task_name != "hoc":
             model.load_state_dict(average_checkpoints(dirs))
-        save_hf(model, tok, final)
+        # written aside and renamed: an interruption never leaves a half-written `final`
+        tmp = final.with_name(".final.tmp")
+        _remove(tmp)
+        save_hf(model, tok, tmp)
+        _remove(final)
+        tmp.rename(final)
     return final
+
+
+def run_length(task_name: str, epochs: int | None, max_updates: int | None, updates_per_epoch: int) -> tuple[int, int]:
+    """(updates, updates between checkpoints): `max_updates` if given, else `epochs` if given, else the recipe's
+    epochs or updates. Checkpoints every epoch when the run counts epochs (the last ones are averaged), else
+    20 over the run."""
+    recipe = RECIPES[task_name]
+    if max_updates is not None:
+        total = max_updates
+    elif epochs is not None:
+        total = epochs * updates_per_epoch
+    else:
+        total = recipe.get("max_updates") or recipe["epochs"] * updates_per_epoch
+    by_epoch = "epochs" in recipe or epochs is not None
+    return total, updates_per_epoch if by_epoch else max(1, total // 20)
+
+
+def _identity(model_path: str | Path) -> str:
+    """The model a run starts from, the same from any working folder: a local path made absolute, or a hub id."""
+    p = Path(model_path)
+    return str(p.resolve()) if p.exists() else str(model_path)
+
+
+def _remove(p: Path) -> None:
+    if p.is_symlink() or p.is_file():
+        p.unlink()
+    elif p.is_dir():
+        shutil.rmtree(p)
