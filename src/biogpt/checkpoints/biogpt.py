@@ -148,6 +148,7 @@ def config_from_hf(cfg: dict, num_prompt_tokens: int = 0) -> BioGPTConfig:
     if missing:
         raise CheckpointError(f"config.json lacks integer {', '.join(missing)}; is it a BioGPT config?")
     settings = cfg.get("biogpt_task_settings")
+    prompt_tasks = cfg.get("biogpt_prompt_tasks")
     return BioGPTConfig(
         vocab_size=cfg["vocab_size"],
         n_layer=cfg["num_hidden_layers"],
@@ -161,6 +162,7 @@ def config_from_hf(cfg: dict, num_prompt_tokens: int = 0) -> BioGPTConfig:
         attention_dropout=cfg.get("attention_probs_dropout_prob", 0.1),
         activation_dropout=cfg.get("activation_dropout", 0.0),
         task_settings=settings if isinstance(settings, dict) else None,
+        prompt_tasks=prompt_tasks if isinstance(prompt_tasks, dict) else None,
     )
 
 
@@ -190,6 +192,7 @@ def config_to_hf(cfg: BioGPTConfig) -> dict:
         "torch_dtype": "float32",
         "biogpt_num_prompt_tokens": cfg.num_prompt_tokens,
         **({"biogpt_task_settings": cfg.task_settings} if cfg.task_settings else {}),
+        **({"biogpt_prompt_tasks": cfg.prompt_tasks} if cfg.prompt_tasks else {}),
     }
 
 

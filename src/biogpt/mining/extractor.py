@@ -12,13 +12,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from biogpt.errors import TaskError
 from biogpt.generation import generate
 from biogpt.mining import tasks as mtasks
 from biogpt.mining.grounding import Grounder
 from biogpt.mining.readers import Document
 from biogpt.tasks import task_for_model
-from biogpt.tasks.common import DECODING_LENGTH
+from biogpt.tasks.common import DECODING_LENGTH, check_prompt_tokens
 from biogpt.text.tokenizer import Tokenizer
 
 TASKS = ("bc5cdr", "ddi", "kd-dti", "hoc", "pubmedqa")
@@ -51,12 +50,7 @@ class Extractor:
         if self.task_name not in TASKS:
             raise ValueError(f"unknown task {self.task_name!r}; choose one of {', '.join(TASKS)}")
         self.task = task_for_model(self.task_name, self.model.config)
-        k = self.model.config.num_prompt_tokens
-        if k != self.task.num_prompt_tokens:
-            raise TaskError(
-                f"{self.task_name} uses {self.task.num_prompt_tokens} learned prompt tokens but the model has {k}; "
-                f"use a model fine-tuned for {self.task_name}"
-            )
+        check_prompt_tokens(self.task, self.model.config)
 
     @property
     def decoding(self) -> dict:

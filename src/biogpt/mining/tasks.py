@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from biogpt.generation.constraints import Choice, Lit, Span, Template
 from biogpt.mining.readers import Document
 from biogpt.tasks import bc5cdr, ddi, hoc, kd_dti, pubmedqa
-from biogpt.tasks.common import encode_source, strip_prefix
+from biogpt.tasks.common import encode_source, prompt_ids, strip_prefix
 from biogpt.text.fastbpe import EOS_ID
 from biogpt.text.tokenizer import Tokenizer
 
@@ -159,4 +159,4 @@ def read_answer(parts: list[Part]) -> dict | None:
 def encode_prefix(task, tok: Tokenizer, source: str) -> tuple[list[int], list[int]]:
     """(the forced prefix `</s> source learned1..K`, the source ids alone) as the task's inference feeds them."""
     src = encode_source(tok, source, task.max_source_tokens)
-    return [EOS_ID] + src + tok.prompt_ids, src
+    return [EOS_ID] + src + prompt_ids(task, tok), src

@@ -37,6 +37,9 @@ class BioGPTConfig:
     # what a task checkpoint was fine-tuned with, as its fairseq cfg.task says (max_source_positions,
     # max_target_positions); None where the checkpoint does not say (tasks then use the original scripts')
     task_settings: dict | None = None
+    # a multi-task model: task name -> [first, count] of its prompt tokens among learned1..K (None: one task,
+    # all K prompt tokens)
+    prompt_tasks: dict | None = None
     dropout: float = 0.1  # residual and embedding dropout (training only)
     attention_dropout: float = 0.1
     activation_dropout: float = 0.0

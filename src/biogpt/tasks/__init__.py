@@ -38,6 +38,9 @@ def task_for_model(name: str, config, **options):
     task = get_task(name, **options)
     if name == "pubmedqa" and large:
         task.max_source_tokens, task.max_length = LARGE_PUBMEDQA["max_source_tokens"], LARGE_PUBMEDQA["max_length"]
+    if config.prompt_tasks and name in config.prompt_tasks:  # a multi-task model: this task's prompt tokens
+        first, count = config.prompt_tasks[name]
+        task.prompt_slice, task.num_prompt_tokens = (int(first), int(count)), int(count)
     recorded = config.task_settings or {}
     if "max_source_positions" in recorded:
         task.max_source_tokens = int(recorded["max_source_positions"])

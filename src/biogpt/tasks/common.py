@@ -87,13 +87,30 @@ def training_pair(task, tok: Tokenizer, ex: Example) -> tuple[list[int], list[in
     """(input ids, target ids) of one example: input = [</s>] + seq[:-1], target = seq (loss on every token)."""
     src = encode_source(tok, ex.source, task.max_source_tokens)
     max_tgt = task.max_length - task.max_source_tokens - task.num_prompt_tokens
-    seq = src + tok.prompt_ids + encode_target(tok, ex.target, max_tgt)
+    seq = src + prompt_ids(task, tok) + encode_target(tok, ex.target, max_tgt)
     return [EOS_ID] + seq[:-1], seq
 
 
 def inference_prefix(task, tok: Tokenizer, source: str) -> list[int]:
     """[</s>] + source + learned1..K: the forced prefix the original inference fed the generator."""
-    return [EOS_ID] + encode_source(tok, source, task.max_source_tokens) + tok.prompt_ids
+    return [EOS_ID] + encode_source(tok, source, task.max_source_tokens) + prompt_ids(task, tok)
+
+
+def prompt_ids(task, tok: Tokenizer) -> list[int]:
+    """The task's learned prompt tokens: all of the tokenizer's, or, in a multi-task model, the task's slice
+    (`task.prompt_slice`, set by `task_for_model` from the model's config)."""
+    first, count = getattr(task, "prompt_slice", (0, tok.num_prompt_tokens))
+    return tok.prompt_ids[first : first + count]
+
+
+def check_prompt_tokens(task, config) -> None:
+    """The model must have the task's prompt tokens: as many as the task uses, or a slice for it."""
+    if getattr(task, "prompt_slice", None) is None and config.num_prompt_tokens != task.num_prompt_tokens:
+        tasks = f" (it was trained for {', '.join(config.prompt_tasks)})" if config.prompt_tasks else ""
+        raise TaskError(
+            f"{task.name} uses {task.num_prompt_tokens} learned prompt tokens but the model has "
+            f"{config.num_prompt_tokens}{tasks}; use a checkpoint fine-tuned for {task.name}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -131,11 +148,7 @@ def predict(task, model, tok: Tokenizer, examples: Sequence[Example], batch_size
     max_positions - 1) tokens in all (1023 for base, 1024 for Large); it also stops at the task's longest
     training target (max_length - max_source_tokens - K), which no fine-tuned model exceeds.
     """
-    if model.config.num_prompt_tokens != task.num_prompt_tokens:
-        raise TaskError(
-            f"{task.name} uses {task.num_prompt_tokens} learned prompt tokens but the model has "
-            f"{model.config.num_prompt_tokens}; use a checkpoint fine-tuned for {task.name}"
-        )
+    check_prompt_tokens(task, model.config)
     prefixes = [inference_prefix(task, tok, ex.source) for ex in examples]
     order = sorted(range(len(prefixes)), key=lambda i: len(prefixes[i]))
     outputs: list[str] = [""] * len(prefixes)
