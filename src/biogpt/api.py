@@ -12,6 +12,7 @@ import torch
 
 from biogpt.checkpoints.biogpt import build_model, check_vocab, load_state
 from biogpt.checkpoints.convert import save_hf
+from biogpt.checkpoints.io import DEMO, DEMO_DIR
 from biogpt.errors import CheckpointError
 from biogpt.models.biogpt import BioGPT
 from biogpt.text.tokenizer import Tokenizer
@@ -27,7 +28,7 @@ def load(
     vocab: str | Path | None = None,
 ) -> tuple[BioGPT, Tokenizer | None]:
     """The model (eval mode) and its tokenizer from a Hugging Face directory, a fairseq checkpoint (file, or
-    directory with checkpoint.pt) or a hub id.
+    directory with checkpoint.pt), a hub id, or "demo" (the small model embedded in the package).
 
     The tokenizer comes from the vocabulary beside the weights, or from `vocab` (a directory with dict.txt +
     bpecodes or vocab.json + merges.txt); None when there is neither. It always has the model's prompt tokens.
@@ -44,6 +45,10 @@ def load(
         tok = Tokenizer.from_pretrained(vocab_dir, num_prompt_tokens=cfg.num_prompt_tokens)
         check_vocab(cfg, len(tok.vocab.pieces), str(vocab_dir))
     return build_model(state, dtype, device), tok
+
+
+def is_demo(path: str | Path | None) -> bool:
+    return path is not None and (str(path) == DEMO or Path(path).resolve() == DEMO_DIR)
 
 
 def convert(src: str | Path, dst: str | Path) -> None:

@@ -177,8 +177,25 @@ def read_json(path: Path) -> dict:
     return data
 
 
+DEMO = "demo"  # the small model embedded in the package (src/biogpt/demo/, scripts/build_demo_model.sh)
+DEMO_DIR = Path(__file__).resolve().parents[1] / "demo"
+
+
+def demo_path() -> Path:
+    """The embedded demo model's directory, or one clear error where this installation has none."""
+    if not (DEMO_DIR / "model.safetensors").exists():
+        raise CheckpointError(
+            "this installation has no embedded demo model (src/biogpt/demo/ is built by scripts/build_demo_model.sh); "
+            "pass --model PATH"
+        )
+    return DEMO_DIR
+
+
 def resolve(path: str | Path) -> Path:
-    """A local path as it is; a hub id (`owner/name`) through huggingface_hub's cache, or one clear error."""
+    """A local path as it is; "demo" the embedded demo model; a hub id (`owner/name`) through huggingface_hub's
+    cache; or one clear error."""
+    if str(path) == DEMO:
+        return demo_path()
     p = Path(path)
     if p.exists():
         return p

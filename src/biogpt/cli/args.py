@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from biogpt.errors import BioGPTError
@@ -105,6 +106,18 @@ def check_device(device: str) -> None:
         raise BioGPTError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
 
 
+def resolve_model(args: argparse.Namespace) -> None:
+    """No --model: the embedded demo model, announced on the first line (it is a demo, not BioGPT's weights)."""
+    from biogpt.api import DEMO, demo_path, is_demo
+
+    if args.model is None:
+        demo_path()  # one clear error where there is none
+        args.model = DEMO
+    if is_demo(args.model):
+        print("using biogpt's embedded demo model: a small model for trying things out, not BioGPT's weights "
+              "(see biogpt/demo/MODEL_CARD.md)", file=sys.stderr)  # fmt: skip
+
+
 def load_for_inference(args: argparse.Namespace):
     """The model in the requested precision mode and its tokenizer (from beside the weights or --vocab)."""
     import torch
@@ -112,6 +125,7 @@ def load_for_inference(args: argparse.Namespace):
     from biogpt.api import load
     from biogpt.backends.cpu import native_bf16, pack_bf16, quantize_int8
 
+    resolve_model(args)
     int8 = args.dtype == "int8"
     dtype = None
     if args.dtype == "bf16" or (args.dtype == "auto" and native_bf16()):
@@ -126,9 +140,9 @@ def load_for_inference(args: argparse.Namespace):
     return model, tok
 
 
-def add_model_options(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--model", required=required,
-                   help="Hugging Face directory, fairseq checkpoint (.pt, or its folder) or hub id")  # fmt: skip
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="Hugging Face directory, fairseq checkpoint (.pt, or its folder), hub id, or demo "
+                                   "(default: demo, the small model embedded in the package)")  # fmt: skip
     p.add_argument("--vocab", help="vocabulary folder, if none sits beside the weights")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "int8", "auto"],
                    help="fp32 is exact; bf16 and int8 (int8 weights, CPU) are faster and approximate; auto: bf16 "

@@ -33,7 +33,7 @@ def _write_atomic(path: str, text: str) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from biogpt.tasks import get_task, predict, read_predictions, task_for_model
 
-    if bool(args.model) == bool(args.predictions):
+    if args.model and args.predictions:
         raise BioGPTError("give one of --model PATH (run inference) or --predictions FILE (score outputs)")
     writable_file(args.output, "--output")
     writable_file(args.save_outputs, "--save-outputs")
@@ -79,7 +79,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def add_parsers(sub) -> None:
     p = sub.add_parser("eval", help="run a task checkpoint on a benchmark split and score it, or score outputs")
     p.add_argument("task", choices=["pubmedqa", "bc5cdr", "ddi", "kd-dti", "hoc"])
-    add_model_options(p, required=False)
+    add_model_options(p)
     p.add_argument("--predictions", help="score these outputs instead (one generated output per line, in split order)")
     p.add_argument("--data", default=DEFAULT_DATA,
                    help="folder with BC5CDR/ DDI/ KD-DTI/ HoC/ PubMedQA/ (default: %(default)s, relative to the "

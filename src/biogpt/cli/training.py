@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from biogpt.cli.args import (
@@ -85,11 +86,17 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     check_device(device)
     set_threads(args.threads)
     writable_dir(args.output, "--output")
-    final = finetune(args.task, args.model, data_dir(args.data), args.output, epochs=args.epochs,
+    tasks = list(dict.fromkeys(args.task))
+    splits = {}
+    if "kd-dti" in tasks and not (Path(data_dir(args.data)) / "KD-DTI" / "train.json").exists():
+        splits["kd-dti"] = "valid"  # KD-DTI's train file was never released
+        print("kd-dti: no train split; training on its valid split", file=sys.stderr)
+    task = tasks if len(tasks) > 1 else tasks[0]
+    final = finetune(task, args.model, data_dir(args.data), args.output, epochs=args.epochs,
                      max_updates=args.max_updates, lr=args.lr, warmup_updates=args.warmup,
                      tokens_per_update=args.tokens_per_update, micro_batch_tokens=args.micro_batch_tokens,
                      target_only=args.target_only, average_last=args.average_last, seed=args.seed, dtype=args.dtype,
-                     device=device, on_existing=_on_existing(args))  # fmt: skip
+                     device=device, on_existing=_on_existing(args), splits=splits)  # fmt: skip
     print(f"final checkpoint: {final}")
     return 0
 
@@ -124,7 +131,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--corpus", required=True, help="output folder of biogpt corpus build")
     p.add_argument("--vocab", required=True, help="the vocabulary the corpus was built with")
     p.add_argument("--output", required=True, help="checkpoint folder; rerun to resume")
-    p.add_argument("--preset", default="tiny", choices=["tiny", "small", "base", "large"],
+    p.add_argument("--preset", default="tiny", choices=["tiny", "small", "demo", "base", "large"],
                    help="model size (default: %(default)s)")  # fmt: skip
     p.add_argument("--block", type=positive_int, help="tokens per training block (default: the preset's positions)")
     p.add_argument("--lr", type=positive_float, default=2e-4, help="peak learning rate (default: %(default)s)")
@@ -146,8 +153,9 @@ def add_parsers(sub) -> None:
     _common_training(p)
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("finetune", help="fine-tune a checkpoint for a task with the original recipe")
-    p.add_argument("task", choices=["pubmedqa", "bc5cdr", "ddi", "kd-dti", "hoc"])
+    p = sub.add_parser("finetune", help="fine-tune a checkpoint for a task (or several: one multi-task model)")
+    p.add_argument("task", nargs="+", choices=["pubmedqa", "bc5cdr", "ddi", "kd-dti", "hoc"],
+                   help="one task (the original recipe), or several: one model, each task its own prompt tokens")
     p.add_argument("--model", required=True, help="pre-trained checkpoint (folder or fairseq .pt) with its vocabulary")
     p.add_argument("--output", required=True, help="checkpoint folder; the result is OUTPUT/final")
     p.add_argument("--data", default=DEFAULT_DATA,

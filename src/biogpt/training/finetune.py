@@ -1,4 +1,8 @@
-"""`biogpt finetune TASK`: prompt fine-tuning with the original per-task recipe, then checkpoint averaging."""
+"""`biogpt finetune TASK [TASK ...]`: prompt fine-tuning with the original per-task recipe, then checkpoint averaging.
+
+With several tasks, one model learns them all: each task gets its own learned prompt tokens (a slice of
+learned1..K, recorded in the config as `prompt_tasks`), and the tasks' training pairs are mixed in one run.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from biogpt.checkpoints.convert import save_hf
 from biogpt.errors import TrainingError
 from biogpt.models.biogpt import PAD_ID, BioGPT, BioGPTConfig
 from biogpt.recipes import RECIPES  # the original per-task recipes (examples/*/train.sh)
-from biogpt.tasks import get_task, training_pair
+from biogpt.tasks import get_task, task_for_model, training_pair
 from biogpt.tasks.common import encode_source
 from biogpt.text.tokenizer import Tokenizer
 from biogpt.training.data import batch_by_size, pair_batches, rank_batches
@@ -39,7 +43,7 @@ def add_prompt_tokens(model: BioGPT, k: int, seed: int = 1) -> BioGPT:
 
 
 def finetune(
-    task_name: str,
+    task_name: str | list[str],
     model_path: str | Path,
     data_dir: str | Path,
     out_dir: str | Path,
@@ -55,6 +59,7 @@ def finetune(
     dtype: str = "fp32",
     device: str | torch.device = "cpu",
     on_existing: str = "resume",
+    splits: dict[str, str] | None = None,
 ) -> Path:
     """Fine-tune for a task with the original recipe; returns the final checkpoint directory (`out/final`),
     the average of the last `average_last` epoch checkpoints (HoC: the last one), which `biogpt eval` takes.
@@ -63,14 +68,22 @@ def finetune(
     An earlier run in out_dir is resumed if it has the same settings (task, model, data, target_only and
     the TrainConfig's), or started again with on_existing="overwrite". Bad values raise TrainingError before
     anything is loaded or written.
+
+    Several task names train one multi-task model (see the module docstring); the recipe's lr, warm-up and
+    length are then the first task's unless given, and `splits` may name another split than "train" for a
+    task (KD-DTI's train file was never released: its "valid" split is the only one besides "test").
     """
+    names = [task_name] if isinstance(task_name, str) else list(task_name)
+    if not names or len(set(names)) != len(names):
+        raise TrainingError(f"give each task once, got {names!r}")
+    task_name = names[0]
     bad = [f"{name} must be >= 1, got {v!r}" for name, v in (("epochs", epochs), ("max_updates", max_updates),
            ("average_last", average_last)) if v is not None and not (isinstance(v, int) and v >= 1)]  # fmt: skip
     if bad:
         raise TrainingError("; ".join(bad))
     if on_existing not in ON_EXISTING:
         raise TrainingError(f"on_existing must be one of {', '.join(ON_EXISTING)}, got {on_existing!r}")
-    task = get_task(task_name)
+    tasks = [get_task(name) for name in names]
     recipe = {**RECIPES[task_name]}
     # checked now (TrainConfig refuses bad values); its length and saving cadence follow from the data below
     cfg = TrainConfig(out_dir=str(out_dir), lr=lr if lr is not None else recipe["lr"], seed=seed,
@@ -81,21 +94,32 @@ def finetune(
     model, tok = load(model_path)
     if tok is None:
         raise TrainingError(f"{model_path}: no vocabulary beside the weights; fine-tuning needs the model's vocabulary")
-    k = task.num_prompt_tokens
+    tasks = [task_for_model(t.name, model.config) for t in tasks]  # the model's settings (e.g. BioGPT-Large's)
+    k = sum(t.num_prompt_tokens for t in tasks)
     if model.config.num_prompt_tokens == 0:
         model = add_prompt_tokens(model, k, seed)
-    elif model.config.num_prompt_tokens != k:
-        raise TrainingError(f"{task_name} needs {k} prompt tokens; the model has {model.config.num_prompt_tokens}")
+    elif model.config.num_prompt_tokens != k or len(tasks) > 1:
+        raise TrainingError(f"{'+'.join(names)} needs {k} new prompt tokens; the model already has "
+                            f"{model.config.num_prompt_tokens}: fine-tune a pre-trained model")  # fmt: skip
+    if len(tasks) > 1:  # a slice of the prompt tokens per task, in the order given
+        first = 0
+        model.config.prompt_tasks = {}
+        for t in tasks:
+            t.prompt_slice = (first, t.num_prompt_tokens)
+            model.config.prompt_tasks[t.name] = [first, t.num_prompt_tokens]
+            first += t.num_prompt_tokens
     tok = Tokenizer(tok.vocab, num_prompt_tokens=k)
     pairs = []
-    for ex in task.examples(data_dir, "train"):
-        x, y = training_pair(task, tok, ex)
-        if target_only:  # score the target only: source and prompt positions ignored
-            n = len(encode_source(tok, ex.source, task.max_source_tokens)) + k
-            y = [PAD_ID] * n + y[n:]
-        pairs.append((x, y))
+    for task in tasks:
+        split = (splits or {}).get(task.name, "train")
+        for ex in task.examples(data_dir, split):
+            x, y = training_pair(task, tok, ex)
+            if target_only:  # score the target only: source and prompt positions ignored
+                n = len(encode_source(tok, ex.source, task.max_source_tokens)) + task.num_prompt_tokens
+                y = [PAD_ID] * n + y[n:]
+            pairs.append((x, y))
     if not pairs:
-        raise TrainingError(f"{data_dir}: no {task_name} training examples to fine-tune on")
+        raise TrainingError(f"{data_dir}: no {'+'.join(names)} training examples to fine-tune on")
     rank, world = init(dev)
     model.to(dev)
 
@@ -109,14 +133,15 @@ def finetune(
     final = Path(out_dir) / "final"
     if rank == 0 and on_existing == "overwrite":
         _remove(final)
-    settings = {"task": task_name, "model_path": _identity(model_path), "target_only": target_only,
+    settings = {"task": "+".join(names), "model_path": _identity(model_path), "target_only": target_only,
                 "training_pairs": len(pairs), "prompt_tokens": k}  # fmt: skip
-    log0(rank, f"{task_name}: {len(pairs)} training pairs, {updates_per_epoch} updates per epoch, {total} updates")
+    log0(rank, f"{'+'.join(names)}: {len(pairs)} training pairs, {updates_per_epoch} updates per epoch, "
+               f"{total} updates")  # fmt: skip
     train(model, cfg, rank_batches(stream, rank, world), micro_per_update, position,
           save=lambda m, d: save_hf(m, tok, d), settings=settings, on_existing=on_existing)  # fmt: skip
     if rank == 0:
         dirs = sorted(p for p in Path(out_dir).glob("update_*") if p.is_dir())[-average_last:]
-        if len(dirs) > 1 and task_name != "hoc":
+        if len(dirs) > 1 and names != ["hoc"]:
             model.load_state_dict(average_checkpoints(dirs))
         # written aside and renamed: an interruption never leaves a half-written `final`
         tmp = final.with_name(".final.tmp")

@@ -18,6 +18,8 @@ from biogpt.training.loop import ON_EXISTING, TrainConfig, train
 PRESETS = {
     "tiny": dict(n_layer=2, d_model=64, n_head=4, d_ffn=256, max_positions=256),
     "small": dict(n_layer=4, d_model=256, n_head=4, d_ffn=1024, max_positions=512),
+    # the embedded demo model: small's width and depth with the 1,024 positions the task recipes assume
+    "demo": dict(n_layer=4, d_model=256, n_head=4, d_ffn=1024, max_positions=1024),
     "base": dict(n_layer=24, d_model=1024, n_head=16, d_ffn=4096, max_positions=1024),
     "large": dict(n_layer=48, d_model=1600, n_head=25, d_ffn=6400, max_positions=2048),
 }
