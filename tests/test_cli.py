@@ -64,7 +64,6 @@ INPUT_ERRORS = [
     (["bpe", "learn", "{tmp}/missing.txt", "--output", "{tmp}/v"], "missing.txt: no such file"),
     (["eval", "hoc", "--predictions", "{tmp}/p.txt", "--data", "{tmp}/nowhere"], "--data {tmp}/nowhere: no such"),
     (["eval", "hoc", "--model", "{m}", "--predictions", "{tmp}/p.txt", "--data", "{t}"], "give one of --model"),
-    (["eval", "hoc", "--data", "{t}"], "give one of --model"),
     # output paths are checked before the work
     (["eval", "hoc", "--model", "{m}", "--data", "{t}", "--output", "{tmp}/no/such/dir/r.json"], "does not exist"),
     (["eval", "hoc", "--model", "{m}", "--data", "{t}", "--save-outputs", "{tmp}"], "is a directory"),

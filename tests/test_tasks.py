@@ -217,7 +217,9 @@ def test_end_to_end_on_a_tiny_model(tmp_path, capsys):
     assert main(["eval", "hoc", "--model", str(tmp_path / "m"), "--data", str(TASKS), "--limit", "3",
                  "--output", str(report), "--save-outputs", str(tmp_path / "out.txt")]) == 0  # fmt: skip
     r = json.loads(report.read_text())
-    assert r["task"] == "hoc" and r["n"] == 3 and r["metrics"] == metrics
+    assert r["task"] == "hoc" and r["n"] == 3 and {k: r["metrics"][k] for k in metrics} == metrics
+    parsed = sum(task.parse(o) != {"failed"} for o in outputs)  # outputs naming at least one label
+    assert r["metrics"]["parse_rate"] == parsed / 3
     assert (tmp_path / "out.txt").read_text().split("\n")[:3] == outputs
     # a model with the wrong number of prompt tokens for the task
     with pytest.raises(TaskError, match="uses 9 learned prompt tokens but the model has 1"):
@@ -241,4 +243,4 @@ def test_task_errors(tmp_path, capsys):
     ex = get_task("pubmedqa").examples(TASKS, "test")
     p.write_text("".join(f"{e.source} learned1 learned2 {e.target}\n" for e in ex))
     assert main(["eval", "pubmedqa", "--predictions", str(p), "--data", str(TASKS), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["metrics"] == {"accuracy": 1.0}
+    assert json.loads(capsys.readouterr().out)["metrics"] == {"accuracy": 1.0, "parse_rate": 1.0}

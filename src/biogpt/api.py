@@ -12,7 +12,9 @@ import torch
 
 from biogpt.checkpoints.biogpt import build_model, check_vocab, load_state
 from biogpt.checkpoints.convert import save_hf
-from biogpt.checkpoints.io import DEMO, DEMO_DIR
+from biogpt.checkpoints.io import DEMO, DEMO_DIR, demo_path
+
+__all__ = ["DEMO", "DTYPES", "convert", "demo_path", "is_demo", "load"]
 from biogpt.errors import CheckpointError
 from biogpt.models.biogpt import BioGPT
 from biogpt.text.tokenizer import Tokenizer

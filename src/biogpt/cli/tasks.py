@@ -18,6 +18,8 @@ from biogpt.cli.args import (
     writable_file,
 )
 from biogpt.errors import BioGPTError
+from biogpt.mining.tasks import output_stats
+from biogpt.tasks.templates import grammar
 
 
 def _write_atomic(path: str, text: str) -> None:
@@ -37,6 +39,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise BioGPTError("give one of --model PATH (run inference) or --predictions FILE (score outputs)")
     writable_file(args.output, "--output")
     writable_file(args.save_outputs, "--save-outputs")
+    if args.grounded and args.predictions:
+        raise BioGPTError("--grounded constrains decoding; with --predictions nothing is generated")
     if args.save_outputs and args.predictions:
         raise BioGPTError("--save-outputs saves generated outputs; with --predictions nothing is generated")
     options = {"setting": args.setting} if args.task == "pubmedqa" else {}
@@ -53,17 +57,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.predictions:
         outputs = read_predictions(args.predictions, len(examples))
     else:
-        outputs = predict(task, model, tok, examples, batch_size=args.batch_size,
+        constraint = (lambda src: grammar(args.task, tok, src)) if args.grounded else None
+        outputs = predict(task, model, tok, examples, batch_size=args.batch_size, constraint=constraint,
                           log=lambda m: print(f"  generated {m}", file=sys.stderr))  # fmt: skip
         if args.save_outputs:
             _write_atomic(args.save_outputs, "".join(o.replace("\n", " ") + "\n" for o in outputs))
     metrics = task.score([task.parse(o) for o in outputs], examples)
+    metrics.update(output_stats(args.task, outputs, [ex.source for ex in examples]))
     report = {"task": args.task, "split": args.split, "n": len(examples), "metrics": metrics}
     if args.task == "pubmedqa":
         report["setting"] = args.setting
     if model is not None:
         report["settings"] = {"max_source_tokens": task.max_source_tokens, "max_length": task.max_length,
-                              "num_prompt_tokens": task.num_prompt_tokens}  # fmt: skip
+                              "num_prompt_tokens": task.num_prompt_tokens, "grounded": args.grounded}  # fmt: skip
     text = json.dumps(report, indent=2)
     if args.output:
         _write_atomic(args.output, text + "\n")
@@ -93,4 +99,6 @@ def add_parsers(sub) -> None:
     p.add_argument("--save-outputs", help="also write the generated outputs here (one per line)")
     p.add_argument("--output", help="write the JSON report to this file")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+    p.add_argument("--grounded", action="store_true",
+                   help="decode within the task's template (entities from the source, its own labels)")  # fmt: skip
     p.set_defaults(func=cmd_eval, needs_model_or_predictions=True)

@@ -14,10 +14,10 @@ import torch
 
 from biogpt.generation import generate
 from biogpt.mining import tasks as mtasks
-from biogpt.mining.grounding import Grounder
 from biogpt.mining.readers import Document
 from biogpt.tasks import task_for_model
 from biogpt.tasks.common import DECODING_LENGTH, check_prompt_tokens
+from biogpt.text.grounding import Grounder
 from biogpt.text.tokenizer import Tokenizer
 
 TASKS = ("bc5cdr", "ddi", "kd-dti", "hoc", "pubmedqa")

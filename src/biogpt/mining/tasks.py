@@ -1,28 +1,19 @@
-"""What mining needs from each task: the source as the task's inference builds it from any document, the
-template that `--grounded` decoding follows, and the structured reading of a generated answer (with the
-tokens behind each part, for its log-probability)."""
+"""What mining needs from each task: the source as the task's inference builds it from any document, and the
+structured reading of a generated answer (with the tokens behind each part, for its log-probability). The
+template `--grounded` decoding follows is in `biogpt.tasks.templates`."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
-from biogpt.generation.constraints import Choice, Lit, Span, Template
 from biogpt.mining.readers import Document
-from biogpt.tasks import bc5cdr, ddi, hoc, kd_dti, pubmedqa
+from biogpt.tasks import bc5cdr, ddi, hoc, pubmedqa
 from biogpt.tasks.common import encode_source, prompt_ids, strip_prefix
+from biogpt.tasks.templates import RELATION_TASKS, token_ids
 from biogpt.text.fastbpe import EOS_ID
+from biogpt.text.grounding import Grounder
 from biogpt.text.tokenizer import Tokenizer
-
-# the relation each RE task states, its template words and the roles of its two entities
-RELATION_TASKS = {
-    "bc5cdr": dict(before="the relation between", middle="and", after="exists", labels=None, sep=";",
-                   head="Chemical", tail="Disease", relation="CID", pattern=bc5cdr._RELATION),
-    "ddi": dict(before="the interaction between", middle="and", after="is", labels=ddi.LABELS, sep=";",
-                head="Drug", tail="Drug", relation=None, pattern=ddi._INTERACTION),
-    "kd-dti": dict(before="the interaction between", middle="and", after="is", labels=kd_dti.LABELS, sep=";",
-                   head="Chemical", tail="Gene", relation=None, pattern=ddi._INTERACTION),
-}  # fmt: skip
 
 
 def source_text(task_name: str, task, doc: Document) -> str | None:
@@ -47,37 +38,6 @@ def source_text(task_name: str, task, doc: Document) -> str | None:
     return src.lower() if task.setting == "reasoning-free" and task.lowercase else src
 
 
-def _ids(tok: Tokenizer, text: str) -> tuple[int, ...]:
-    return tuple(tok.encode(text, add_eos_prefix=False))
-
-
-def grammar(task_name: str, tok: Tokenizer, source_ids: list[int]) -> Template:
-    """The output template of the task, with entity slots restricted to spans of the source ids."""
-    if task_name in RELATION_TASKS:
-        spec = RELATION_TASKS[task_name]
-        sep = _ids(tok, spec["sep"])
-        # the original parser splits the output at the separator, and its greedy groups split a statement at the
-        # last " and " (and, with a label, at the last " is "): the second entity may hold neither word
-        words = {spec["middle"]} | ({spec["after"]} if spec["labels"] else set())
-        second = frozenset(sep) | frozenset(t for w in words for t in _ids(tok, w))
-        items = [Lit(_ids(tok, spec["before"])), Span(frozenset(sep)), Lit(_ids(tok, spec["middle"])), Span(second),
-                 Lit(_ids(tok, spec["after"]))]  # fmt: skip
-        if spec["labels"]:
-            items.append(Choice(tuple(_ids(tok, label) for label in spec["labels"])))
-    elif task_name == "hoc":
-        items = [Lit(_ids(tok, "the type of this document is")), Choice(tuple(_ids(tok, x) for x in hoc.LABELS))]
-        sep = _ids(tok, "|")
-    else:
-        answers = Choice(tuple(_ids(tok, x) for x in pubmedqa.LABELS))
-        items, sep = [Lit(_ids(tok, "the answer to the question given the context is")), answers], ()
-    pieces = [tok.pieces[i] for i in source_ids]
-    whole = [not p.endswith("@@") for p in pieces]  # the token ends a word
-    alnum = [any(c.isalnum() for c in p.replace("@@", "")) for p in pieces]
-    can_start = [a and (i == 0 or whole[i - 1]) for i, a in enumerate(alnum)]
-    can_end = [a and w for a, w in zip(alnum, whole)]
-    return Template(items, sep, _ids(tok, "."), source_ids, can_start, can_end, EOS_ID)
-
-
 @dataclass
 class Part:
     """One statement of the output (a relation, a label, an answer): its text and log-probability."""
@@ -89,7 +49,7 @@ class Part:
 def split_output(task_name: str, tok: Tokenizer, new_ids: list[int], logprobs: list[float]) -> list[Part]:
     """The generated tokens cut at the task's separator (`;` between relations, `|` between HoC labels), each
     part decoded on its own with the summed log-probability of its tokens (separators excluded)."""
-    sep = set(_ids(tok, "|" if task_name == "hoc" else ";"))
+    sep = set(token_ids(tok, "|" if task_name == "hoc" else ";"))
     parts, cur, cur_lp = [], [], 0.0
     for t, lp in zip(new_ids, logprobs):
         if t == EOS_ID:
@@ -160,3 +120,29 @@ def encode_prefix(task, tok: Tokenizer, source: str) -> tuple[list[int], list[in
     """(the forced prefix `</s> source learned1..K`, the source ids alone) as the task's inference feeds them."""
     src = encode_source(tok, source, task.max_source_tokens)
     return [EOS_ID] + src + prompt_ids(task, tok), src
+
+
+def output_stats(task_name: str, outputs: list[str], sources: list[str]) -> dict:
+    """How many outputs parse (at least one relation, label or answer), and for relation tasks how many of the
+    entities they name are found in their source: `biogpt eval` reports these beside the task metric."""
+    parsed = named = grounded = 0
+    for out, src in zip(outputs, sources):
+        text = out.split("learned")[-1]  # outputs that echo the source and prompt (the original's) keep the answer
+        parts = [Part(p, 0.0) for p in text.split("|" if task_name == "hoc" else ";")]
+        if task_name in RELATION_TASKS:
+            rels = read_relations(task_name, parts)
+            parsed += bool(rels)
+            g = Grounder(src)
+            for r in rels:
+                for name in (r["head"], r["tail"]):
+                    named += 1
+                    grounded += bool(g.spans(name))
+        elif task_name == "hoc":
+            parsed += bool(read_labels(parts))
+        else:
+            parsed += read_answer([Part(text, 0.0)]) is not None
+    stats = {"parse_rate": parsed / len(outputs) if outputs else 0.0}
+    if task_name in RELATION_TASKS:
+        stats["grounding_rate"] = grounded / named if named else 0.0
+        stats["entities_named"] = named
+    return stats

@@ -141,12 +141,16 @@ def drop_final_period(text: str) -> str:
 
 
 @torch.inference_mode()
-def predict(task, model, tok: Tokenizer, examples: Sequence[Example], batch_size: int = 8, log=None) -> list[str]:
+def predict(
+    task, model, tok: Tokenizer, examples: Sequence[Example], batch_size: int = 8, log=None, constraint=None
+) -> list[str]:
     """Greedy decoding after the forced prefix, batched by length; one decoded answer per example, in order.
 
-    The length limit counts the prefix, as the original inference.py's did: min(--decoding_length 1024,
-    max_positions - 1) tokens in all (1023 for base, 1024 for Large); it also stops at the task's longest
-    training target (max_length - max_source_tokens - K), which no fine-tuned model exceeds.
+    `constraint(source_ids)`, if given, makes each row's decoding constraint (e.g. the task's template:
+    `biogpt.tasks.templates.grammar`). The length limit counts the prefix, as the original inference.py's
+    did: min(--decoding_length 1024, max_positions - 1) tokens in all (1023 for base, 1024 for Large); it
+    also stops at the task's longest training target (max_length - max_source_tokens - K), which no fine-tuned
+    model exceeds.
     """
     check_prompt_tokens(task, model.config)
     prefixes = [inference_prefix(task, tok, ex.source) for ex in examples]
@@ -158,7 +162,11 @@ def predict(task, model, tok: Tokenizer, examples: Sequence[Example], batch_size
         batch = order[start : start + batch_size]
         longest = max(len(prefixes[i]) for i in batch)
         new = max(1, min(max_tgt, limit - (longest - 1)))
-        seqs = generate(model, [prefixes[i] for i in batch], max_new_tokens=new).sequences[:, longest:]
+        rows = None
+        if constraint is not None:  # from each prefix </s> + source + prompt: the source ids
+            rows = [constraint(prefixes[i][1 : len(prefixes[i]) - task.num_prompt_tokens]) for i in batch]
+        out = generate(model, [prefixes[i] for i in batch], max_new_tokens=new, constraints=rows)
+        seqs = out.sequences[:, longest:]
         for i, row in zip(batch, seqs.tolist()):
             outputs[i] = tok.decode(row)
         if log is not None:
