@@ -191,9 +191,18 @@ class Template(Constraint):
         return {self.eos}  # done
 
     def allowed(self, generated):
-        states = self._closure(self._enter(0))
-        for t in generated:
+        generated = list(generated)
+        # the engine asks once per step with one more token: continue from the last call's states when its
+        # tokens are this call's prefix (beam search reorders rows, so check), else simulate from the start
+        last, states = self._memo if hasattr(self, "_memo") else (None, None)
+        if last is not None and len(generated) == len(last) + 1 and generated[:-1] == last:
+            todo = generated[-1:]
+        else:
+            states, todo = self._closure(self._enter(0)), generated
+        for t in todo:
             states = self._closure([n for s in states for n in self._step(s, t)])
             if not states:
+                self._memo = (None, None)
                 return [self.eos]  # off the template (cannot happen while the constraint is applied)
+        self._memo = (generated, states)
         return sorted(set().union(*(self._next(s) for s in states)))

@@ -17,6 +17,7 @@ from biogpt.mining import tasks as mtasks
 from biogpt.mining.readers import Document
 from biogpt.tasks import task_for_model
 from biogpt.tasks.common import DECODING_LENGTH, check_prompt_tokens
+from biogpt.tasks.templates import grammar
 from biogpt.text.grounding import Grounder
 from biogpt.text.tokenizer import Tokenizer
 
@@ -74,7 +75,7 @@ class Extractor:
             new = max(1, min(max_tgt, limit - (longest - 1)))
             constraints = None
             if self.grounded:
-                constraints = [mtasks.grammar(self.task_name, self.tok, prepared[i][1]) for i in batch]
+                constraints = [grammar(self.task_name, self.tok, prepared[i][1]) for i in batch]
             out = generate(self.model, [prepared[i][0] for i in batch], max_new_tokens=new, num_beams=self.num_beams,
                            constraints=constraints, output_logprobs=True)  # fmt: skip
             for i, row, lps in zip(batch, out.sequences[:, longest:].tolist(), out.logprobs.tolist()):
