@@ -174,9 +174,7 @@ def detect_format(path: Path) -> str:
     first_line = text.split("\n", 1)[0]
     if "|t|" in first_line or "|a|" in first_line:
         return "pubtator"
-    if not text:
-        raise InputError(f"{path}: empty file")
-    return "text"
+    return "text"  # plain text (an empty file holds no documents: not an error)
 
 
 def read_documents(path: str | Path, fmt: str | None = None) -> Iterator[Document | Problem]:
@@ -207,6 +205,13 @@ def _text_lines(path: Path) -> Iterator[tuple[int, str | None, str | None]]:
 
 # ---------------------------------------------------------------------------------------------------
 # PubMed XML
+
+
+def _xml_problem(path: Path, stream: _Stream, e: ET.ParseError, where: str) -> Problem:
+    """Why XML parsing stopped: the file ended early (a truncated .gz) or the XML itself is broken."""
+    if stream.error is not None:
+        return Problem(f"{path.name}:{where}", f"the file ends early or is damaged ({stream.error})")
+    return Problem(f"{path.name}:line {e.position[0]}", f"broken XML ({e}); nothing after it was read")
 
 
 def _clean(text: str) -> str:
@@ -241,10 +246,7 @@ def read_pubmed_xml(path: Path) -> Iterator[Document | Problem]:
                         yield Document((pm.text or "").strip(), [], where=f"{path.name}:DeleteCitation", deleted=True)
                     root.clear()
         except ET.ParseError as e:
-            if f.error is not None:
-                yield Problem(f"{path.name}:record {count + 1}", f"the file ends early or is damaged ({f.error})")
-            else:
-                yield Problem(f"{path.name}:line {e.position[0]}", f"broken XML ({e}); nothing after it was read")
+            yield _xml_problem(path, f, e, f"record {count + 1}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -405,10 +407,7 @@ def read_bioc_xml(path: Path) -> Iterator[Document | Problem]:
                 root.clear()
                 yield _bioc_document(d, f"{path.name}:document {count}")
         except ET.ParseError as e:
-            if f.error is not None:
-                yield Problem(f"{path.name}:document {count + 1}", f"the file ends early or is damaged ({f.error})")
-            else:
-                yield Problem(f"{path.name}:line {e.position[0]}", f"broken XML ({e}); nothing after it was read")
+            yield _xml_problem(path, f, e, f"document {count + 1}")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import gzip
 import hashlib
 import json
 import multiprocessing as mp
@@ -13,7 +12,6 @@ import signal
 import sys
 import threading
 import time
-import xml.etree.ElementTree as ET
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -23,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from biogpt.errors import CorpusError
+from biogpt.mining.readers import Problem, read_documents
 from biogpt.text.tokenizer import Tokenizer
 
 # ---------------------------------------------------------------------------------------------------
@@ -37,76 +36,19 @@ class Record:
     deleted: bool = False  # a DeleteCitation entry of a PubMed update file
 
 
-def _open(path: Path):
-    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-
-
-def read_pubmed_xml(path: Path) -> Iterator[Record]:
-    """PubmedArticle records (PMID, ArticleTitle, every AbstractText section) and DeleteCitation PMIDs."""
-    try:
-        with _open(path) as f:
-            for _, el in ET.iterparse(f, events=("end",)):
-                if el.tag == "PubmedArticle":
-                    pmid = el.findtext("MedlineCitation/PMID")
-                    title_el = el.find("MedlineCitation/Article/ArticleTitle")
-                    parts = [" ".join("".join(a.itertext()).split()) for a in el.iterfind(".//Abstract/AbstractText")]
-                    abstract = " ".join(p for p in parts if p)
-                    title = " ".join("".join(title_el.itertext()).split()) if title_el is not None else ""
-                    if not pmid:
-                        yield Record(None, None, "malformed: PubmedArticle without PMID")
-                    elif not abstract:
-                        yield Record(pmid.strip(), None, "no abstract")
-                    else:
-                        yield Record(pmid.strip(), f"{title} {abstract}".strip())
-                    el.clear()
-                elif el.tag == "DeleteCitation":
-                    for p in el.iterfind("PMID"):
-                        yield Record((p.text or "").strip(), None, deleted=True)
-                    el.clear()
-    except (ET.ParseError, EOFError, OSError) as e:
-        yield Record(None, None, f"malformed: {path.name} is not readable XML past this point ({e})")
-
-
-def read_jsonl(path: Path) -> Iterator[Record]:
-    with _open(path) as f:
-        for n, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                doc = json.loads(raw)
-                pid = doc.get("pmid", doc.get("id"))
-                title, abstract = doc.get("title") or "", doc.get("abstract") or ""
-                if pid is None or not isinstance(title, str) or not isinstance(abstract, str):
-                    raise ValueError("needs pmid or id, and string title/abstract")
-            except (ValueError, AttributeError) as e:
-                yield Record(None, None, f"malformed: {path.name} line {n}: {e}")
-                continue
-            if not abstract.strip():
-                yield Record(str(pid), None, "no abstract")
-            else:
-                yield Record(str(pid), f"{title.strip()} {abstract.strip()}".strip())
-
-
-def read_text(path: Path) -> Iterator[Record]:
-    with _open(path) as f:
-        for n, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8").strip()
-            except UnicodeDecodeError as e:
-                yield Record(None, None, f"malformed: {path.name} line {n}: not UTF-8 ({e.reason})")
-                continue
-            if line:
-                yield Record(f"{path.name}:{n}", line)
-
-
 def read_records(path: str | Path) -> Iterator[Record]:
-    p = Path(path)
-    name = p.name[:-3] if p.name.endswith(".gz") else p.name
-    if name.endswith(".xml"):
-        return read_pubmed_xml(p)
-    if name.endswith(".jsonl") or name.endswith(".json"):
-        return read_jsonl(p)
-    return read_text(p)
+    """The documents of one input file (any format `biogpt extract` reads: PubMed XML, PubTator, BioC, JSONL,
+    text; `biogpt.mining.readers`, the one reader module), as corpus records: title + abstract, with
+    documents that have no abstract and malformed records reported, and DeleteCitation entries kept."""
+    for item in read_documents(path):
+        if isinstance(item, Problem):
+            yield Record(item.id, None, f"malformed: {item}")
+        elif item.deleted:
+            yield Record(item.id, None, deleted=True)
+        elif not item.abstract.strip():
+            yield Record(item.id, None, "no abstract")
+        else:
+            yield Record(item.id, item.text.strip())
 
 
 _worker_tok = None
