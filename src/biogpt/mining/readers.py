@@ -13,135 +13,26 @@ known format, raises `InputError`.
 
 from __future__ import annotations
 
-import gzip
 import json
 import xml.etree.ElementTree as ET
-import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from biogpt.errors import InputError
+from biogpt.mining.bioc import read_bioc_json, read_bioc_xml
+from biogpt.mining.documents import (
+    Document,
+    Passage,
+    Problem,
+    open_binary,
+    text_lines,
+    title_abstract,
+    xml_problem,
+)
 
 FORMATS = ("pubmed-xml", "pubtator", "bioc-xml", "bioc-json", "jsonl", "text")
 
-
-@dataclass
-class Passage:
-    type: str  # "title", "abstract", "text", or the BioC passage's type infon
-    offset: int  # where it starts in the document text
-    text: str
-
-
-@dataclass
-class Document:
-    id: str
-    passages: list[Passage]
-    annotations: list[dict] = field(default_factory=list)  # kept from the input: {id, type, text, start, end, infons}
-    relations: list[dict] = field(default_factory=list)  # kept from the input: {id, type, nodes, infons}
-    question: str | None = None  # PubMedQA: the question asked of this document
-    where: str = ""  # file:line (or file:record) the document came from
-    deleted: bool = False  # a DeleteCitation entry of a PubMed update file (no passages)
-
-    @property
-    def text(self) -> str:
-        """The passages at their offsets, gaps filled with spaces (title + " " + abstract for PubMed)."""
-        out: list[str] = []
-        pos = 0
-        for p in sorted(self.passages, key=lambda p: p.offset):
-            if p.offset > pos:
-                out.append(" " * (p.offset - pos))
-                pos = p.offset
-            out.append(p.text[pos - p.offset :] if p.offset < pos else p.text)
-            pos = max(pos, p.offset + len(p.text))
-        return "".join(out)
-
-    @property
-    def title(self) -> str:
-        return next((p.text for p in self.passages if p.type in ("title", "front")), "")
-
-    @property
-    def abstract(self) -> str:
-        return " ".join(p.text for p in self.passages if p.type not in ("title", "front"))
-
-
-@dataclass
-class Problem:
-    """A record that could not be read: counted, reported, skipped (or fatal under --strict)."""
-
-    where: str
-    reason: str
-    id: str | None = None
-
-    def __str__(self) -> str:
-        return f"{self.where}" + (f" (id {self.id})" if self.id else "") + f": {self.reason}"
-
-
-def title_abstract(doc_id: str, title: str, abstract: str, where: str = "", question: str | None = None) -> Document:
-    """A document with PubTator's offsets: the title at 0, the abstract after one space."""
-    passages = []
-    if title:
-        passages.append(Passage("title", 0, title))
-    if abstract:
-        passages.append(Passage("abstract", len(title) + 1 if title else 0, abstract))
-    return Document(doc_id, passages, question=question, where=where)
-
-
-# ---------------------------------------------------------------------------------------------------
-# opening and recognising files
-
-
-class _Stream:
-    """Reads a possibly damaged file in small pieces: a truncated .gz gives everything before the damage, then
-    looks like an early end, with the reason kept in `error`."""
-
-    PIECE = 8192
-
-    def __init__(self, f):
-        self.f, self.error = f, None
-
-    def read(self, n: int = -1) -> bytes:
-        if self.error is not None:
-            return b""
-        try:
-            return self.f.read(self.PIECE if n is None or n < 0 else min(n, self.PIECE))
-        except (OSError, EOFError, zlib.error) as e:
-            self.error = e
-            return b""
-
-    def lines(self) -> Iterator[bytes]:
-        rest = b""
-        while True:
-            piece = self.read()
-            if not piece:
-                break
-            rest += piece
-            *complete, rest = rest.split(b"\n")
-            yield from (line + b"\n" for line in complete)
-        if rest:
-            yield rest
-
-    def close(self) -> None:
-        self.f.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-def open_binary(path: Path):
-    """The file's bytes, gunzipped when it is gzip (by its magic number, whatever its name)."""
-    try:
-        f = open(path, "rb")
-    except IsADirectoryError:
-        raise InputError(f"{path} is a folder; give the files inside it") from None
-    except OSError as e:
-        raise InputError(f"{path}: {e.strerror}") from None
-    if f.peek(2)[:2] == b"\x1f\x8b":
-        return _Stream(gzip.GzipFile(fileobj=f))
-    return _Stream(f)
+__all__ = ["FORMATS", "Document", "Passage", "Problem", "detect_format", "read_documents", "title_abstract"]
 
 
 def detect_format(path: Path) -> str:
@@ -190,30 +81,8 @@ def read_documents(path: str | Path, fmt: str | None = None) -> Iterator[Documen
     return readers[fmt](p)
 
 
-def _text_lines(path: Path) -> Iterator[tuple[int, str | None, str | None]]:
-    """(line number, text or None, problem or None) of a text file, never stopping at a bad line."""
-    with open_binary(path) as f:
-        n = 0
-        for n, raw in enumerate(f.lines(), 1):
-            try:
-                yield n, raw.decode("utf-8").rstrip("\r\n"), None
-            except UnicodeDecodeError as e:
-                yield n, None, f"not UTF-8 ({e.reason} at byte {e.start})"
-        if f.error is not None:
-            yield n + 1, None, f"the file ends early or is damaged ({f.error}); nothing after this line was read"
-
-
 # ---------------------------------------------------------------------------------------------------
 # PubMed XML
-
-
-def _xml_problem(path: Path, stream: _Stream, e: ET.ParseError, where: str) -> Problem:
-    """Why XML parsing stopped: the file ended early (a truncated .gz) or the XML itself is broken."""
-    if stream.error is not None:
-        return Problem(f"{path.name}:{where}", f"the file ends early or is damaged ({stream.error})")
-    return Problem(f"{path.name}:line {e.position[0]}", f"broken XML ({e}); nothing after it was read")
-
-
 def _clean(text: str) -> str:
     return " ".join(text.split())
 
@@ -246,7 +115,7 @@ def read_pubmed_xml(path: Path) -> Iterator[Document | Problem]:
                         yield Document((pm.text or "").strip(), [], where=f"{path.name}:DeleteCitation", deleted=True)
                     root.clear()
         except ET.ParseError as e:
-            yield _xml_problem(path, f, e, f"record {count + 1}")
+            yield xml_problem(path, f, e, f"record {count + 1}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -277,7 +146,7 @@ def read_pubtator(path: Path) -> Iterator[Document | Problem]:
             out.relations.append({"id": f"R{k}", "type": cols[1], "nodes": [cols[2], cols[3]], "infons": {}})
         return out
 
-    for n, line, problem in _text_lines(path):
+    for n, line, problem in text_lines(path):
         if problem:
             yield Problem(f"{path.name}:{n}", problem, doc["id"] if doc else None)
             continue
@@ -314,102 +183,6 @@ def read_pubtator(path: Path) -> Iterator[Document | Problem]:
 # ---------------------------------------------------------------------------------------------------
 # BioC (XML and JSON)
 
-
-def _bioc_document(d: dict, where: str) -> Document | Problem:
-    """A BioC document given as a dict (the JSON shape; the XML reader builds the same)."""
-    doc_id = str(d.get("id", "")).strip()
-    if not doc_id:
-        return Problem(where, "BioC document without an id")
-    passages, annotations, relations = [], [], []
-    for p in d.get("passages") or []:
-        try:
-            offset = int(p.get("offset", 0))
-        except (TypeError, ValueError):
-            return Problem(where, f"passage offset {p.get('offset')!r} is not an integer", doc_id)
-        text = p.get("text") or ""
-        if not isinstance(text, str):
-            return Problem(where, "passage text is not a string", doc_id)
-        infons = p.get("infons") or {}
-        passages.append(Passage(str(infons.get("type", "text")), offset, text))
-        for a in p.get("annotations") or []:
-            for loc in a.get("locations") or []:
-                try:
-                    start, length = int(loc["offset"]), int(loc["length"])
-                except (KeyError, TypeError, ValueError):
-                    return Problem(where, f"annotation {a.get('id')!r} has a malformed location {loc!r}", doc_id)
-                if not offset <= start <= start + length <= offset + len(text):
-                    return Problem(where, f"annotation {a.get('id')!r} at {start}+{length} lies outside its passage "
-                                          f"({offset}..{offset + len(text)})", doc_id)  # fmt: skip
-                ainf = {str(k): str(v) for k, v in (a.get("infons") or {}).items()}
-                annotations.append({"id": str(a.get("id", "")), "type": ainf.pop("type", ""), "text": a.get("text", ""),
-                                    "start": start, "end": start + length, "infons": ainf})  # fmt: skip
-        relations += p.get("relations") or []
-    relations += d.get("relations") or []
-    rels = []
-    for r in relations:
-        rinf = {str(k): str(v) for k, v in (r.get("infons") or {}).items()}
-        nodes = [str(n.get("refid", "")) for n in r.get("nodes") or []]
-        rels.append({"id": str(r.get("id", "")), "type": rinf.pop("type", ""), "nodes": nodes, "infons": rinf})
-    if not passages:
-        return Problem(where, "BioC document without passages", doc_id)
-    return Document(doc_id, passages, annotations, rels, where=where)
-
-
-def read_bioc_json(path: Path) -> Iterator[Document | Problem]:
-    """A BioC JSON collection (`{"documents": [...]}`), PubTator3's export (`{"PubTator3": [...]}`), or a list
-    of documents. The file is one JSON value, read whole (PubTator3 exports a hundred documents per file)."""
-    with open_binary(path) as f:
-        raw = b"".join(iter(f.read, b""))
-        if f.error is not None:
-            raise InputError(f"{path}: cannot read ({f.error}); a truncated or damaged .gz?")
-        try:
-            data = json.loads(raw.decode("utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise InputError(f"{path}: not valid BioC JSON ({e})") from None
-    if isinstance(data, dict):
-        docs = data.get("PubTator3", data.get("documents"))
-        if docs is None and "passages" in data:
-            docs = [data]
-    else:
-        docs = data
-    if not isinstance(docs, list):
-        raise InputError(f"{path}: a BioC JSON collection needs a 'documents' (or 'PubTator3') list")
-    for k, d in enumerate(docs, 1):
-        where = f"{path.name}:document {k}"
-        yield _bioc_document(d, where) if isinstance(d, dict) else Problem(where, "a document is not a JSON object")
-
-
-def _xml_infons(el: ET.Element) -> dict:
-    return {i.get("key", ""): i.text or "" for i in el.findall("infon")}
-
-
-def read_bioc_xml(path: Path) -> Iterator[Document | Problem]:
-    count = 0
-    with open_binary(path) as f:
-        try:
-            root = None
-            for event, el in ET.iterparse(f, events=("start", "end")):
-                if root is None:
-                    root = el  # the collection: cleared as documents finish
-                if event == "start" or el.tag != "document":
-                    continue
-                count += 1
-                d = {"id": el.findtext("id"), "passages": [], "relations": []}
-                for p in el.findall("passage"):
-                    anns = [{"id": a.get("id"), "infons": _xml_infons(a), "text": a.findtext("text") or "",
-                             "locations": [dict(loc.attrib) for loc in a.findall("location")]}
-                            for a in p.findall("annotation")]  # fmt: skip
-                    d["passages"].append({"infons": _xml_infons(p), "offset": p.findtext("offset", "0"),
-                                          "text": p.findtext("text") or "", "annotations": anns})  # fmt: skip
-                for r in el.findall("relation"):
-                    d["relations"].append({"id": r.get("id"), "infons": _xml_infons(r),
-                                           "nodes": [dict(n.attrib) for n in r.findall("node")]})  # fmt: skip
-                root.clear()
-                yield _bioc_document(d, f"{path.name}:document {count}")
-        except ET.ParseError as e:
-            yield _xml_problem(path, f, e, f"document {count + 1}")
-
-
 # ---------------------------------------------------------------------------------------------------
 # JSONL and plain text
 
@@ -417,7 +190,7 @@ def read_bioc_xml(path: Path) -> Iterator[Document | Problem]:
 def read_jsonl(path: Path) -> Iterator[Document | Problem]:
     """One JSON object per line: {"id" (or "pmid"), "title", "abstract"} or {"id", "text"}; an optional
     "question" (PubMedQA)."""
-    for n, line, problem in _text_lines(path):
+    for n, line, problem in text_lines(path):
         where = f"{path.name}:{n}"
         if problem:
             yield Problem(where, problem)
@@ -452,7 +225,7 @@ def read_jsonl(path: Path) -> Iterator[Document | Problem]:
 
 def read_text(path: Path) -> Iterator[Document | Problem]:
     """One document per line; its id is file:line."""
-    for n, line, problem in _text_lines(path):
+    for n, line, problem in text_lines(path):
         if problem:
             yield Problem(f"{path.name}:{n}", problem)
         elif line.strip():

@@ -1,0 +1,148 @@
+"""The documents mining works on, and how their files are opened: a document's text with its passages at
+document-level offsets, the annotations and relations the input already had, and the problems (malformed
+records) a reader reports instead of stopping."""
+
+from __future__ import annotations
+
+import gzip
+import xml.etree.ElementTree as ET
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from biogpt.errors import InputError
+
+
+@dataclass
+class Passage:
+    type: str  # "title", "abstract", "text", or the BioC passage's type infon
+    offset: int  # where it starts in the document text
+    text: str
+
+
+@dataclass
+class Document:
+    id: str
+    passages: list[Passage]
+    annotations: list[dict] = field(default_factory=list)  # kept from the input: {id, type, text, start, end, infons}
+    relations: list[dict] = field(default_factory=list)  # kept from the input: {id, type, nodes, infons}
+    question: str | None = None  # PubMedQA: the question asked of this document
+    where: str = ""  # file:line (or file:record) the document came from
+    deleted: bool = False  # a DeleteCitation entry of a PubMed update file (no passages)
+
+    @property
+    def text(self) -> str:
+        """The passages at their offsets, gaps filled with spaces (title + " " + abstract for PubMed)."""
+        out: list[str] = []
+        pos = 0
+        for p in sorted(self.passages, key=lambda p: p.offset):
+            if p.offset > pos:
+                out.append(" " * (p.offset - pos))
+                pos = p.offset
+            out.append(p.text[pos - p.offset :] if p.offset < pos else p.text)
+            pos = max(pos, p.offset + len(p.text))
+        return "".join(out)
+
+    @property
+    def title(self) -> str:
+        return next((p.text for p in self.passages if p.type in ("title", "front")), "")
+
+    @property
+    def abstract(self) -> str:
+        return " ".join(p.text for p in self.passages if p.type not in ("title", "front"))
+
+
+@dataclass
+class Problem:
+    """A record that could not be read: counted, reported, skipped (or fatal under --strict)."""
+
+    where: str
+    reason: str
+    id: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.where}" + (f" (id {self.id})" if self.id else "") + f": {self.reason}"
+
+
+def title_abstract(doc_id: str, title: str, abstract: str, where: str = "", question: str | None = None) -> Document:
+    """A document with PubTator's offsets: the title at 0, the abstract after one space."""
+    passages = []
+    if title:
+        passages.append(Passage("title", 0, title))
+    if abstract:
+        passages.append(Passage("abstract", len(title) + 1 if title else 0, abstract))
+    return Document(doc_id, passages, question=question, where=where)
+
+
+class Stream:
+    """Reads a possibly damaged file in small pieces: a truncated .gz gives everything before the damage, then
+    looks like an early end, with the reason kept in `error`."""
+
+    PIECE = 8192
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def read(self, n: int = -1) -> bytes:
+        if self.error is not None:
+            return b""
+        try:
+            return self.f.read(self.PIECE if n is None or n < 0 else min(n, self.PIECE))
+        except (OSError, EOFError, zlib.error) as e:
+            self.error = e
+            return b""
+
+    def lines(self) -> Iterator[bytes]:
+        rest = b""
+        while True:
+            piece = self.read()
+            if not piece:
+                break
+            rest += piece
+            *complete, rest = rest.split(b"\n")
+            yield from (line + b"\n" for line in complete)
+        if rest:
+            yield rest
+
+    def close(self) -> None:
+        self.f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_binary(path: Path):
+    """The file's bytes, gunzipped when it is gzip (by its magic number, whatever its name)."""
+    try:
+        f = open(path, "rb")
+    except IsADirectoryError:
+        raise InputError(f"{path} is a folder; give the files inside it") from None
+    except OSError as e:
+        raise InputError(f"{path}: {e.strerror}") from None
+    if f.peek(2)[:2] == b"\x1f\x8b":
+        return Stream(gzip.GzipFile(fileobj=f))
+    return Stream(f)
+
+
+def text_lines(path: Path) -> Iterator[tuple[int, str | None, str | None]]:
+    """(line number, text or None, problem or None) of a text file, never stopping at a bad line."""
+    with open_binary(path) as f:
+        n = 0
+        for n, raw in enumerate(f.lines(), 1):
+            try:
+                yield n, raw.decode("utf-8").rstrip("\r\n"), None
+            except UnicodeDecodeError as e:
+                yield n, None, f"not UTF-8 ({e.reason} at byte {e.start})"
+        if f.error is not None:
+            yield n + 1, None, f"the file ends early or is damaged ({f.error}); nothing after this line was read"
+
+
+def xml_problem(path: Path, stream: Stream, e: ET.ParseError, where: str) -> Problem:
+    """Why XML parsing stopped: the file ended early (a truncated .gz) or the XML itself is broken."""
+    if stream.error is not None:
+        return Problem(f"{path.name}:{where}", f"the file ends early or is damaged ({stream.error})")
+    return Problem(f"{path.name}:line {e.position[0]}", f"broken XML ({e}); nothing after it was read")
