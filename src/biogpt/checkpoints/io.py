@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import builtins
 import collections
+import hashlib
 import json
 import pickle
 import re
@@ -189,6 +190,23 @@ def demo_path() -> Path:
             "pass --model PATH"
         )
     return DEMO_DIR
+
+
+WEIGHT_FILES = ("model.safetensors", "model-*.safetensors", "pytorch_model.bin", "checkpoint.pt")
+
+
+def weights_sha256(path: str | Path) -> str:
+    """sha256 over a checkpoint's weight files as stored (names and bytes, in name order): which weights made
+    an output, whatever precision mode ran them."""
+    p = resolve(path)
+    files = [p] if p.is_file() else sorted({f for pattern in WEIGHT_FILES for f in p.glob(pattern)})
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
 
 
 def resolve(path: str | Path) -> Path:

@@ -15,11 +15,12 @@ _worker = None
 
 def _build_extractor(args: argparse.Namespace, progress_note: bool):
     import biogpt
+    from biogpt.checkpoints.io import weights_sha256
     from biogpt.cli.args import load_for_inference
-    from biogpt.mining import Extractor, weights_sha256
+    from biogpt.mining import Extractor
 
     model, tok = load_for_inference(args)
-    info = {"name": str(args.model), "sha256": weights_sha256(model), "dtype": args.dtype}
+    info = {"name": str(args.model), "sha256": weights_sha256(args.model), "dtype": args.dtype}
     ex = Extractor(model, tok, args.task, grounded=args.grounded, num_beams=args.num_beams,
                    batch_size=args.batch_size, model_info=info)  # fmt: skip
     if progress_note:

@@ -7,7 +7,6 @@ HTTP server): documents in, one record (a plain dict) per document out, in input
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 
 import torch
@@ -22,16 +21,6 @@ from biogpt.text.grounding import Grounder
 from biogpt.text.tokenizer import Tokenizer
 
 TASKS = ("bc5cdr", "ddi", "kd-dti", "hoc", "pubmedqa")
-
-
-def weights_sha256(model: torch.nn.Module) -> str:
-    """sha256 over the weights as loaded (names, dtypes, shapes and bytes, in name order)."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 @dataclass
