@@ -51,5 +51,6 @@ build = {
 json.dump(build, open(f"{out}/build.json", "w"), indent=1)
 print(json.dumps(build))
 PY
+[ -f "$OUT/MODEL_CARD.md" ] && cp "$OUT/MODEL_CARD.md" "$OUT.tmp/"  # the card is written by hand from the scores
 rm -rf "$OUT" && mv "$OUT.tmp" "$OUT"
 stamp "done: $(du -sh "$OUT" | cut -f1) in $OUT"

@@ -1,6 +1,6 @@
 """Constant-output baselines and a random-weights twin of the demo model, for its score table.
 
-    python scripts/demo_baselines.py ../shared/data/tasks OUT_DIR
+    python scripts/demo_baselines.py ../shared/data/tasks OUT_DIR [KD_DTI_LIMIT]
 
 Writes OUT_DIR/constant-TASK.txt (one line per test example: the same output for every example, the one a
 majority or most-frequent guess gives, as the original pipeline would print it) and OUT_DIR/random/ (the demo
@@ -19,6 +19,7 @@ from biogpt.models.biogpt import BioGPT
 from biogpt.tasks import get_task
 
 tasks_dir, out = sys.argv[1], Path(sys.argv[2])
+limits = {"kd-dti": int(sys.argv[3])} if len(sys.argv) > 3 else {}  # the first N test examples only
 out.mkdir(parents=True, exist_ok=True)
 train_split = {"kd-dti": "valid"}  # KD-DTI's train file was never released
 for name in ("pubmedqa", "bc5cdr", "ddi", "kd-dti", "hoc"):
@@ -30,7 +31,7 @@ for name in ("pubmedqa", "bc5cdr", "ddi", "kd-dti", "hoc"):
         line = counts.most_common(1)[0][0] + "."
     else:
         line = Counter(ex.target for ex in train).most_common(1)[0][0]  # the majority answer / label set
-    n = len(task.examples(tasks_dir, "test"))
+    n = min(len(task.examples(tasks_dir, "test")), limits.get(name, 10**9))
     (out / f"constant-{name}.txt").write_text((line + "\n") * n)
     print(f"{name}: constant output {line!r} x {n}")
 

@@ -80,9 +80,10 @@ class Lit:
 @dataclass(frozen=True)
 class Span:
     """A contiguous span of the source tokens, whole words only (it starts at a word start, ends at a word end),
-    containing none of `exclude` (e.g. a template word a parser would split at)."""
+    containing none of `exclude` (e.g. a template word a parser would split at), at most `max_tokens` long."""
 
     exclude: frozenset[int] = frozenset()
+    max_tokens: int = 32  # entity names are a few words; an unbounded span could run the output out of room
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,7 @@ class Template(Constraint):
             return [("lit", s[1], s[2] + 1)] if s[2] + 1 < len(lit) else self._enter(s[1] + 1)
         if kind == "span":
             n, src = s[3], self.source
-            if t in self.items[s[1]].exclude:
+            if t in self.items[s[1]].exclude or n >= self.items[s[1]].max_tokens:
                 return []
             starts = frozenset(p for p in s[2] if p + n < len(src) and src[p + n] == t)
             return [("span", s[1], starts, n + 1)] if starts else []
@@ -182,8 +183,10 @@ class Template(Constraint):
         if kind == "lit":
             return {self.items[s[1]].tokens[s[2]]}
         if kind == "span":
-            n, src = s[3], self.source
-            return {src[p + n] for p in s[2] if p + n < len(src)} - self.items[s[1]].exclude
+            n, src, item = s[3], self.source, self.items[s[1]]
+            if n >= item.max_tokens:
+                return set()
+            return {src[p + n] for p in s[2] if p + n < len(src)} - item.exclude
         if kind == "choice":
             return {t for t in s[2] if t is not None}
         if kind in ("sep", "end"):
