@@ -1,6 +1,6 @@
 """Draw a training log (train_log.json: a list of {"update", "loss", "valid_loss"?}) as an SVG line chart.
 
-python scripts/plot_curve.py runs/demo/pretrain/last/train_log.json docs/demo_learning_curve.svg
+python scripts/plot_curve.py runs/demo-model/pretrain/last/train_log.json docs/demo_learning_curve.svg
 """
 
 import json

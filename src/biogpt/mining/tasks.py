@@ -127,7 +127,7 @@ def output_stats(task_name: str, outputs: list[str], sources: list[str]) -> dict
     entities they name are found in their source: `biogpt eval` reports these beside the task metric."""
     parsed = named = grounded = 0
     for out, src in zip(outputs, sources):
-        text = out.split("learned")[-1]  # outputs that echo the source and prompt (the original's) keep the answer
+        text = strip_prefix(out)  # outputs that echo the source and prompt (as the original's did): the answer
         parts = [Part(p, 0.0) for p in text.split("|" if task_name == "hoc" else ";")]
         if task_name in RELATION_TASKS:
             rels = read_relations(task_name, parts)
