@@ -443,3 +443,36 @@ def test_ray_gives_the_single_process_output(task_models, tmp_path):
         ray.shutdown()
     assert (tmp_path / "ray.jsonl").read_bytes() == (tmp_path / "local.jsonl").read_bytes()
     assert len((tmp_path / "ray.jsonl").read_text().splitlines()) == 200
+
+
+def get_task_parse(task: str, text: str):
+    from biogpt.tasks import get_task
+
+    return get_task(task).parse(text)
+
+
+def test_template_never_steps_into_a_dead_end():
+    """A span may not grow into tokens it could never end after (here: the source's final "." ), so every
+    path the template allows can be completed."""
+    from biogpt.tasks.templates import grammar
+
+    tok = Tokenizer.from_pretrained(VOCABS["base"])
+    src = tok.encode("warfarin raises the effect .", add_eos_prefix=False)
+    g = grammar("ddi", tok, src)
+    prefix = list(tok.encode("the interaction between", add_eos_prefix=False))
+    after_effect = g.allowed(prefix + [tok.piece_to_id["effect</w>"]])
+    assert tok.piece_to_id[".</w>"] not in after_effect  # "effect ." could never end: not offered
+    assert tok.piece_to_id["and</w>"] in after_effect  # ending the span ("effect") is
+    # every step of a random walk through the template reaches </s>
+    import random
+
+    rng = random.Random(0)
+    for _ in range(20):
+        out = list(prefix)
+        for _ in range(200):
+            options = g.allowed(out)
+            assert options, out
+            out.append(rng.choice(options))
+            if out[-1] == 2:
+                break
+        assert out[-1] == 2 and get_task_parse("ddi", tok.decode(out))

@@ -162,10 +162,10 @@ class Template(Constraint):
                 return []
             return [("lit", s[1], s[2] + 1)] if s[2] + 1 < len(lit) else self._enter(s[1] + 1)
         if kind == "span":
-            n, src = s[3], self.source
-            if t in self.items[s[1]].exclude or n >= self.items[s[1]].max_tokens:
+            n, src, item = s[3], self.source, self.items[s[1]]
+            if t in item.exclude or n >= item.max_tokens:
                 return []
-            starts = frozenset(p for p in s[2] if p + n < len(src) and src[p + n] == t)
+            starts = frozenset(p for p in s[2] if p + n < len(src) and src[p + n] == t and self._viable(item, p, n + 1))
             return [("span", s[1], starts, n + 1)] if starts else []
         if kind == "choice":
             return [("choice", s[1], s[2][t])] if t in s[2] else []
@@ -178,6 +178,16 @@ class Template(Constraint):
             return self._enter(0) if kind == "sep" else [("done",)]
         return []
 
+    def _viable(self, item: Span, p: int, m: int) -> bool:
+        """Can a span of item's kind that starts at source token p and holds m tokens still end (at a token
+        where spans may end, within max_tokens, before an excluded token)? Never step into a dead end."""
+        for e in range(p + m - 1, min(len(self.source), p + item.max_tokens)):
+            if e > p + m - 1 and self.source[e] in item.exclude:
+                return False
+            if self.final[e]:
+                return True
+        return False
+
     def _next(self, s: tuple) -> set[int]:
         kind = s[0]
         if kind == "lit":
@@ -186,7 +196,7 @@ class Template(Constraint):
             n, src, item = s[3], self.source, self.items[s[1]]
             if n >= item.max_tokens:
                 return set()
-            return {src[p + n] for p in s[2] if p + n < len(src)} - item.exclude
+            return {src[p + n] for p in s[2] if p + n < len(src) and self._viable(item, p, n + 1)} - item.exclude
         if kind == "choice":
             return {t for t in s[2] if t is not None}
         if kind in ("sep", "end"):
@@ -208,4 +218,4 @@ class Template(Constraint):
                 self._memo = (None, None)
                 return [self.eos]  # off the template (cannot happen while the constraint is applied)
         self._memo = (generated, states)
-        return sorted(set().union(*(self._next(s) for s in states)))
+        return sorted(set().union(*(self._next(s) for s in states))) or [self.eos]
