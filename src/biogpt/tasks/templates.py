@@ -32,8 +32,11 @@ def grammar(task_name: str, tok: Tokenizer, source_ids: list[int]) -> Template:
         # the original parser splits the output at the separator, and its greedy groups split a statement at the
         # last " and " (and, with a label, at the last " is "): the second entity may hold neither word
         words = {spec["middle"]} | ({spec["after"]} if spec["labels"] else set())
-        second = frozenset(sep) | frozenset(t for w in words for t in token_ids(tok, w))
-        items = [Lit(token_ids(tok, spec["before"])), Span(frozenset(sep)), Lit(token_ids(tok, spec["middle"])),
+        # and it drops everything before a last "in conclusion ," / "we can conclude that" / "we have that":
+        # no entity may hold those words either
+        either = frozenset(sep) | frozenset(t for w in ("conclusion", "conclude", "have") for t in token_ids(tok, w))
+        second = either | frozenset(t for w in words for t in token_ids(tok, w))
+        items = [Lit(token_ids(tok, spec["before"])), Span(either), Lit(token_ids(tok, spec["middle"])),
                  Span(second), Lit(token_ids(tok, spec["after"]))]  # fmt: skip
         if spec["labels"]:
             items.append(Choice(tuple(token_ids(tok, label) for label in spec["labels"])))
