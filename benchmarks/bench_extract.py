@@ -91,10 +91,10 @@ def main() -> None:
                 out = hf.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
                                   num_beams=1, pad_token_id=1, eos_token_id=2)  # fmt: skip
             for i, row in zip(order[b : b + args.batch_size], out[:, T:].tolist()):
-                res[i] = htok.decode(row, skip_special_tokens=True)
-        for text in res:
-            outs.append(text)
-            task.parse(text)  # the original post-processing
+                res[i] = row
+        for row in res:
+            task.parse(htok.decode(row, skip_special_tokens=True))  # decode, the original post-processing
+            outs.append(tok.decode(row))  # compared below with biogpt's (transformers has no learnedN names)
         return outs
 
     def ours(mode: str) -> tuple[list[str], float]:
