@@ -158,7 +158,7 @@ def test_large_decoding_length_is_1024_as_inference_py(monkeypatch):
 
     asked = []
 
-    def fake_generate(model, prompts, max_new_tokens):
+    def fake_generate(model, prompts, max_new_tokens, constraints=None):
         asked.append((len(prompts[0]), max_new_tokens))
         return type("Out", (), {"sequences": torch.full((len(prompts), len(prompts[0]) + 1), 2)})()
 
