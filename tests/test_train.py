@@ -515,7 +515,7 @@ def test_pretrain_refuses_a_vocabulary_the_corpus_was_not_built_with(corpus, tmp
 @pytest.mark.parametrize(
     "kw, message",
     [
-        (dict(preset="huge"), "unknown preset 'huge'; choose one of tiny, small, base, large"),
+        (dict(preset="huge"), "unknown preset 'huge'; choose one of tiny, small, demo, base, large"),
         (dict(block=257), "block must be in 1..256 (the tiny model's positions), got 257"),
         (dict(block=0), "block must be in 1..256 (the tiny model's positions), got 0"),
     ],

@@ -52,7 +52,9 @@ def detect_format(path: Path) -> str:
             return "bioc-xml"
         raise InputError(f"{path}: XML, but neither PubMed (<PubmedArticleSet>) nor BioC (<collection>)")
     if text.startswith("{"):
-        first = text.split("\n", 1)[0].strip()
+        with open_binary(path) as f:  # the whole first line: a JSONL record may be longer than the head read
+            first_line = next(f.lines(), b"")
+        first = first_line.decode("utf-8", errors="replace").lstrip("\ufeff").strip()
         try:
             obj = json.loads(first)
         except json.JSONDecodeError:
