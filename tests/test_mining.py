@@ -476,3 +476,10 @@ def test_template_never_steps_into_a_dead_end():
             if out[-1] == 2:
                 break
         assert out[-1] == 2 and get_task_parse("ddi", tok.decode(out))
+
+
+def test_jsonl_with_a_long_first_record_is_jsonl(tmp_path):
+    long = json.dumps({"id": "1", "title": "T", "abstract": "word " * 2000})  # 10 KB: beyond the first read
+    (tmp_path / "long.jsonl").write_text(long + "\n" + json.dumps({"id": "2", "text": "x"}) + "\n")
+    assert detect_format(tmp_path / "long.jsonl") == "jsonl"
+    assert [d.id for d in read_documents(tmp_path / "long.jsonl")] == ["1", "2"]
