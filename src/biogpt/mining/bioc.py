@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from biogpt.errors import InputError
-from biogpt.mining.documents import Document, Passage, Problem, open_binary, xml_problem
+from biogpt.mining.documents import Document, Passage, Problem, open_binary, xml_elements, xml_problem
 
 
 def _bioc_document(d: dict, where: str) -> Document | Problem:
@@ -83,12 +83,7 @@ def read_bioc_xml(path: Path) -> Iterator[Document | Problem]:
     count = 0
     with open_binary(path) as f:
         try:
-            root = None
-            for event, el in ET.iterparse(f, events=("start", "end")):
-                if root is None:
-                    root = el  # the collection: cleared as documents finish
-                if event == "start" or el.tag != "document":
-                    continue
+            for el in xml_elements(f, ("document",)):
                 count += 1
                 d = {"id": el.findtext("id"), "passages": [], "relations": []}
                 for p in el.findall("passage"):
@@ -100,7 +95,6 @@ def read_bioc_xml(path: Path) -> Iterator[Document | Problem]:
                 for r in el.findall("relation"):
                     d["relations"].append({"id": r.get("id"), "infons": _xml_infons(r),
                                            "nodes": [dict(n.attrib) for n in r.findall("node")]})  # fmt: skip
-                root.clear()
                 yield _bioc_document(d, f"{path.name}:document {count}")
         except ET.ParseError as e:
             yield xml_problem(path, f, e, f"document {count + 1}")

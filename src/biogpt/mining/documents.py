@@ -146,3 +146,15 @@ def xml_problem(path: Path, stream: Stream, e: ET.ParseError, where: str) -> Pro
     if stream.error is not None:
         return Problem(f"{path.name}:{where}", f"the file ends early or is damaged ({stream.error})")
     return Problem(f"{path.name}:line {e.position[0]}", f"broken XML ({e}); nothing after it was read")
+
+
+def xml_elements(f, tags: tuple[str, ...]) -> Iterator[ET.Element]:
+    """The elements named `tags` as each one ends, streamed: the root is cleared once the caller is done with
+    each, so memory stays flat however many records the file holds."""
+    root = None
+    for event, el in ET.iterparse(f, events=("start", "end")):
+        if root is None:
+            root = el
+        if event == "end" and el.tag in tags:
+            yield el
+            root.clear()

@@ -27,6 +27,7 @@ from biogpt.mining.documents import (
     open_binary,
     text_lines,
     title_abstract,
+    xml_elements,
     xml_problem,
 )
 
@@ -85,6 +86,8 @@ def read_documents(path: str | Path, fmt: str | None = None) -> Iterator[Documen
 
 # ---------------------------------------------------------------------------------------------------
 # PubMed XML
+
+
 def _clean(text: str) -> str:
     return " ".join(text.split())
 
@@ -94,28 +97,21 @@ def read_pubmed_xml(path: Path) -> Iterator[Document | Problem]:
     count = 0
     with open_binary(path) as f:
         try:
-            root = None
-            for event, el in ET.iterparse(f, events=("start", "end")):
-                if root is None:
-                    root = el  # PubmedArticleSet: cleared as records finish, so memory stays flat
-                if event == "start":
-                    continue
-                if el.tag == "PubmedArticle":
-                    count += 1
-                    where = f"{path.name}:record {count}"
-                    pmid = el.findtext("MedlineCitation/PMID")
-                    title_el = el.find("MedlineCitation/Article/ArticleTitle")
-                    title = _clean("".join(title_el.itertext())) if title_el is not None else ""
-                    parts = [_clean("".join(a.itertext())) for a in el.iterfind(".//Abstract/AbstractText")]
-                    root.clear()
-                    if not pmid or not pmid.strip():
-                        yield Problem(where, "PubmedArticle without PMID")
-                        continue
-                    yield title_abstract(pmid.strip(), title, " ".join(p for p in parts if p), where)
-                elif el.tag == "DeleteCitation":
+            for el in xml_elements(f, ("PubmedArticle", "DeleteCitation")):
+                if el.tag == "DeleteCitation":
                     for pm in el.iterfind("PMID"):
                         yield Document((pm.text or "").strip(), [], where=f"{path.name}:DeleteCitation", deleted=True)
-                    root.clear()
+                    continue
+                count += 1
+                where = f"{path.name}:record {count}"
+                pmid = el.findtext("MedlineCitation/PMID")
+                title_el = el.find("MedlineCitation/Article/ArticleTitle")
+                title = _clean("".join(title_el.itertext())) if title_el is not None else ""
+                parts = [_clean("".join(a.itertext())) for a in el.iterfind(".//Abstract/AbstractText")]
+                if not pmid or not pmid.strip():
+                    yield Problem(where, "PubmedArticle without PMID")
+                    continue
+                yield title_abstract(pmid.strip(), title, " ".join(p for p in parts if p), where)
         except ET.ParseError as e:
             yield xml_problem(path, f, e, f"record {count + 1}")
 
