@@ -17,7 +17,7 @@ from biogpt import BioGPT, BioGPTConfig, Tokenizer
 from biogpt.checkpoints import save_hf
 from biogpt.cli import main
 from biogpt.errors import InputError, TaskError
-from biogpt.mining import Document, Extractor, Grounder, Problem, detect_format, read_documents, render
+from biogpt.mining import Document, Extractor, Grounder, Problem, detect_format, pipeline, read_documents, render
 from biogpt.mining.readers import title_abstract
 
 from .conftest import TASKS, VOCABS
@@ -425,8 +425,7 @@ def test_stdout_and_questions(task_models, abstracts, capsys):
 
 
 @pytest.mark.slow
-def test_ray_gives_the_single_process_output(task_models, tmp_path):
-    pytest.importorskip("ray")
+def test_ray_gives_the_single_process_output(task_models, tmp_path, monkeypatch):
     import ray
 
     docs = json.loads((TASKS / "BC5CDR" / "train.json").read_text())
@@ -437,11 +436,21 @@ def test_ray_gives_the_single_process_output(task_models, tmp_path):
     common = ["extract", "--task", "bc5cdr", "--model", str(task_models[9]), str(path), "--grounded", "--quiet",
               "--threads", "1", "--chunk-size", "16", "--batch-size", "8"]  # fmt: skip
     assert main([*common, "-o", str(tmp_path / "local.jsonl")]) == 0
+    # an interrupted local run (3 of 13 chunks committed), finished on Ray: the manifest's chunks pass through
+    real_run = pipeline.run
+    with monkeypatch.context() as m:
+        m.setattr(pipeline, "run", lambda *a, **k: real_run(*a, **k, _stop_after=3))
+        assert main([*common, "-o", str(tmp_path / "resumed.jsonl")]) == 130
+    manifest = json.loads((tmp_path / "resumed.jsonl.parts" / "manifest.json").read_text())
+    assert sorted(manifest["chunks"]) == ["0:0-16", "0:16-32", "0:32-48"]
     try:
         assert main([*common, "-o", str(tmp_path / "ray.jsonl"), "--ray", "--workers", "2"]) == 0
+        assert main([*common, "-o", str(tmp_path / "resumed.jsonl"), "--ray", "--workers", "2"]) == 0
     finally:
         ray.shutdown()
     assert (tmp_path / "ray.jsonl").read_bytes() == (tmp_path / "local.jsonl").read_bytes()
+    assert (tmp_path / "resumed.jsonl").read_bytes() == (tmp_path / "local.jsonl").read_bytes()
+    assert not (tmp_path / "resumed.jsonl.parts").exists()
     assert len((tmp_path / "ray.jsonl").read_text().splitlines()) == 200
 
 

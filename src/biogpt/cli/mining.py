@@ -41,8 +41,8 @@ def _init_worker(args: argparse.Namespace) -> None:
 
 
 def _work(item):
-    key, docs, problems = item
-    return key, _worker.extract(docs), problems
+    key, docs, problems = item  # docs None: a chunk an earlier run finished
+    return key, None if docs is None else _worker.extract(docs), problems
 
 
 def output_format(args: argparse.Namespace) -> str:
@@ -79,11 +79,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
                 "num_beams": args.num_beams, "batch_size": args.batch_size, "chunk_size": args.chunk_size,
                 "input_format": args.input_format}  # fmt: skip
     infons = {"task": args.task, "model": str(args.model), "biogpt_version": biogpt.__version__}
-    extract, map_chunks, pool = None, None, None
+    extract, map_chunks, stream, pool = None, None, None, None
     if args.ray is not None:
-        from biogpt.mining.ray import ray_map_chunks
+        from biogpt.mining.ray import ray_stream
 
-        map_chunks = ray_map_chunks(args, _build_extractor)
+        stream = ray_stream(args, _build_extractor)
     elif args.workers > 1:
         pool = mp.get_context("spawn").Pool(args.workers, initializer=_init_worker, initargs=(args,))
         map_chunks = lambda items: pool.imap(_work, items)  # noqa: E731  (ordered: shards are committed in order)
@@ -92,7 +92,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     try:
         summary = pipeline.run(args.input, args.output, fmt, extract, settings, infons, input_format=args.input_format,
                                chunk_size=args.chunk_size, strict=args.strict, progress=not args.quiet,
-                               map_chunks=map_chunks)  # fmt: skip
+                               map_chunks=map_chunks, stream=stream)  # fmt: skip
     except BaseException:
         if pool is not None:
             pool.terminate()  # never wait for workers on Ctrl-C or an error

@@ -71,7 +71,7 @@ def generate(
     """Generate up to `max_new_tokens` after each prompt. See the module docstring for what matches what."""
     if not isinstance(input_ids, torch.Tensor):
         input_ids, attention_mask = left_pad(input_ids, pad_token_id)
-    dev = model.tok_emb.weight.device
+    dev = next(model.parameters()).device
     input_ids = input_ids.to(dev)
     attention_mask = attention_mask.to(dev) if attention_mask is not None else torch.ones_like(input_ids)
     B, T0 = input_ids.shape

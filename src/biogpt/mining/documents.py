@@ -8,7 +8,7 @@ import gzip
 import xml.etree.ElementTree as ET
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from biogpt.errors import InputError
@@ -43,6 +43,14 @@ class Document:
             out.append(p.text[pos - p.offset :] if p.offset < pos else p.text)
             pos = max(pos, p.offset + len(p.text))
         return "".join(out)
+
+    def to_dict(self) -> dict:
+        """A plain dict (JSON-ready): how documents travel to worker processes and Ray actors."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Document:
+        return cls(**{**d, "passages": [Passage(**p) for p in d["passages"]]})
 
     @property
     def title(self) -> str:

@@ -72,24 +72,38 @@ def _fsync_write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def chunks(inputs: list[str], fmt: str | None, size: int, strict: bool) -> Iterator[tuple[str, list, list[str]]]:
-    """(chunk key, documents, problems): `size` records at a time, keyed by input index and record range."""
+Chunk = tuple[str, "list[Document] | None", list[str]]  # (key, documents or None when already done, problems)
+Result = tuple[str, "list[dict] | None", list[str]]  # (key, records or None when already done, problems)
+
+
+def file_chunks(i: int, path: str, fmt: str | None, size: int, strict: bool,
+                done: Callable[[str], bool]) -> Iterator[Chunk]:  # fmt: skip
+    """The chunks of input file number `i`: `size` records at a time, keyed by file index and record range;
+    a chunk that `done` says is finished comes without its documents (the shard already holds them)."""
+    docs: list[Document] = []
+    problems: list[str] = []
+    start = n = 0
+    for n, item in enumerate(read_documents(path, fmt), 1):
+        if isinstance(item, Problem):
+            if strict:
+                raise InputError(f"malformed record: {item} (without --strict it is counted and skipped)")
+            problems.append(str(item))
+        elif not item.deleted:
+            docs.append(item)
+        if n - start == size:
+            key = f"{i}:{start}-{n}"
+            yield key, None if done(key) else docs, problems
+            docs, problems, start = [], [], n
+    if n > start:
+        key = f"{i}:{start}-{n}"
+        yield key, None if done(key) else docs, problems
+
+
+def chunks(inputs: list[str], fmt: str | None, size: int, strict: bool,
+           done: Callable[[str], bool] = lambda key: False) -> Iterator[Chunk]:  # fmt: skip
+    """Every input's chunks, in order."""
     for i, path in enumerate(inputs):
-        docs: list[Document] = []
-        problems: list[str] = []
-        start = n = 0
-        for n, item in enumerate(read_documents(path, fmt), 1):
-            if isinstance(item, Problem):
-                if strict:
-                    raise InputError(f"malformed record: {item} (without --strict it is counted and skipped)")
-                problems.append(str(item))
-            elif not item.deleted:
-                docs.append(item)
-            if n - start == size:
-                yield f"{i}:{start}-{n}", docs, problems
-                docs, problems, start = [], [], n
-        if n > start:
-            yield f"{i}:{start}-{n}", docs, problems
+        yield from file_chunks(i, path, fmt, size, strict, done)
 
 
 class Run:
@@ -166,11 +180,14 @@ def run(
     chunk_size: int = 64,
     strict: bool = False,
     progress: bool = True,
-    map_chunks: Callable[[Iterable[tuple[str, list, list]]], Iterator[tuple[str, list, list]]] | None = None,
+    map_chunks: Callable[[Iterable[Chunk]], Iterator[Result]] | None = None,
+    stream: Callable[..., Iterator[Result]] | None = None,
     _stop_after: int | None = None,  # tests: simulate a crash after this many committed chunks
 ) -> Summary:
     """Extract over every input into `out` (`-` for stdout, JSONL only there), resumably. `map_chunks`, if
-    given, runs the chunks elsewhere (worker processes, Ray) and yields them back in order."""
+    given, runs the chunks elsewhere (worker processes) and yields them back in order; `stream`, if given,
+    reads and extracts the inputs itself (Ray: `stream(inputs, input_format, chunk_size, strict, done_keys)`)
+    and yields the results in input order."""
     to_stdout = out == "-"
     parts_base = Path(tempfile.mkdtemp(prefix="biogpt-extract-")) / "stdout" if to_stdout else Path(out)
     state = Run(parts_base, {**settings, "inputs": [str(Path(p).resolve()) for p in inputs], "format": fmt})
@@ -179,19 +196,20 @@ def run(
     bar = _progress(progress and not to_stdout)
     keys: list[str] = []
 
-    def pending() -> Iterator[tuple[str, list, list]]:
-        for key, docs, problems in chunks(inputs, input_format, chunk_size, strict):
-            keys.append(key)
-            if state.done(key):
-                summary.add(state.records(key), state.manifest["chunks"][key]["problems"])
-                bar.update(len(docs))
-                continue
-            yield key, docs, problems
-
-    runner = map_chunks or (lambda items: ((k, extract(d), p) for k, d, p in items))
+    if stream is None:
+        runner = map_chunks or (lambda items: ((k, None if d is None else extract(d), p) for k, d, p in items))
+        results = runner(chunks(inputs, input_format, chunk_size, strict, state.done))
+    else:
+        results = stream(inputs, input_format, chunk_size, strict, frozenset(state.manifest["chunks"]))
     committed = 0
     try:
-        for key, records, problems in runner(pending()):
+        for key, records, problems in results:
+            keys.append(key)
+            if records is None:  # finished by an earlier run
+                records = state.records(key)
+                summary.add(records, state.manifest["chunks"][key]["problems"])
+                bar.update(len(records))
+                continue
             state.commit(key, records, problems)
             summary.add(records, problems)
             bar.update(len(records))
