@@ -2,6 +2,7 @@
 # The demo model's scores on every task's test split, beside a random-weights twin and constant-output
 # baselines; the relation tasks with and without --grounded (parse and grounding rates too).
 #   bash scripts/eval_demo_model.sh        -> runs/demo-eval/*.json and a table on stdout
+#   KEEP=1 bash scripts/eval_demo_model.sh -> only the evaluations whose report is missing, then the table
 set -euo pipefail
 TASKS=${TASKS:-../shared/data/tasks}
 RUN=${RUN:-runs/demo-eval}
@@ -19,6 +20,7 @@ for task in pubmedqa bc5cdr ddi kd-dti hoc; do
     case "$model-$task" in random-bc5cdr|random-ddi|random-kd-dti) limit=(--limit "$LIMIT_RANDOM_RE") ;; esac
     for grounded in "" --grounded; do
       name="$model-$task${grounded:+-grounded}"
+      [ -n "${KEEP:-}" ] && [ -f "$RUN/$name.json" ] && continue  # KEEP=1: only the reports not there yet
       biogpt eval "$task" --model "$path" --data "$TASKS" --batch-size 32 ${limit[@]+"${limit[@]}"} $grounded \
         --output "$RUN/$name.json" 2>/dev/null
     done

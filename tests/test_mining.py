@@ -492,3 +492,38 @@ def test_jsonl_with_a_long_first_record_is_jsonl(tmp_path):
     (tmp_path / "long.jsonl").write_text(long + "\n" + json.dumps({"id": "2", "text": "x"}) + "\n")
     assert detect_format(tmp_path / "long.jsonl") == "jsonl"
     assert [d.id for d in read_documents(tmp_path / "long.jsonl")] == ["1", "2"]
+
+
+def test_template_ends_after_a_repeated_statement():
+    """A statement said twice can only be followed by the end ("." </s>), not by a third: a model that loops
+    on one relation stops instead of running to the length limit. A new statement may still follow."""
+    from biogpt.tasks.templates import grammar
+
+    tok = Tokenizer.from_pretrained(VOCABS["base"])
+    src = tok.encode("warfarin and aspirin .", add_eos_prefix=False)
+    g = grammar("bc5cdr", tok, src)
+    ids = lambda text: list(tok.encode(text, add_eos_prefix=False))  # noqa: E731
+    semicolon, dot = tok.piece_to_id[";</w>"], tok.piece_to_id[".</w>"]
+    once = ids("the relation between warfarin and aspirin exists")
+    other = ids("the relation between aspirin and warfarin exists")
+    assert {semicolon, dot} <= set(g.allowed(once))
+    assert {semicolon, dot} <= set(g.allowed(once + [semicolon] + other))
+    assert g.allowed(once + [semicolon] + once) == [dot]
+    assert g.allowed(once + [semicolon] + other + [semicolon] + once) == [dot]
+
+
+def test_template_spans_never_end_on_an_escaped_bracket():
+    """Moses writes "[" as "&#91;" (digits!) and "&" as "&amp;": a span may not end on them, or the detokenized
+    output glues the bracket to the next template word ("n- [and") and no longer parses."""
+    from biogpt.tasks.templates import grammar
+
+    tok = Tokenizer.from_pretrained(VOCABS["base"])
+    src = tok.encode("novel n- and 2-substituted-3alpha-[bis(4-fluoro & chloro)", add_eos_prefix=False)
+    pieces = [tok.pieces[i] for i in src]
+    g = grammar("kd-dti", tok, src)
+    start = list(tok.encode("the interaction between", add_eos_prefix=False))
+    upto_bracket = start + src[: pieces.index("&#91;") + 1]
+    upto_amp = start + src[pieces.index("4") : pieces.index("&amp;") + 1]
+    and_id = tok.piece_to_id["and</w>"]
+    assert and_id not in g.allowed(upto_bracket) and and_id not in g.allowed(upto_amp)
+    assert and_id in g.allowed(start + src[: pieces.index("novel") + 1])  # a word ends: "and" may follow

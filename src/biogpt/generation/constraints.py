@@ -100,7 +100,8 @@ class Template(Constraint):
     source.
 
     Tokens are matched by an NFA simulated over what was generated so far: a span may end wherever a word ends
-    (or go on), a label wherever one ends, so the allowed set is the union over the live states.
+    (or go on), a label wherever one ends, so the allowed set is the union over the live states. A statement
+    that repeats an earlier one can only be followed by the end.
     """
 
     def __init__(
@@ -218,4 +219,25 @@ class Template(Constraint):
                 self._memo = (None, None)
                 return [self.eos]  # off the template (cannot happen while the constraint is applied)
         self._memo = (generated, states)
-        return sorted(set().union(*(self._next(s) for s in states))) or [self.eos]
+        nxt: set[int] = set()
+        repeated = None
+        for s in states:
+            if s == ("sep", 0):  # a statement just ended: another may follow, unless this one said it before
+                repeated = self._repeats(generated) if repeated is None else repeated
+                if repeated:
+                    continue
+            nxt |= self._next(s)
+        return sorted(nxt) or [self.eos]
+
+    def _repeats(self, generated: list[int]) -> bool:
+        """Does the last statement (after the last separator) repeat an earlier one? Then the output may only
+        end: a model that loops on one statement stops after saying it twice instead of running to the length
+        limit. Separators never occur inside a statement (spans exclude them; labels and literals hold none)."""
+        sep, statements, start, i = list(self.sep), [], 0, 0
+        while i + len(sep) <= len(generated):
+            if generated[i : i + len(sep)] == sep:
+                statements.append(tuple(generated[start:i]))
+                start = i = i + len(sep)
+            else:
+                i += 1
+        return tuple(generated[start:]) in statements

@@ -7,6 +7,7 @@ from __future__ import annotations
 from biogpt.generation.constraints import Choice, Lit, Span, Template
 from biogpt.tasks import bc5cdr, ddi, hoc, kd_dti, pubmedqa
 from biogpt.text.fastbpe import EOS_ID
+from biogpt.text.moses import unescape
 from biogpt.text.tokenizer import Tokenizer
 
 # the relation each RE task states, its template words and the roles of its two entities
@@ -49,7 +50,9 @@ def grammar(task_name: str, tok: Tokenizer, source_ids: list[int]) -> Template:
         items, sep = [Lit(token_ids(tok, "the answer to the question given the context is")), answers], ()
     pieces = [tok.pieces[i] for i in source_ids]
     whole = [not p.endswith("@@") for p in pieces]  # the token ends a word
-    alnum = [any(c.isalnum() for c in p.replace("@@", "")) for p in pieces]
+    # a letter or digit of the text itself: Moses escapes ("&#91;" for "[", "&amp;") hold digits and letters
+    # that are not in the text, and a span ending in "[" glues to the next word when detokenized ("[and")
+    alnum = [any(c.isalnum() for c in unescape(p.replace("@@", ""))) for p in pieces]
     can_start = [a and (i == 0 or whole[i - 1]) for i, a in enumerate(alnum)]
     can_end = [a and w for a, w in zip(alnum, whole)]
     return Template(items, sep, token_ids(tok, "."), source_ids, can_start, can_end, EOS_ID)
