@@ -527,3 +527,15 @@ def test_template_spans_never_end_on_an_escaped_bracket():
     and_id = tok.piece_to_id["and</w>"]
     assert and_id not in g.allowed(upto_bracket) and and_id not in g.allowed(upto_amp)
     assert and_id in g.allowed(start + src[: pieces.index("novel") + 1])  # a word ends: "and" may follow
+
+
+def test_template_spans_never_start_on_an_apostrophe():
+    """"'s" (Moses: "&apos;s") glues to the word before it when detokenized ("between's"): no span starts there."""
+    from biogpt.tasks.templates import grammar
+
+    tok = Tokenizer.from_pretrained(VOCABS["base"])
+    src = tok.encode("the patient's dose", add_eos_prefix=False)
+    g = grammar("ddi", tok, src)
+    first = g.allowed(list(tok.encode("the interaction between", add_eos_prefix=False)))
+    assert tok.piece_to_id["&apos;s</w>"] in src and tok.piece_to_id["&apos;s</w>"] not in first
+    assert tok.piece_to_id["dose</w>"] in first and tok.piece_to_id["patient</w>"] in first

@@ -51,9 +51,11 @@ def grammar(task_name: str, tok: Tokenizer, source_ids: list[int]) -> Template:
     pieces = [tok.pieces[i] for i in source_ids]
     whole = [not p.endswith("@@") for p in pieces]  # the token ends a word
     # a letter or digit of the text itself: Moses escapes ("&#91;" for "[", "&amp;") hold digits and letters
-    # that are not in the text, and a span ending in "[" glues to the next word when detokenized ("[and")
-    alnum = [any(c.isalnum() for c in unescape(p.replace("@@", ""))) for p in pieces]
-    can_start = [a and (i == 0 or whole[i - 1]) for i, a in enumerate(alnum)]
+    # that are not in the text, and a span ending in "[" glues to the next word when detokenized ("[and");
+    # a span starts on a letter or digit, not on "'s", which the detokenizer glues to the word before it
+    text = [unescape(p.replace("@@", "")) for p in pieces]
+    alnum = [any(c.isalnum() for c in t) for t in text]
+    can_start = [t[:1].isalnum() and (i == 0 or whole[i - 1]) for i, t in enumerate(text)]
     can_end = [a and w for a, w in zip(alnum, whole)]
     return Template(items, sep, token_ids(tok, "."), source_ids, can_start, can_end, EOS_ID)
 
