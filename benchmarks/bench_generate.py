@@ -1,6 +1,13 @@
 """Generation speed: biogpt against transformers on the same random weights (base config), CPU, side by side.
 
     python benchmarks/bench_generate.py [--threads 2] [--new-tokens 64] [--config base|tiny]
+    python benchmarks/bench_generate.py --family gpt2 [--layers 2] [--new-tokens 32]
+
+--family gpt2: BioMedLM's width, heads, FFN and vocabulary (2560, 20, 10240, 28896; inverse-layer attention
+scaling, gelu_new) with `--layers` of its 32 layers, so that every form fits in memory side by side;
+transformers runs in fp32 and in bf16, and the ratios are given against both. It also prints this machine's
+memory bandwidth (one pass over a 1 GiB tensor) and the batch-1 decoding limit it sets for the full 32-layer
+BioMedLM in int8 (every weight read once per token), beside the int8 speed measured here scaled to 32 layers.
 
 Cases: greedy at batch 1, greedy at batch 16, beam search with 5 beams. Each case runs, alternating:
 transformers fp32; biogpt fp32 (the exact mode: outputs are checked identical to transformers); biogpt bf16
@@ -17,8 +24,41 @@ import torch
 
 from biogpt.backends.cpu import can_pack_bf16, pack_bf16, quantize_int8
 from biogpt.checkpoints import config_from_hf, hf_to_ours
+from biogpt.checkpoints import gpt2 as gpt2_checkpoints
 from biogpt.generation import generate
 from biogpt.models.biogpt import BioGPT
+from biogpt.models.gpt2 import GPT2, GPT2Config
+
+
+def gpt2_models(layers: int):
+    """transformers' GPT2LMHeadModel at BioMedLM's width with `layers` layers, and ours on the same weights."""
+    from transformers import GPT2Config as HFGPT2Config
+    from transformers import GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    hc = HFGPT2Config(vocab_size=28896, n_embd=2560, n_head=20, n_layer=layers, n_positions=1024,
+                    activation_function="gelu_new", scale_attn_by_inverse_layer_idx=True, bos_token_id=28895,
+                    eos_token_id=28895)  # fmt: skip
+    hf = GPT2LMHeadModel(hc).eval()
+    cfg = gpt2_checkpoints.config_from_hf(hc.to_dict())
+
+    def ours():
+        m = GPT2(cfg).eval()
+        m.load_state_dict(gpt2_checkpoints.hf_to_ours(hf.state_dict(), cfg.n_layer))
+        return m
+
+    return hf, cfg, ours
+
+
+def bandwidth_gbs() -> float:
+    """Bytes per second of one read pass over a 1 GiB fp32 tensor (best of 3), with the threads set."""
+    x = torch.ones(2**28)
+    best = 1e9
+    for _ in range(3):
+        t = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t)
+    return x.numel() * 4 / best / 1e9
 
 
 def main() -> None:
@@ -28,65 +68,98 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=32)
     ap.add_argument("--config", default="base", choices=["base", "tiny"])
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--family", default="biogpt", choices=["biogpt", "gpt2"])
+    ap.add_argument("--layers", type=int, default=2, help="--family gpt2: layers of BioMedLM's 32 (default: 2)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from transformers import BioGptConfig, BioGptForCausalLM
+    refs = {}  # transformers, by precision
+    if args.family == "gpt2":
+        hf, cfg, fresh = gpt2_models(args.layers)
+        refs["hf"] = hf
+        refs["hf bf16"] = gpt2_models(args.layers)[0].to(torch.bfloat16)  # the same seed: the same weights
+        bos, eos, pad = cfg.bos_token_id, cfg.eos_token_id, cfg.eos_token_id
+        label = f"BioMedLM width, {args.layers} of 32 layers"
+    else:
+        from transformers import BioGptConfig, BioGptForCausalLM
 
-    torch.manual_seed(0)
-    hc = (
-        BioGptConfig()
-        if args.config == "base"
-        else BioGptConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512)
-    )
-    hf = BioGptForCausalLM(hc).eval()
-    cfg = config_from_hf(hc.to_dict())
-    ours = BioGPT(cfg).eval()
-    ours.load_state_dict(hf_to_ours(hf.state_dict(), cfg.n_layer))
+        torch.manual_seed(0)
+        hc = (
+            BioGptConfig()
+            if args.config == "base"
+            else BioGptConfig(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512)
+        )
+        hf = BioGptForCausalLM(hc).eval()
+        refs["hf"] = hf
+        cfg = config_from_hf(hc.to_dict())
+
+        def fresh():
+            m = BioGPT(cfg).eval()
+            m.load_state_dict(hf_to_ours(hf.state_dict(), cfg.n_layer))
+            return m
+
+        bos, eos, pad = 2, 2, 1
+        label = f"config {args.config}"
+    ours = fresh()
     models = {"fp32": ours}
     if can_pack_bf16():
-        models["bf16"] = BioGPT(cfg).eval()
-        models["bf16"].load_state_dict(ours.state_dict())
-        pack_bf16(models["bf16"])
-    int8 = BioGPT(cfg).eval()
-    int8.load_state_dict(ours.state_dict())
-    models["int8"] = quantize_int8(int8)
+        models["bf16"] = pack_bf16(fresh())
+    models["int8"] = quantize_int8(fresh())
     int8_form = type(models["int8"].blocks[0].qkv).__name__
     print(
-        f"config {args.config}: {sum(p.numel() for p in ours.parameters()) / 1e6:.1f}M parameters, "
+        f"{label}: {sum(p.numel() for p in ours.parameters()) / 1e6:.1f}M parameters, "
         f"{args.threads} threads, native bf16: {'bf16' in models}, int8 form: {int8_form}"
     )
 
     n = args.new_tokens
     cases = [("greedy, batch 1", 1, 1), ("greedy, batch 16", 16, 1), ("beam search, 5 beams", 1, 5)]
-    head = "".join(f"{'biogpt ' + k:>13}" for k in models) + "".join(f"{k + ' x':>9}" for k in models)
-    print(f"{'case':<22}{'transformers':>13}{head}   same tokens as fp32")
+    head = "".join(f"{'transformers' + r[2:]:>18}" for r in refs) + "".join(f"{'biogpt ' + k:>13}" for k in models)
+    head += "".join(f"{k + ' x':>9}" for k in models)
+    if "hf bf16" in refs:
+        head += "".join(f"{k + ' x bf16':>14}" for k in models)
+    print(f"{'case':<22}{head}   same tokens as fp32")
     for name, batch, beams in cases:
         g = torch.Generator().manual_seed(1)
-        ids = torch.randint(4, cfg.vocab_size, (batch, args.prompt_tokens), generator=g)
-        ids[:, 0] = 2
+        ids = torch.randint(4, cfg.vocab_size - 1, (batch, args.prompt_tokens), generator=g)
+        ids[:, 0] = bos
         mask = torch.ones_like(ids)
-        kw = dict(max_new_tokens=n, min_new_tokens=n, num_beams=beams)
-        best = dict.fromkeys(["hf", *models], 1e9)
+        kw = dict(max_new_tokens=n, min_new_tokens=n, num_beams=beams, eos_token_id=eos)
+        best = dict.fromkeys([*refs, *models], 1e9)
         outs = {}
         for _ in range(args.rounds):
             with torch.inference_mode():
-                t = time.perf_counter()
-                ref = hf.generate(ids, attention_mask=mask, do_sample=False, pad_token_id=1, **kw)
-                best["hf"] = min(best["hf"], time.perf_counter() - t)
+                for k, r in refs.items():
+                    t = time.perf_counter()
+                    out = r.generate(ids, attention_mask=mask, do_sample=False, pad_token_id=pad, **kw)
+                    best[k] = min(best[k], time.perf_counter() - t)
+                    if k == "hf":
+                        ref = out
                 for k, m in models.items():
                     t = time.perf_counter()
-                    outs[k] = generate(m, ids, mask, **kw).sequences
+                    outs[k] = generate(m, ids, mask, pad_token_id=pad, **kw).sequences
                     best[k] = min(best[k], time.perf_counter() - t)
             if not torch.equal(outs["fp32"], ref):
                 raise SystemExit(f"{name}: biogpt fp32 output differs from transformers")
         tps = {k: batch * n / v for k, v in best.items()}
         same = [f"{k} {(outs[k][:, -n:] == ref[:, -n:]).float().mean():.0%}" for k in models if k != "fp32"]
+        vs_bf16 = "".join(f"{tps[k] / tps['hf bf16']:>13.1f}x" for k in models) if "hf bf16" in refs else ""
         print(
-            f"{name:<22}{tps['hf']:>13.1f}" + "".join(f"{tps[k]:>13.1f}" for k in models)
-            + "".join(f"{tps[k] / tps['hf']:>8.1f}x" for k in models) + "   " + ", ".join(same)
+            f"{name:<22}" + "".join(f"{tps[r]:>18.1f}" for r in refs) + "".join(f"{tps[k]:>13.1f}" for k in models)
+            + "".join(f"{tps[k] / tps['hf']:>8.1f}x" for k in models) + vs_bf16 + "   " + ", ".join(same)
         )  # fmt: skip
+        if name == "greedy, batch 1":
+            int8_b1 = tps["int8"]
     print("tokens/s of generated tokens (batch x new tokens / seconds), best of", args.rounds, "rounds")
+    if args.family == "gpt2":
+        full = GPT2Config.biomedlm()
+        per_layer = 12 * full.d_model**2  # int8 bytes of one block's Linears (qkv, out, fc1, fc2)
+        head = full.vocab_size * full.d_model  # the int8 output head
+        full_bytes, ours_bytes = full.n_layer * per_layer + head, args.layers * per_layer + head
+        bw = bandwidth_gbs()
+        print(f"memory bandwidth, one read pass over 1 GiB with {args.threads} threads: {bw:.1f} GB/s; the full "
+              f"32-layer BioMedLM reads {full_bytes / 1e9:.2f} GB of int8 weights per token at batch 1: limit "
+              f"{bw * 1e9 / full_bytes:.1f} tokens/s; int8 batch 1 measured here scaled by weight bytes to 32 "
+              f"layers: {int8_b1 * ours_bytes / full_bytes:.2f} tokens/s")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -10,13 +10,16 @@ from pathlib import Path
 
 import torch
 
+from biogpt.checkpoints import gpt2 as gpt2_checkpoints
 from biogpt.checkpoints.biogpt import build_model, check_vocab, load_state
 from biogpt.checkpoints.convert import save_hf
-from biogpt.checkpoints.io import DEMO, DEMO_DIR, demo_path
+from biogpt.checkpoints.io import DEMO, DEMO_DIR, demo_path, read_json, resolve
 
-__all__ = ["DEMO", "DTYPES", "convert", "demo_path", "is_demo", "load"]
+__all__ = ["DEMO", "DTYPES", "convert", "demo_path", "family", "is_demo", "load"]
 from biogpt.errors import CheckpointError
 from biogpt.models.biogpt import BioGPT
+from biogpt.models.gpt2 import GPT2
+from biogpt.text.bytelevel import ByteLevelTokenizer
 from biogpt.text.tokenizer import Tokenizer
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -28,17 +31,23 @@ def load(
     dtype: torch.dtype | str | None = None,
     device: str | torch.device = "cpu",
     vocab: str | Path | None = None,
-) -> tuple[BioGPT, Tokenizer | None]:
+) -> tuple[BioGPT | GPT2, Tokenizer | ByteLevelTokenizer | None]:
     """The model (eval mode) and its tokenizer from a Hugging Face directory, a fairseq checkpoint (file, or
     directory with checkpoint.pt), a hub id, or "demo" (the small model embedded in the package).
 
     The tokenizer comes from the vocabulary beside the weights, or from `vocab` (a directory with dict.txt +
     bpecodes or vocab.json + merges.txt); None when there is neither. It always has the model's prompt tokens.
+
+    A GPT-2 family directory (BioMedLM: config.json with model_type "gpt2" or a GPT2LMHeadModel architecture)
+    gives a GPT2 model and its byte-level BPE tokenizer (tokenizer.json, vocab.json + merges.txt, or
+    encoder.json + vocab.bpe, beside the weights or in `vocab`).
     """
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise CheckpointError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
         dtype = DTYPES[dtype]
+    if family(path) == "gpt2":
+        return _load_gpt2(resolve(path), dtype, device, vocab)
     state = load_state(path)
     cfg = state.config
     vocab_dir = Path(vocab) if vocab is not None else state.vocab_dir
@@ -49,6 +58,25 @@ def load(
     return build_model(state, dtype, device), tok
 
 
+def family(path: str | Path) -> str:
+    """The model family of `path`: "gpt2" for a GPT-2 family Hugging Face directory (BioMedLM), else "biogpt"
+    (whose loader reports any problem with the path)."""
+    p = resolve(path)
+    if p.is_dir() and (p / "config.json").exists():
+        cfg = read_json(p / "config.json")
+        archs = cfg.get("architectures")
+        if cfg.get("model_type") == "gpt2" or (isinstance(archs, list) and "GPT2LMHeadModel" in archs):
+            return "gpt2"
+    return "biogpt"
+
+
+def _load_gpt2(p: Path, dtype: torch.dtype | None, device: str | torch.device, vocab: str | Path | None):
+    state = gpt2_checkpoints.load_state(p)
+    vocab_dir = Path(vocab) if vocab is not None else state.vocab_dir
+    tok = gpt2_checkpoints.load_tokenizer(vocab_dir, state.config) if vocab_dir is not None else None
+    return gpt2_checkpoints.build_model(state, dtype, device), tok
+
+
 def is_demo(path: str | Path | None) -> bool:
     return path is not None and (str(path) == DEMO or Path(path).resolve() == DEMO_DIR)
 
@@ -56,4 +84,7 @@ def is_demo(path: str | Path | None) -> bool:
 def convert(src: str | Path, dst: str | Path) -> None:
     """Any supported checkpoint -> a Hugging Face directory (weights, config, tokenizer, prompt-token count)."""
     model, tok = load(src)
-    save_hf(model, tok, dst)
+    if isinstance(model, GPT2):
+        gpt2_checkpoints.save_hf(model, tok, dst)
+    else:
+        save_hf(model, tok, dst)

@@ -38,16 +38,29 @@ def cmd_generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         repetition_penalty=args.repetition_penalty,
         no_repeat_ngram_size=args.no_repeat_ngram_size,
+        **_special_ids(model),
     )
     for row in out.sequences.tolist():
         print(tok.decode(row))
     return 0
 
 
+def _special_ids(model) -> dict:
+    """eos/pad ids for generate(): the engine's defaults are BioGPT's (2, 1); a GPT-2 model (BioMedLM) ends with
+    and pads by its <|endoftext|>."""
+    from biogpt.models.gpt2 import GPT2Config
+
+    cfg = model.config
+    return dict(eos_token_id=cfg.eos_token_id, pad_token_id=cfg.eos_token_id) if isinstance(cfg, GPT2Config) else {}
+
+
 def cmd_info(args: argparse.Namespace) -> int:
+    from biogpt.api import family
     from biogpt.checkpoints import load_state
     from biogpt.text import load_vocab
 
+    if family(args.model) == "gpt2":
+        return _info_gpt2(args)
     state = load_state(args.model)
     cfg, sd = state.config, state.state_dict
     n = sum(v.numel() for v in sd.values())
@@ -65,6 +78,27 @@ def cmd_info(args: argparse.Namespace) -> int:
     first = cfg.vocab_size - k
     how = f"; {state.prompt_source}" if k else ""
     print(f"prompt tokens: {k}" + (f" (learned1..learned{k} = ids {first}..{cfg.vocab_size - 1}{how})" if k else ""))
+    return 0
+
+
+def _info_gpt2(args: argparse.Namespace) -> int:
+    from biogpt.checkpoints.gpt2 import load_state
+    from biogpt.text.bytelevel import ByteLevelTokenizer
+
+    state = load_state(args.model)
+    cfg, sd = state.config, state.state_dict
+    n = sum(v.numel() for v in sd.values())
+    print(f"model: {args.model} (GPT-2 family, as BioMedLM; Hugging Face directory)")
+    for k, v in cfg.to_dict().items():
+        print(f"  {k}: {v}")
+    print(f"parameters: {n:,} ({n / 1e6:.1f}M; output head tied to the token embedding)")
+    print(f"dtype: {next(iter(sd.values())).dtype}")
+    if state.vocab_dir is not None:
+        tok = ByteLevelTokenizer.from_pretrained(state.vocab_dir)
+        print(f"vocabulary: {state.vocab_dir} (byte-level BPE, {tok.vocab_size} tokens; <|endoftext|> = "
+              f"{tok.eos_token_id})")  # fmt: skip
+    else:
+        print("vocabulary: none beside the weights")
     return 0
 
 

@@ -7,5 +7,6 @@
 
 from biogpt.models.biogpt import PAD_ID, POSITION_OFFSET, BioGPT, BioGPTConfig
 from biogpt.models.cache import KVCache
+from biogpt.models.gpt2 import GPT2, GPT2Config
 
-__all__ = ["BioGPT", "BioGPTConfig", "KVCache", "PAD_ID", "POSITION_OFFSET"]
+__all__ = ["BioGPT", "BioGPTConfig", "GPT2", "GPT2Config", "KVCache", "PAD_ID", "POSITION_OFFSET"]

@@ -24,6 +24,10 @@ stream in and are turned into products.
   machine, slowly. It is what the kernels are tested against, and lets the numerics of the AMX form be
   measured where there is no AMX.
 
+Both families take these forms (BioGPT, and the GPT-2 family: BioMedLM): their blocks share the names replaced
+here. A GPT-2 block's tanh GELU is not fused into fc1, and its decoding attention gets q already scaled by any
+factor beyond 1/sqrt(D) (BioMedLM's 1/(layer + 1)), so the kernels are the same.
+
 The int8 forms are approximate (measured against fp32 in tests/test_cpu_kernels.py and
 benchmarks/bench_generate.py) and for inference only: save or convert the fp32 model instead.
 """
@@ -40,6 +44,9 @@ from biogpt.backends.cpu.kernels import KernelBuildError, KernelUnavailable, dec
 from biogpt.errors import QuantizationError
 from biogpt.models.biogpt import BioGPT
 from biogpt.models.cache import KVCache
+from biogpt.models.gpt2 import GPT2
+
+Model = BioGPT | GPT2  # the families share the names these forms replace (blocks[i].qkv/out/fc1/fc2, head)
 
 
 class Int8Linear(nn.Module):
@@ -248,7 +255,7 @@ def can_pack_bf16() -> bool:
     )
 
 
-def pack_bf16(model: BioGPT) -> BioGPT:
+def pack_bf16(model: Model) -> Model:
     """Turn `model` (in place) into bf16 with prepacked Linears and output head, and return it.
 
     Off the CPU, or where the CPU or build cannot (see can_pack_bf16), the model is only cast to bf16: the same
@@ -260,7 +267,7 @@ def pack_bf16(model: BioGPT) -> BioGPT:
     return _replace_linears(model, PackedBF16Linear)
 
 
-def _check_plain(model: BioGPT) -> None:
+def _check_plain(model: Model) -> None:
     if model.head is not None or not isinstance(model.blocks[0].qkv, nn.Linear):
         raise QuantizationError(
             f"the model is already in an inference form ({type(model.blocks[0].qkv).__name__}); "
@@ -268,7 +275,7 @@ def _check_plain(model: BioGPT) -> None:
         )
 
 
-def _replace_linears(model: BioGPT, form: type[nn.Module]) -> BioGPT:
+def _replace_linears(model: Model, form: type[nn.Module]) -> Model:
     """Every block Linear and the tied output head in `form`, built from their weight and bias."""
     for block in model.blocks:
         for name in ("qkv", "out", "fc1", "fc2"):
@@ -283,7 +290,7 @@ def _engine_available() -> bool:
     return hasattr(torch.ops.quantized, "linear_dynamic") and bool(engines)
 
 
-def quantize_int8(model: BioGPT, amx: bool | None = None) -> BioGPT:
+def quantize_int8(model: Model, amx: bool | None = None) -> Model:
     """Turn `model` (in place) into its int8-weight inference form and return it; it must be on the CPU.
 
     amx: None uses biogpt's AMX kernels where they run and PyTorch's quantized Linear elsewhere (with one
@@ -311,7 +318,7 @@ def quantize_int8(model: BioGPT, amx: bool | None = None) -> BioGPT:
     return _replace_linears(model.float().eval(), Int8Linear)
 
 
-def quantize_int8_reference(model: BioGPT) -> BioGPT:
+def quantize_int8_reference(model: Model) -> Model:
     """Turn `model` (in place) into the AMX int8 form's arithmetic written in PyTorch ops, and return it.
 
     The same form as `quantize_int8(model, amx=True)` (int8 Linears with GELU fused into fc1; where the kernel
@@ -321,7 +328,7 @@ def quantize_int8_reference(model: BioGPT) -> BioGPT:
     return _kernel_form(model, ReferenceInt8Linear, ReferenceDecodeAttention)
 
 
-def _kernel_form(model: BioGPT, linear: type[nn.Module], attention: type[nn.Module]) -> BioGPT:
+def _kernel_form(model: Model, linear: type[nn.Module], attention: type[nn.Module]) -> Model:
     """The AMX form's layout with `linear` and `attention` as its kernels (the AMX ones or the reference)."""
     _replace_linears(model.float().eval(), linear)
     cfg = model.config
@@ -329,7 +336,9 @@ def _kernel_form(model: BioGPT, linear: type[nn.Module], attention: type[nn.Modu
     if fits:
         model.cache_dtype = torch.bfloat16  # half the bytes to read per step; keys and values to 8 bits
     for block in model.blocks:
-        block.fc1.gelu, block.act = True, nn.Identity()  # GELU in fc1's kernel: one pass less
+        if isinstance(block.act, nn.GELU) and block.act.approximate == "none":
+            block.fc1.gelu, block.act = True, nn.Identity()  # exact GELU in fc1's kernel: one pass less
+        # (GPT-2's tanh GELU, gelu_new, stays a separate step: the kernel fuses only the exact one)
         if fits:
             block.decode_attention = attention(cfg.n_head)
     return model
