@@ -11,6 +11,7 @@ from biogpt.generation.constraints import (
            Template,
 )
 from biogpt.generation.engine import GenerationOutput, generate, left_pad
+from biogpt.generation.scheduler import Delta, QueueFull, SamplingParams, Scheduler
 
 __all__ = ["AllowedSequences", "Choice", "Constraint", "ForcedPrefix", "GenerationOutput", "Lit", "SourceSpans", "Span",
-           "Template", "generate", "left_pad"]  # fmt: skip
+           "Template", "generate", "left_pad", "Delta", "QueueFull", "SamplingParams", "Scheduler"]  # fmt: skip

@@ -56,3 +56,57 @@ class KVCache:
         self.valid[:, :s] = other.valid[:, :s].repeat_interleave(n, 0)
         self.next_pos = other.next_pos.repeat_interleave(n)
         self.length, self.has_padding = s, other.has_padding
+
+    # --- slots for continuous batching (biogpt.generation.scheduler): rows come and go, all share `length` --
+
+    def rows(self, n: int) -> KVCache:
+        """A cache over the first n rows that shares this one's storage (k[:, :n] is contiguous per layer). The
+        model updates its `length` only: copy it back after the forward."""
+        view = KVCache.__new__(KVCache)
+        view.k, view.v = self.k[:, :n], self.v[:, :n]
+        view.valid, view.next_pos = self.valid[:n], self.next_pos[:n]
+        view.length, view.has_padding = self.length, self.has_padding
+        return view
+
+    def put_row(self, row: int, other: KVCache, src: int = 0) -> None:
+        """Row `src` of `other` into row `row`, right-aligned so its last slot is this cache's last filled slot
+        (length - 1); the slots before it are marked invalid and zeroed (attention gives them weight 0, and
+        0 x garbage could be NaN: the buffers start uninitialised). Needs other.length <= length."""
+        m, n = other.length, self.length
+        if m > n:
+            raise ValueError(f"a row of {m} slots does not fit before slot {n}; shift first")
+        self.k[:, row, :, n - m : n].copy_(other.k[:, src, :, :m])
+        self.v[:, row, :, n - m : n].copy_(other.v[:, src, :, :m])
+        self.k[:, row, :, : n - m].zero_()
+        self.v[:, row, :, : n - m].zero_()
+        self.valid[row] = False
+        self.valid[row, n - m : n] = other.valid[src, :m]
+        self.next_pos[row] = other.next_pos[src]
+        self.has_padding = True
+
+    def move_row(self, src: int, dst: int) -> None:
+        """Row src's filled slots into row dst (a freed row), src left as it was."""
+        n = self.length
+        self.k[:, dst, :, :n].copy_(self.k[:, src, :, :n])
+        self.v[:, dst, :, :n].copy_(self.v[:, src, :, :n])
+        self.valid[dst] = self.valid[src]
+        self.next_pos[dst] = self.next_pos[src]
+
+    def shift(self, d: int) -> None:
+        """Move every row's filled slots by d columns: d < 0 drops the first -d (they must be invalid in the rows
+        that matter), d > 0 opens d invalid, zeroed slots at the front (length grows by d)."""
+        n = self.length
+        if d < 0:
+            for buf in (self.k, self.v):
+                buf[:, :, :, : n + d] = buf[:, :, :, -d:n].clone()
+            self.valid[:, : n + d] = self.valid[:, -d:n].clone()
+            self.valid[:, n + d :] = False
+        elif d > 0:
+            if n + d > self.max_len:
+                raise ValueError(f"cache holds {self.max_len} slots; {n + d} needed")
+            for buf in (self.k, self.v):
+                buf[:, :, :, d : n + d] = buf[:, :, :, :n].clone()
+                buf[:, :, :, :d] = 0
+            self.valid[:, d : n + d] = self.valid[:, :n].clone()
+            self.valid[:, :d] = False
+        self.length = n + d

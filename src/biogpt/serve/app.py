@@ -1,0 +1,536 @@
+"""The OpenAI-compatible HTTP server: FastAPI routes over one continuous-batching scheduler.
+
+Routes: POST /v1/completions (streaming or not), GET /v1/models, GET /health, GET /metrics, POST /tokenize,
+POST /detokenize, POST /v1/extract (the mining pipeline's Extractor, run in the scheduler's thread), and
+/v1/chat/completions answering that BioGPT has no chat template. Every error is the OpenAI envelope
+{"error": {"message", "type", "param", "code"}}: 400 bad request, 401 API key, 404 unknown model or route,
+413 body too large, 429 queue full (Retry-After), 503 loading or draining, 500 a failure inside generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from biogpt.errors import BioGPTError, GenerationError
+from biogpt.generation.scheduler import Delta, QueueFull, SamplingParams, Scheduler, Seq
+from biogpt.mining.extractor import Extractor
+from biogpt.mining.readers import Document, Passage, title_abstract
+from biogpt.mining.writers import bioc_document, jsonl_line, pubtator_document
+from biogpt.serve.metrics import Metrics
+from biogpt.serve.protocol import (
+    CompletionRequest,
+    DetokenizeRequest,
+    ExtractRequest,
+    TokenizeRequest,
+    error_body,
+)
+from biogpt.serve.structured import NFA, RegexConstraint, TokenTrie, choice_constraint
+from biogpt.text.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+OPEN_PATHS = ("/health", "/metrics")  # no API key, and answered while draining
+SHUTDOWN = "the server shut down before this request finished (--shutdown-timeout); retry it"
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
+                 headers: dict[str, str] | None = None):  # fmt: skip
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.headers = status, message, type_, param, headers
+
+
+def error_response(status: int, message: str, type_: str, param: str | None = None, headers=None) -> JSONResponse:
+    return JSONResponse(error_body(message, type_, status, param), status_code=status, headers=headers)
+
+
+class State:
+    """What the routes share: the model (once loaded), its scheduler, metrics, and whether we are draining."""
+
+    def __init__(self, model_name: str, api_key: str | None, scheduler_options: dict):
+        self.model_name = model_name
+        self.api_key = api_key
+        self.scheduler_options = scheduler_options
+        self.model: torch.nn.Module | None = None
+        self.tok: Tokenizer | None = None
+        self.scheduler: Scheduler | None = None
+        self.load_error: str | None = None
+        self.draining = False
+        self.created = int(time.time())
+        self._trie: TokenTrie | None = None
+        self.metrics = Metrics({
+            "biogpt_queue_length": ("gauge", "Sequences waiting for a batch row.",
+                                    lambda: self.scheduler.queue_length if self.scheduler else 0),
+            "biogpt_running_batch_size": ("gauge", "Sequences in the decode batch.",
+                                          lambda: self.scheduler.batch_size if self.scheduler else 0),
+            "biogpt_prompt_tokens_total": ("counter", "Prompt tokens prefilled.",
+                                           lambda: self.scheduler.tokens_in if self.scheduler else 0),
+            "biogpt_generation_tokens_total": ("counter", "Tokens generated.",
+                                               lambda: self.scheduler.tokens_out if self.scheduler else 0),
+        })  # fmt: skip
+
+    @property
+    def ready(self) -> bool:
+        return self.scheduler is not None
+
+    def attach(self, model: torch.nn.Module, tok: Tokenizer) -> None:
+        self.model, self.tok = model.eval(), tok
+        self.scheduler = Scheduler(model, tok.decode, observe=self.metrics.observe, **self.scheduler_options)
+        self.scheduler.start()
+
+    @property
+    def trie(self) -> TokenTrie:
+        if self._trie is None:
+            self._trie = TokenTrie(self.tok)
+        return self._trie
+
+
+class Guard:
+    """ASGI middleware in front of every route: request counting, API key (constant-time compare), body size
+    limit (the whole body is read before the route sees it), and 503 while loading or draining."""
+
+    def __init__(self, app, state: State, max_body: int):
+        self.app, self.state, self.max_body = app, state, max_body
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        status = {"code": 500}
+
+        async def counting_send(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self._guarded(scope, receive, counting_send, path)
+        finally:
+            self.state.metrics.request(path if path in ROUTES else "other", status["code"])
+
+    async def _guarded(self, scope, receive, send, path):
+        st = self.state
+        if path not in OPEN_PATHS:
+            if st.api_key is not None:
+                headers = dict(scope["headers"])
+                auth = headers.get(b"authorization", b"").decode("latin-1")
+                given = auth[7:] if auth[:7].lower() == "bearer " else ""
+                if not secrets.compare_digest(given.encode(), st.api_key.encode()):
+                    resp = error_response(401, "missing or wrong API key: send `Authorization: Bearer <key>`",
+                                          "authentication_error")  # fmt: skip
+                    return await resp(scope, receive, send)
+            if st.draining or not st.ready:
+                why = "the server is shutting down" if st.draining else (st.load_error or "the model is loading")
+                resp = error_response(503, f"{why}; retry on another instance or later", "service_unavailable",
+                                      headers={"Retry-After": "5"})  # fmt: skip
+                return await resp(scope, receive, send)
+        if scope["method"] in ("POST", "PUT", "PATCH"):
+            length = dict(scope["headers"]).get(b"content-length")
+            if length is not None and length.isdigit() and int(length) > self.max_body:
+                return await self._too_large(scope, receive, send)
+            body, more = b"", True
+            while more:
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    return
+                body += msg.get("body", b"")
+                more = msg.get("more_body", False)
+                if len(body) > self.max_body:
+                    return await self._too_large(scope, receive, send)
+            replayed = False
+
+            async def replay():
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()  # then the client's disconnect, when it comes
+
+            return await self.app(scope, replay, send)
+        return await self.app(scope, receive, send)
+
+    async def _too_large(self, scope, receive, send):
+        resp = error_response(413, f"the request body exceeds {self.max_body} bytes; send fewer or shorter "
+                                   "prompts or documents per request", "invalid_request_error")  # fmt: skip
+        await resp(scope, receive, send)
+
+
+ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/extract", "/health", "/metrics",
+          "/tokenize", "/detokenize")  # fmt: skip
+
+
+def create_app(
+    model: torch.nn.Module | None = None,
+    tok: Tokenizer | None = None,
+    *,
+    model_name: str = "biogpt",
+    loader: Callable[[], tuple[torch.nn.Module, Tokenizer]] | None = None,
+    api_key: str | None = None,
+    max_batch: int = 32,
+    max_queue: int = 256,
+    prefill_chunk: int = 256,
+    max_len: int | None = None,
+    max_body: int = 1 << 20,
+) -> FastAPI:
+    """The app over a loaded (model, tok), or over `loader()` run in a thread at startup (/health says 503 until
+    it is done). `max_len`: tokens per sequence (prompt + output), the model's positions by default; the batch
+    cache holds max_batch x max_len tokens."""
+    options = dict(max_batch=max_batch, max_queue=max_queue, prefill_chunk=prefill_chunk, max_len=max_len)
+    state = State(model_name, api_key, options)
+
+    def load() -> None:
+        try:
+            state.attach(*loader())
+        except Exception as e:
+            log.exception("loading the model failed")
+            state.load_error = f"the model failed to load ({e})"
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if model is not None:
+            state.attach(model, tok)
+        else:
+            threading.Thread(target=load, name="biogpt-load", daemon=True).start()
+        yield
+        if state.scheduler is not None:
+            state.scheduler.stop()
+
+    app = FastAPI(title="biogpt", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.biogpt = state
+    app.add_middleware(Guard, state=state, max_body=max_body)
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, e: APIError):
+        return error_response(e.status, e.message, e.type, e.param, e.headers)
+
+    @app.exception_handler(BioGPTError)
+    async def biogpt_error(request: Request, e: BioGPTError):
+        return error_response(400, str(e), "invalid_request_error")
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, e: RequestValidationError):
+        errs = e.errors()
+        first = errs[0] if errs else {}
+        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+        kind = first.get("type", "")
+        msg = f"unknown field {where!r}" if kind == "extra_forbidden" else f"{where or 'body'}: {first.get('msg')}"
+        return error_response(400, msg, "invalid_request_error", where or None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException):
+        if e.status_code == 404:
+            return error_response(404, f"no route {request.method} {request.url.path}", "not_found_error")
+        return error_response(e.status_code, str(e.detail), "invalid_request_error")
+
+    def check_model(name: str | None) -> None:
+        if name is not None and name != state.model_name:
+            raise APIError(404, f"the model `{name}` does not exist; this server serves `{state.model_name}`",
+                           "not_found_error", "model")  # fmt: skip
+
+    @app.get("/health")
+    async def health():
+        if state.draining:
+            return JSONResponse({"status": "draining"}, status_code=503)
+        if not state.ready:
+            return JSONResponse({"status": "error" if state.load_error else "loading"}, status_code=503)
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def metrics():
+        return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models():
+        card = {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "biogpt",
+                "max_model_len": state.scheduler.max_len}  # fmt: skip
+        return {"object": "list", "data": [card]}
+
+    @app.post("/tokenize")
+    async def tokenize(req: TokenizeRequest):
+        check_model(req.model)
+        ids = state.tok.encode(req.prompt, add_eos_prefix=req.add_special_tokens)
+        return {"tokens": ids, "count": len(ids), "max_model_len": state.scheduler.max_len}
+
+    @app.post("/detokenize")
+    async def detokenize(req: DetokenizeRequest):
+        check_model(req.model)
+        check_ids(req.tokens, "tokens")
+        return {"prompt": state.tok.decode(req.tokens)}
+
+    def check_ids(ids: list[int], param: str) -> None:
+        V = state.tok.vocab_size
+        bad = [i for i in ids if not 0 <= i < V]
+        if bad:
+            raise APIError(400, f"token id {bad[0]} is outside the vocabulary (0..{V - 1})", param=param)
+
+    @app.api_route("/v1/chat/completions", methods=["POST", "GET"])
+    async def chat():
+        raise APIError(400, f"`{state.model_name}` has no chat template: BioGPT is a completion model, not a chat "
+                            "model; send a text prompt to /v1/completions instead", param="messages")  # fmt: skip
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest, request: Request):
+        check_model(req.model)
+        prompts = prompt_ids(req)
+        params = sampling_params(req)
+        n = req.n
+        all_prompts = [p for p in prompts for _ in range(n)]
+        all_params = [params(j) for _ in prompts for j in range(n)]
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[Seq, Delta]] = asyncio.Queue()
+
+        def on_delta(seq: Seq, delta: Delta) -> None:  # the scheduler's thread
+            if not loop.is_closed():  # else the request is long gone
+                loop.call_soon_threadsafe(queue.put_nowait, (seq, delta))
+
+        try:
+            seqs = state.scheduler.submit(all_prompts, all_params, on_delta)
+        except QueueFull as e:
+            raise APIError(429, str(e), "rate_limit_error", headers={"Retry-After": "1"}) from None
+        except GenerationError as e:
+            raise APIError(400, str(e), param="max_tokens" if "max_tokens" in str(e) else None) from None
+        index = {s.id: i for i, s in enumerate(seqs)}
+        cid = f"cmpl-{uuid.uuid4().hex}"
+        head = {"id": cid, "object": "text_completion", "created": int(time.time()), "model": state.model_name}
+        echoes = [echo_text(req, i) if req.echo else "" for i in range(len(prompts))]
+        if req.stream:
+            gen = stream(req, seqs, index, queue, head, echoes, n, sum(map(len, prompts)))
+            return StreamingResponse(gen, media_type="text/event-stream")
+        return await collect(req, request, seqs, index, queue, head, echoes, n, sum(map(len, prompts)))
+
+    def prompt_ids(req: CompletionRequest) -> list[list[int]]:
+        p = req.prompt
+        if isinstance(p, str):
+            out = [state.tok.encode(p)]
+        elif not p:
+            raise APIError(400, "prompt is empty", param="prompt")
+        elif all(isinstance(x, str) for x in p):
+            out = [state.tok.encode(x) for x in p]
+        elif all(isinstance(x, int) for x in p):
+            out = [list(p)]
+        else:
+            out = [list(x) for x in p]
+        for ids in out:
+            if not ids:
+                raise APIError(400, "a token-id prompt is empty", param="prompt")
+            check_ids(ids, "prompt")
+        return out
+
+    def echo_text(req: CompletionRequest, i: int) -> str:
+        p = req.prompt
+        if isinstance(p, str):
+            return p
+        if isinstance(p[0], str):
+            return p[i]
+        ids = p if isinstance(p[0], int) else p[i]
+        return state.tok.decode(ids)
+
+    def sampling_params(req: CompletionRequest) -> Callable[[int], SamplingParams]:
+        if req.stop_token_ids:
+            check_ids(req.stop_token_ids, "stop_token_ids")
+        stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+        if any(not s for s in stop):
+            raise APIError(400, "stop strings must not be empty", param="stop")
+        beams = req.num_beams or (2 if req.use_beam_search else 1)
+        if req.use_beam_search and beams < 2:
+            raise APIError(400, "use_beam_search needs num_beams >= 2", param="num_beams")
+        if beams > 1 and req.n > 1:
+            raise APIError(400, "beam search returns one sequence per prompt here; use n=1", param="n")
+        if beams > 1 and req.stream:
+            raise APIError(400, "beam search cannot stream (the best beam is known only at the end)", param="stream")
+        temperature = 0.0 if beams > 1 else (req.temperature if req.temperature is not None else 1.0)
+        so = req.structured_outputs
+        constraint = None  # choice and regex constraints keep no state between calls: one serves every row
+        if so is not None:
+            if (so.choice is None) == (so.regex is None):
+                raise APIError(400, "structured_outputs takes exactly one of choice or regex",
+                               param="structured_outputs")  # fmt: skip
+            if so.choice is not None:
+                if not so.choice:
+                    raise APIError(400, "structured_outputs.choice is an empty list", param="structured_outputs")
+                constraint = choice_constraint(so.choice, state.tok)
+            else:
+                constraint = RegexConstraint(NFA(so.regex), state.tok, state.trie)
+
+        def params(j: int) -> SamplingParams:
+            return SamplingParams(
+                max_tokens=req.max_tokens or 16, temperature=temperature, top_p=req.top_p or 1.0,
+                top_k=max(0, req.top_k or 0), seed=None if req.seed is None else req.seed + j, stop=stop,
+                stop_token_ids=tuple(req.stop_token_ids or ()), ignore_eos=req.ignore_eos, logprobs=req.logprobs,
+                prompt_logprobs=req.echo and req.logprobs is not None, min_tokens=req.min_tokens,
+                repetition_penalty=req.repetition_penalty, constraint=constraint, num_beams=beams,
+                length_penalty=req.length_penalty,
+            )  # fmt: skip
+
+        return params
+
+    def token_text(t: int) -> str:
+        p = state.tok.pieces[t]
+        return p[:-2] if p.endswith("@@") else p
+
+    def logprobs_block(tokens, lps, tops, offset: int, text_len: list[int]) -> dict:
+        return {"tokens": [token_text(t) for t in tokens], "token_logprobs": lps,
+                "top_logprobs": [{token_text(k): v for k, v in top.items()} if top is not None else None
+                                 for top in tops],
+                "text_offset": [offset + x for x in text_len]}  # fmt: skip
+
+    def prompt_block(seq: Seq) -> dict:
+        toks = seq.prompt
+        tops = [None] + (seq.prompt_top or [{}] * len(toks))[1:]
+        lens = [len(state.tok.decode(toks[:i])) for i in range(len(toks))]
+        return logprobs_block(toks, seq.prompt_logprobs or [None] * len(toks), tops, 0, lens)
+
+    async def collect(req, request, seqs, index, queue, head, echoes, n, prompt_tokens) -> JSONResponse:
+        per = {s.id: {"text": "", "tokens": [], "lps": [], "tops": [], "finish": None, "stop": None} for s in seqs}
+        left = len(seqs)
+        try:
+            while left:
+                try:
+                    seq, d = await asyncio.wait_for(queue.get(), 0.25)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        return JSONResponse({}, status_code=499)
+                    continue
+                acc = per[seq.id]
+                acc["text"] += d.text
+                acc["tokens"] += d.tokens
+                acc["lps"] += d.logprobs
+                acc["tops"] += d.top
+                if d.finish_reason is not None:
+                    if d.finish_reason == "error":
+                        raise APIError(500, d.error or "generation failed", "server_error")
+                    if d.finish_reason == "cancelled":
+                        raise APIError(503, SHUTDOWN, "service_unavailable")
+                    acc["finish"], acc["stop"] = d.finish_reason, d.stop_reason
+                    left -= 1
+        finally:
+            state.scheduler.cancel([s for s in seqs if not s.finished])
+        choices = []
+        for s in seqs:
+            acc, i = per[s.id], index[s.id]
+            echo = echoes[i // n]
+            lp = None
+            if req.logprobs is not None:
+                lens = [len(state.tok.decode(acc["tokens"][:k])) for k in range(len(acc["tokens"]))]
+                lp = logprobs_block(acc["tokens"], acc["lps"], acc["tops"], len(echo), lens)
+                if req.echo:
+                    pb = prompt_block(s)
+                    lp = {k: pb[k] + lp[k] for k in lp}
+            choices.append({"index": i, "text": echo + acc["text"], "logprobs": lp, "finish_reason": acc["finish"],
+                            "stop_reason": acc["stop"]})  # fmt: skip
+        completion = sum(len(per[s.id]["tokens"]) for s in seqs)
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                 "total_tokens": prompt_tokens + completion}  # fmt: skip
+        return JSONResponse({**head, "choices": choices, "usage": usage})
+
+    async def stream(req, seqs, index, queue, head, echoes, n, prompt_tokens) -> AsyncIterator[str]:
+        def frame(obj: dict) -> str:
+            return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+        left = len(seqs)
+        completion = 0
+        sent_len = {s.id: 0 for s in seqs}
+        try:
+            if req.echo:
+                for s in seqs:
+                    i = index[s.id]
+                    lp = prompt_block(s) if req.logprobs is not None else None
+                    sent_len[s.id] = len(echoes[i // n])
+                    yield frame({**head, "choices": [{"index": i, "text": echoes[i // n], "logprobs": lp,
+                                                      "finish_reason": None}]})  # fmt: skip
+            failed = False
+            while left and not failed:
+                for seq, d in await coalesced(queue):
+                    i = index[seq.id]
+                    if d.finish_reason in ("error", "cancelled"):  # cancelled here: by the server's shutdown
+                        if d.finish_reason == "error":
+                            yield frame(error_body(d.error or "generation failed", "server_error", 500))
+                        else:
+                            yield frame(error_body(SHUTDOWN, "service_unavailable", 503))
+                        failed = True
+                        break
+                    completion += len(d.tokens)
+                    lp = None
+                    if req.logprobs is not None and d.tokens:
+                        lp = logprobs_block(d.tokens, d.logprobs, d.top, sent_len[seq.id], [0] * len(d.tokens))
+                    sent_len[seq.id] += len(d.text)
+                    finish = d.finish_reason if d.finish_reason in ("stop", "length") else None
+                    if d.finish_reason is not None:
+                        left -= 1
+                    if d.text or d.tokens or finish:
+                        choice = {"index": i, "text": d.text, "logprobs": lp, "finish_reason": finish}
+                        if finish is not None:
+                            choice["stop_reason"] = d.stop_reason
+                        yield frame({**head, "choices": [choice]})
+            if req.stream_options is not None and req.stream_options.include_usage:
+                usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                         "total_tokens": prompt_tokens + completion}  # fmt: skip
+                yield frame({**head, "choices": [], "usage": usage})
+            yield "data: [DONE]\n\n"
+        finally:  # also when the client went away: its sequences stop and free their rows
+            state.scheduler.cancel([s for s in seqs if not s.finished])
+
+    async def coalesced(queue: asyncio.Queue) -> list[tuple[Seq, Delta]]:
+        """The next delta, merged per sequence with any others already waiting: when the loop falls behind the
+        scheduler, one frame carries several tokens instead of one frame each."""
+        items = [await queue.get()]
+        while not queue.empty():
+            items.append(queue.get_nowait())
+        merged: dict[int, tuple[Seq, Delta]] = {}
+        for seq, d in items:
+            if seq.id not in merged:
+                merged[seq.id] = (seq, Delta(text=d.text, tokens=list(d.tokens), logprobs=list(d.logprobs),
+                                             top=list(d.top), finish_reason=d.finish_reason,
+                                             stop_reason=d.stop_reason, error=d.error))  # fmt: skip
+                continue
+            m = merged[seq.id][1]
+            m.text += d.text
+            m.tokens += d.tokens
+            m.logprobs += d.logprobs
+            m.top += d.top
+            m.finish_reason, m.stop_reason, m.error = d.finish_reason, d.stop_reason, d.error
+        return list(merged.values())
+
+    @app.post("/v1/extract")
+    async def extract(req: ExtractRequest):
+        check_model(req.model)
+        docs = []
+        for d in req.documents:
+            if d.text is not None and (d.title is not None or d.abstract is not None):
+                raise APIError(400, f"document {d.id!r}: give either text or title + abstract", param="documents")
+            if d.text is not None:
+                docs.append(Document(d.id, [Passage("text", 0, d.text)], question=d.question))
+            elif d.title is not None or d.abstract is not None:
+                docs.append(title_abstract(d.id, d.title or "", d.abstract or "", question=d.question))
+            else:
+                raise APIError(400, f"document {d.id!r} has no text (give text, or title and abstract)",
+                               param="documents")  # fmt: skip
+        try:
+            ex = Extractor(state.model, state.tok, req.task, grounded=req.grounded,
+                           model_info={"name": state.model_name})  # fmt: skip
+        except (BioGPTError, ValueError) as e:
+            raise APIError(400, str(e), param="task") from None
+        records = await asyncio.wrap_future(state.scheduler.call(lambda: ex.extract(docs)))
+        if req.format == "jsonl":
+            data = "".join(jsonl_line(r) for r in records)
+        elif req.format == "bioc_json":
+            data = [bioc_document(r) for r in records]
+        else:
+            data = "".join(pubtator_document(r) for r in records)
+        return {"object": "extraction", "model": state.model_name, "task": req.task, "format": req.format,
+                "records": records, "data": data}  # fmt: skip
+
+    return app

@@ -1,0 +1,39 @@
+"""Running the app under uvicorn with a graceful drain: the first SIGTERM / SIGINT stops admission (503 to new
+requests and /health), lets running requests finish for up to `shutdown_timeout` seconds, cancels what is
+left, then lets uvicorn close; a second signal exits at once."""
+
+from __future__ import annotations
+
+import sys
+import threading
+
+import uvicorn
+from fastapi import FastAPI
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, shutdown_timeout: float):
+        super().__init__(config)
+        self.state = config.app.state.biogpt
+        self.shutdown_timeout = shutdown_timeout
+
+    def handle_exit(self, sig, frame) -> None:
+        if self.state.draining:
+            return super().handle_exit(sig, frame)
+        # not recorded as a captured signal: uvicorn would re-raise it after shutdown, and the exit would be
+        # "killed by SIGTERM" instead of 0
+        self.state.draining = True
+        threading.Thread(target=self._drain, name="biogpt-drain", daemon=True).start()
+
+    def _drain(self) -> None:
+        sch = self.state.scheduler
+        if sch is not None and not sch.wait_idle(self.shutdown_timeout):
+            print(f"shutdown timeout ({self.shutdown_timeout:g}s): cancelling what is still running", file=sys.stderr)
+            sch.cancel(list(sch.running) + list(sch.prefilling) + list(sch.waiting))
+        self.should_exit = True
+
+
+def run(app: FastAPI, host: str, port: int, shutdown_timeout: float, log_level: str = "info") -> None:
+    # the drain already waited for the requests; uvicorn then only closes idle connections
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=2)
+    DrainingServer(config, shutdown_timeout).run()
