@@ -31,6 +31,21 @@ class KVCache:
     def max_len(self) -> int:
         return self.k.shape[3]
 
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new keys and values k, v [B, H, T, D] of `layer` after the filled slots; return every
+        slot's so far ([B, H, S, D], read back in k's dtype: the cache may be kept in another, e.g. bf16)."""
+        s, T = self.length, k.shape[2]
+        self.k[layer, :, :, s : s + T] = k
+        self.v[layer, :, :, s : s + T] = v
+        if not s:
+            return k, v
+        return self.k[layer, :, :, : s + T].to(k.dtype), self.v[layer, :, :, : s + T].to(v.dtype)
+
+    def advance(self, T: int, real: torch.Tensor | None) -> None:
+        """After every layer has written T new slots: count them, and each row's real tokens among them."""
+        self.length += T
+        self.next_pos += real.sum(-1) if real is not None else T
+
     def reorder(self, index: torch.Tensor) -> None:
         """Keep rows `index` (beam search): every row becomes a copy of row index[row].
 
@@ -110,3 +125,41 @@ class KVCache:
             self.valid[:, d : n + d] = self.valid[:, :n].clone()
             self.valid[:, :d] = False
         self.length = n + d
+
+
+def positions(real: torch.Tensor | None, cache: KVCache | None, T: int, device: torch.device) -> torch.Tensor:
+    """Position ids from 0, [B, T] (or [1, T] without a mask or cache), for T new tokens: counted over the
+    real tokens only (real [B, T], True for a token, False for padding), continuing each row's count in the
+    cache, so a left-padded row gets the positions of the row alone. Padding gets 0 (its output is never read)."""
+    if real is None:
+        start = cache.next_pos[:, None] if cache is not None else 0
+        return torch.arange(T, device=device)[None, :] + start
+    pos = (real.long().cumsum(-1) - 1).clamp_min(0)
+    return pos + cache.next_pos[:, None] if cache is not None else pos
+
+
+def causal_mask(
+    real: torch.Tensor | None, cache: KVCache | None, T: int, device: torch.device
+) -> torch.Tensor | None:
+    """The boolean attention mask [B, 1, T, S] for T new tokens, or None where plain causal attention is exact
+    (no padding anywhere, or a single new token). With a cache it also records which new slots are real.
+
+    Query i (slot s + i) sees the real slots up to itself, and always itself, so that the rows of padding
+    queries are never empty (their outputs are never read)."""
+    padded = real is not None and not bool(real.all())
+    if cache is None:
+        if not padded:
+            return None
+        causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+        eye = torch.eye(T, dtype=torch.bool, device=device)
+        return ((causal[None] & real[:, None, :]) | eye[None])[:, None]
+    s = cache.length
+    if s + T > cache.max_len:
+        raise ValueError(f"cache holds {cache.max_len} tokens; {s + T} needed")
+    cache.valid[:, s : s + T] = real if real is not None else True
+    cache.has_padding = cache.has_padding or padded
+    if not (cache.has_padding or T > 1):
+        return None
+    S = s + T
+    keys, queries = torch.arange(S, device=device)[None, :], torch.arange(s, S, device=device)[:, None]
+    return (((keys <= queries)[None] & cache.valid[:, None, :S]) | (keys == queries)[None])[:, None]

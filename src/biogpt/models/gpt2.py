@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from biogpt.models.cache import KVCache
+from biogpt.models.cache import KVCache, causal_mask, positions
 
 ACTIVATIONS = {"gelu_new": "tanh", "gelu": "none"}  # HF activation_function -> nn.GELU(approximate=...)
 
@@ -98,11 +98,7 @@ class Block(nn.Module):
         else:
             q, k, v = qkv.view(B, T, 3, H, d // H).permute(2, 0, 3, 1, 4)  # 3 x [B, H, T, D]
             if cache is not None:
-                s = cache.length
-                cache.k[layer, :, :, s : s + T] = k
-                cache.v[layer, :, :, s : s + T] = v
-                if s:  # [B, H, S, D], read back in the model's dtype when the cache is kept in another
-                    k, v = cache.k[layer, :, :, : s + T].to(q.dtype), cache.v[layer, :, :, : s + T].to(q.dtype)
+                k, v = cache.update(layer, k, v)  # [B, H, S, D]: every slot so far
             drop = self.attn_dropout if self.training else 0.0
             causal = mask is None and cache is None and T > 1
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=causal,
@@ -167,41 +163,16 @@ class GPT2(nn.Module):
         device = input_ids.device
         real = attention_mask.bool() if attention_mask is not None else None
         # positions from the mask: the first real token of each row is position 0; padding gets 0 (never read)
-        if real is None:
-            start = cache.next_pos[:, None] if cache is not None else 0
-            pos = torch.arange(T, device=device)[None, :] + start
-        else:
-            pos = (real.long().cumsum(-1) - 1).clamp_min(0)
-            if cache is not None:
-                pos = pos + cache.next_pos[:, None]
+        pos = positions(real, cache, T, device)
         if int(pos.max()) >= self.config.max_positions:
             raise ValueError(f"sequence longer than the model's {self.config.max_positions} positions")
         x = self.emb_drop(self.tok_emb(input_ids) + self.pos_emb(pos))
-
-        mask = None
-        padded = real is not None and not bool(real.all())
-        if cache is not None:
-            s = cache.length
-            if s + T > cache.max_len:
-                raise ValueError(f"cache holds {cache.max_len} tokens; {s + T} needed")
-            cache.valid[:, s : s + T] = real if real is not None else True
-            cache.has_padding = cache.has_padding or padded
-            if cache.has_padding or T > 1:
-                # [B, 1, T, S]: query i (slot s+i) sees the real slots up to itself, and always itself, so that
-                # the rows of padding queries are never empty (their outputs are never read)
-                S = s + T
-                keys, queries = torch.arange(S, device=device)[None, :], torch.arange(s, S, device=device)[:, None]
-                mask = (((keys <= queries)[None] & cache.valid[:, None, :S]) | (keys == queries)[None])[:, None]
-        elif padded:
-            causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
-            eye = torch.eye(T, dtype=torch.bool, device=device)
-            mask = ((causal[None] & real[:, None, :]) | eye[None])[:, None]
+        mask = causal_mask(real, cache, T, device)  # [B, 1, T, S] or None (plain causal is exact)
 
         for i, block in enumerate(self.blocks):
             x = block(x, mask, cache, i)
         if cache is not None:
-            cache.length += T
-            cache.next_pos += real.sum(-1) if real is not None else T
+            cache.advance(T, real)
         if last_only:
             x = x[:, -1:]
         x = self.ln_f(x)
