@@ -151,6 +151,22 @@ def test_constraints_and_sampling():
     assert torch.equal(one[:, : free.shape[1]], free)  # top-k 1 sampling is greedy
 
 
+def test_logprobs_are_the_models_own_under_constraints():
+    """output_logprobs are log-softmax of the model's logits, before any constraint: equal to a plain forward
+    pass over the generated sequence (token_logprobs), whatever the constraint forced."""
+    from biogpt.generation.engine import token_logprobs
+
+    m = ours_from(random_hf(**CONFIGS[0]))
+    prompts = PROMPTS[:2]
+    out = generate(m, prompts, max_new_tokens=4, constraints=AllowedSequences([[30, 31, 32]]), output_logprobs=True)
+    T = max(map(len, prompts))
+    assert out.sequences[:, T:].tolist() == [[30, 31, 32, 2]] * 2
+    _, mask = left_pad(prompts)
+    recomputed = token_logprobs(m, out.sequences, mask, eos=2, pad=1)
+    assert torch.allclose(out.logprobs, recomputed, atol=1e-5), (out.logprobs, recomputed)
+    assert (out.logprobs[:, :3] < -1.0).all()  # forced, not chosen: far from log 1 = 0
+
+
 def _save_hf_with_vocab(hf, d, vocab="base"):
     hf.save_pretrained(d, safe_serialization=True)
     for f in ("dict.txt", "bpecodes"):

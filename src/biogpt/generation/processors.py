@@ -42,6 +42,7 @@ def process(
         scores = scores.clone()
         scores[:, eos] = -float("inf")
     if constraints is not None:
+        scores = scores.clone()  # never write into the caller's logits: its log-probabilities are the model's own
         generated = seqs[:, prompt_len:].tolist()
         for r, c in enumerate(constraints):
             allowed = c.allowed(generated[r]) if c is not None else None
