@@ -9,8 +9,10 @@ from biogpt.api import convert, load
 from biogpt.errors import BioGPTError, CheckpointError, TaskError, VocabError
 from biogpt.generation import generate
 from biogpt.models.biogpt import BioGPT, BioGPTConfig
+from biogpt.models.gpt2 import GPT2, GPT2Config
+from biogpt.text.bytelevel import ByteLevelTokenizer
 from biogpt.text.tokenizer import Tokenizer
 
-__all__ = ["BioGPT", "BioGPTConfig", "BioGPTError", "CheckpointError", "TaskError", "Tokenizer", "VocabError",
-           "convert", "generate", "load"]  # fmt: skip
+__all__ = ["BioGPT", "BioGPTConfig", "BioGPTError", "ByteLevelTokenizer", "CheckpointError", "GPT2", "GPT2Config",
+           "TaskError", "Tokenizer", "VocabError", "convert", "generate", "load"]  # fmt: skip
 __version__ = "0.1.0"

@@ -18,11 +18,16 @@ def _build_extractor(args: argparse.Namespace, progress_note: bool):
     from biogpt.checkpoints.io import weights_sha256
     from biogpt.cli.args import load_for_inference
     from biogpt.mining import Extractor
+    from biogpt.mining.generative import GenerativeExtractor
+    from biogpt.models.gpt2 import GPT2
 
     model, tok = load_for_inference(args)
     info = {"name": str(args.model), "sha256": weights_sha256(args.model), "dtype": args.dtype}
-    ex = Extractor(model, tok, args.task, grounded=args.grounded, num_beams=args.num_beams,
-                   batch_size=args.batch_size, model_info=info)  # fmt: skip
+    if isinstance(model, GPT2):  # BioMedLM: PubMedQA in the generative format
+        ex = GenerativeExtractor(model, tok, args.task, batch_size=args.batch_size, model_info=info)
+    else:
+        ex = Extractor(model, tok, args.task, grounded=args.grounded, num_beams=args.num_beams,
+                       batch_size=args.batch_size, model_info=info)  # fmt: skip
     if progress_note:
         print(f"model: {args.model} ({info['sha256'][:12]}), task {args.task}, biogpt {biogpt.__version__}",
               file=sys.stderr)  # fmt: skip
@@ -74,6 +79,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         for path in args.input:  # a file in no known format fails here, before the model is loaded
             detect_format(Path(path))
     writable_file(args.output, "-o")
+    _check_gpt2(args)
     set_threads(args.threads)
     settings = {"task": args.task, "model": str(args.model), "dtype": args.dtype, "grounded": args.grounded,
                 "num_beams": args.num_beams, "batch_size": args.batch_size, "chunk_size": args.chunk_size,
@@ -106,6 +112,21 @@ def cmd_extract(args: argparse.Namespace) -> int:
         print(f"  ... and {len(summary.problems) - 20} more malformed records", file=sys.stderr)
     print(f"done: {summary.line()}" + ("" if args.output == "-" else f" -> {args.output}"), file=sys.stderr)
     return 0
+
+
+def _check_gpt2(args: argparse.Namespace) -> None:
+    """A GPT-2 family model (BioMedLM) answers PubMedQA only, greedily under the label trie: other requests are
+    refused before the model is loaded."""
+    from biogpt.api import family, is_demo
+
+    if args.model is None or is_demo(args.model) or family(args.model) != "gpt2":
+        return
+    if args.task != "pubmedqa":
+        raise BioGPTError(f"--task {args.task}: a GPT-2 family model (BioMedLM) has a format for pubmedqa only; use "
+                          "--task pubmedqa, or a BioGPT checkpoint fine-tuned for that task")  # fmt: skip
+    if args.num_beams != 1:
+        raise BioGPTError("--num-beams: a GPT-2 family model's PubMedQA answers are decoded greedily under the "
+                          "yes/no/maybe trie; leave --num-beams at 1")  # fmt: skip
 
 
 def add_parsers(sub) -> None:

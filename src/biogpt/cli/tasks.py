@@ -43,6 +43,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise BioGPTError("--grounded constrains decoding; with --predictions nothing is generated")
     if args.save_outputs and args.predictions:
         raise BioGPTError("--save-outputs saves generated outputs; with --predictions nothing is generated")
+    if not args.predictions and _gpt2_model(args):
+        return _eval_generative(args)
     options = {"setting": args.setting} if args.task == "pubmedqa" else {}
     model = tok = None
     if args.predictions:
@@ -70,15 +72,52 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if model is not None:
         report["settings"] = {"max_source_tokens": task.max_source_tokens, "max_length": task.max_length,
                               "num_prompt_tokens": task.num_prompt_tokens, "grounded": args.grounded}  # fmt: skip
+    _print_report(args, report)
+    return 0
+
+
+def _print_report(args: argparse.Namespace, report: dict) -> None:
     text = json.dumps(report, indent=2)
     if args.output:
         _write_atomic(args.output, text + "\n")
     if args.json and not args.output:
         print(text)
     else:
-        print(f"{args.task} ({args.split}, n={len(examples)})")
-        for k, v in metrics.items():
+        print(f"{args.task} ({args.split}, n={report['n']})")
+        for k, v in report["metrics"].items():
             print(f"  {k:<18}{v:.4f}" if isinstance(v, float) else f"  {k:<18}{v}")
+
+
+def _gpt2_model(args: argparse.Namespace) -> bool:
+    """Whether --model is a GPT-2 family model (BioMedLM), told from its config without loading the weights."""
+    from biogpt.api import family, is_demo
+
+    return args.model is not None and not is_demo(args.model) and family(args.model) == "gpt2"
+
+
+def _eval_generative(args: argparse.Namespace) -> int:
+    """PubMedQA in the generative format (tasks/pubmedqa_gpt2.py): the one task a GPT-2 family model has a format
+    for; the answer is decoded greedily under the yes/no/maybe trie, so every output is a label."""
+    from biogpt.tasks import pubmedqa_gpt2 as qa
+
+    if args.task != "pubmedqa":
+        raise BioGPTError(f"{args.task}: a GPT-2 family model (BioMedLM) has a format for pubmedqa only (the "
+                          "generative `question: ... context: ... answer:` format); evaluate a BioGPT checkpoint "
+                          f"fine-tuned for {args.task} instead")  # fmt: skip
+    set_threads(args.threads)
+    model, tok = load_for_inference(args)
+    examples = qa.examples(data_dir(args.data), args.split)
+    if args.limit is not None:
+        examples = examples[: args.limit]
+    outputs = qa.predict(model, tok, examples, batch_size=args.batch_size)
+    if args.save_outputs:
+        _write_atomic(args.save_outputs, "".join(o + "\n" for o in outputs))
+    metrics = {"accuracy": qa.score(outputs, examples)["accuracy"],
+               "parse_rate": sum(o in qa.LABELS for o in outputs) / len(outputs) if outputs else 0.0}  # fmt: skip
+    report = {"task": args.task, "split": args.split, "n": len(examples), "metrics": metrics, "setting": "generative",
+              "settings": {"format": "question: Q context: C answer:", "constrained": True,
+                           "max_prompt_tokens": model.config.max_positions - qa.ANSWER_ROOM}}  # fmt: skip
+    _print_report(args, report)
     return 0
 
 

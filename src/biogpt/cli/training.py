@@ -87,6 +87,11 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     writable_dir(args.output, "--output")
     tasks = list(dict.fromkeys(args.task))
+    if _gpt2_model(args.model):
+        return _finetune_gpt2(args, tasks, device)
+    if args.fsdp:
+        raise BioGPTError("--fsdp shards a GPT-2 family model (BioMedLM); a BioGPT fine-tune runs on one device per "
+                          "rank (DDP): leave --fsdp out")  # fmt: skip
     splits = {}
     if "kd-dti" in tasks and not (Path(data_dir(args.data)) / "KD-DTI" / "train.json").exists():
         splits["kd-dti"] = "valid"  # KD-DTI's train file was never released
@@ -97,6 +102,28 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                      tokens_per_update=args.tokens_per_update, micro_batch_tokens=args.micro_batch_tokens,
                      target_only=args.target_only, average_last=args.average_last, seed=args.seed, dtype=args.dtype,
                      device=device, on_existing=_on_existing(args), splits=splits)  # fmt: skip
+    print(f"final checkpoint: {final}")
+    return 0
+
+
+def _gpt2_model(path: str) -> bool:
+    """Whether `path` holds a GPT-2 family model (BioMedLM), told from its config without loading the weights."""
+    from biogpt.api import family, is_demo
+
+    return not is_demo(path) and family(path) == "gpt2"
+
+
+def _finetune_gpt2(args: argparse.Namespace, tasks: list[str], device: str) -> int:
+    from biogpt.training.finetune_gpt2 import finetune_gpt2
+
+    if tasks != ["pubmedqa"]:
+        raise BioGPTError(f"{' '.join(tasks)}: a GPT-2 family model (BioMedLM) is fine-tuned for pubmedqa only (the "
+                          "generative `question: ... context: ... answer:` format, loss on the answer)")  # fmt: skip
+    final = finetune_gpt2("pubmedqa", args.model, data_dir(args.data), args.output, epochs=args.epochs,
+                          max_updates=args.max_updates, lr=args.lr, warmup_updates=args.warmup,
+                          tokens_per_update=args.tokens_per_update, micro_batch_tokens=args.micro_batch_tokens,
+                          average_last=args.average_last, seed=args.seed, dtype=args.dtype, device=device,
+                          on_existing=_on_existing(args), fsdp=args.fsdp)  # fmt: skip
     print(f"final checkpoint: {final}")
     return 0
 
@@ -174,5 +201,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--target-only", action="store_true", help="score only the target (the original scores all)")
     p.add_argument("--average-last", type=positive_int, default=5,
                    help="average the last N epoch checkpoints into final/ (default: %(default)s)")  # fmt: skip
+    p.add_argument("--fsdp", action="store_true",
+                   help="shard a GPT-2 family model (BioMedLM) across torchrun ranks (FSDP); its PubMedQA loss is "
+                        "always on the answer only")  # fmt: skip
     _common_training(p)
     p.set_defaults(func=cmd_finetune)

@@ -21,6 +21,7 @@ from biogpt.text.bytelevel import ByteLevelTokenizer
 
 LABELS = ("yes", "no", "maybe")
 ANSWER = " answer:"
+ANSWER_ROOM = 8  # positions kept free after the prompt: the longest label's tokens + <|endoftext|> fit
 
 
 def examples(data_dir: str | Path, split: str = "test") -> list[Example]:
@@ -30,11 +31,14 @@ def examples(data_dir: str | Path, split: str = "test") -> list[Example]:
     out = []
     for pid in PubMedQA._split_ids(root, items, split):
         it = items[pid]
-        ctx = " ".join(" ".join(c.split()) for c in it["CONTEXTS"])
-        question = " ".join(it["QUESTION"].split())
-        out.append(Example(pid, f"question: {question} context: {ctx}", f"{ANSWER} {it['final_decision']}",
-                           it["final_decision"]))  # fmt: skip
+        src = source(it["QUESTION"], " ".join(it["CONTEXTS"]))
+        out.append(Example(pid, src, f"{ANSWER} {it['final_decision']}", it["final_decision"]))
     return out
+
+
+def source(question: str, context: str) -> str:
+    """The prompt's text before " answer:": `question: Q context: C`, whitespace runs collapsed to one space."""
+    return f"question: {' '.join(question.split())} context: {' '.join(context.split())}"
 
 
 def label_ids(tok: ByteLevelTokenizer) -> list[list[int]]:
@@ -59,7 +63,11 @@ def prompt_ids(tok: ByteLevelTokenizer, source: str, max_tokens: int) -> list[in
 
 @torch.inference_mode()
 def predict(
-    model: GPT2, tok: ByteLevelTokenizer, items: Sequence[Example], batch_size: int = 8, max_new_tokens: int = 8
+    model: GPT2,
+    tok: ByteLevelTokenizer,
+    items: Sequence[Example],
+    batch_size: int = 8,
+    max_new_tokens: int = ANSWER_ROOM,
 ) -> list[str]:
     """One label per example, in order: greedy decoding under the label trie, batched by prompt length."""
     eos = tok.eos_token_id

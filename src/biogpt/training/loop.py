@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from biogpt.checkpoints.io import read_tensors
 from biogpt.errors import CheckpointError, TrainingError
 from biogpt.models.biogpt import PAD_ID, BioGPT, BioGPTConfig
+from biogpt.models.gpt2 import GPT2, GPT2Config
 from biogpt.training.dist import barrier, gather_objects, init, log0
 from biogpt.training.loss import lm_loss
 
@@ -373,7 +374,7 @@ def _checkpoint(config: BioGPTConfig, state: dict, out: Path, keep_last: int, sa
         # an unsharded copy to write the HF directory from; built on meta and never initialised, so that it
         # draws nothing from the RNG (an uninterrupted run must see the same random stream as a resumed one)
         with torch.random.fork_rng(devices=[]), torch.device("meta"):
-            plain = BioGPT(config)
+            plain = GPT2(config) if isinstance(config, GPT2Config) else BioGPT(config)
         plain.load_state_dict(state["model"], assign=True)
         save(plain, tmp)
     torch.save(state, tmp / "trainer.pt")
