@@ -7,6 +7,7 @@ one place.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -19,8 +20,16 @@ __all__ = ["DEMO", "DTYPES", "convert", "demo_path", "family", "is_demo", "load"
 from biogpt.errors import CheckpointError
 from biogpt.models.biogpt import BioGPT
 from biogpt.models.gpt2 import GPT2
+from biogpt.models.ofa import OFA
 from biogpt.text.bytelevel import ByteLevelTokenizer
 from biogpt.text.tokenizer import Tokenizer
+
+try:  # BiomedGPT needs the ofa extra (tokenizers); without it every other family still loads
+    from biogpt.checkpoints import ofa as ofa_checkpoints
+except ImportError:
+    ofa_checkpoints = None
+if TYPE_CHECKING:
+    from biogpt.text.ofa import OFATokenizer
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}  # fmt: skip
@@ -31,7 +40,8 @@ def load(
     dtype: torch.dtype | str | None = None,
     device: str | torch.device = "cpu",
     vocab: str | Path | None = None,
-) -> tuple[BioGPT | GPT2, Tokenizer | ByteLevelTokenizer | None]:
+    ema: bool = False,
+) -> tuple[BioGPT | GPT2 | OFA, Tokenizer | ByteLevelTokenizer | OFATokenizer | None]:
     """The model (eval mode) and its tokenizer from a Hugging Face directory, a fairseq checkpoint (file, or
     directory with checkpoint.pt), a hub id, or "demo" (the small model embedded in the package).
 
@@ -41,12 +51,22 @@ def load(
     A GPT-2 family directory (BioMedLM: config.json with model_type "gpt2" or a GPT2LMHeadModel architecture)
     gives a GPT2 model and its byte-level BPE tokenizer (tokenizer.json, vocab.json + merges.txt, or
     encoder.json + vocab.bpe, beside the weights or in `vocab`).
+
+    A BiomedGPT (OFA) checkpoint (a fairseq .pt of BiomedGPT or its folder, a Hugging Face OFA-port directory, or
+    one `convert` wrote) gives an OFA encoder-decoder and its OFATokenizer (encoder.json + vocab.bpe + dict.txt, or
+    vocab.json + merges.txt, beside the weights or in `vocab`). `ema=True` takes the EMA weights of a BiomedGPT
+    fairseq checkpoint (extra_state["ema"]), which the original evaluation uses.
     """
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise CheckpointError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
         dtype = DTYPES[dtype]
-    if family(path) == "gpt2":
+    kind = family(path)
+    if kind == "ofa":
+        return ofa_checkpoints.load_ofa(resolve(path), dtype, device, ema=ema, bpe_dir=vocab)
+    if ema:
+        raise CheckpointError(f"{path}: ema=True applies to BiomedGPT fairseq checkpoints; load this one without it")
+    if kind == "gpt2":
         return _load_gpt2(resolve(path), dtype, device, vocab)
     state = load_state(path)
     cfg = state.config
@@ -59,11 +79,15 @@ def load(
 
 
 def family(path: str | Path) -> str:
-    """The model family of `path`: "gpt2" for a GPT-2 family Hugging Face directory (BioMedLM), else "biogpt"
-    (whose loader reports any problem with the path)."""
+    """The model family of `path`: "gpt2" for a GPT-2 family Hugging Face directory (BioMedLM), "ofa" for a
+    BiomedGPT checkpoint, else "biogpt" (whose loader reports any problem with the path)."""
     p = resolve(path)
+    if ofa_checkpoints is not None and ofa_checkpoints.is_ofa(p):
+        return "ofa"
     if p.is_dir() and (p / "config.json").exists():
         cfg = read_json(p / "config.json")
+        if ofa_checkpoints is None and cfg.get("model_type") in ("biomedgpt", "ofa"):
+            raise CheckpointError(f"{p}: a BiomedGPT (OFA) model needs the ofa extra: pip install 'biogpt[ofa]'")
         archs = cfg.get("architectures")
         if cfg.get("model_type") == "gpt2" or (isinstance(archs, list) and "GPT2LMHeadModel" in archs):
             return "gpt2"
@@ -81,10 +105,14 @@ def is_demo(path: str | Path | None) -> bool:
     return path is not None and (str(path) == DEMO or Path(path).resolve() == DEMO_DIR)
 
 
-def convert(src: str | Path, dst: str | Path) -> None:
-    """Any supported checkpoint -> a Hugging Face directory (weights, config, tokenizer, prompt-token count)."""
-    model, tok = load(src)
-    if isinstance(model, GPT2):
+def convert(src: str | Path, dst: str | Path, ema: bool = False) -> None:
+    """Any supported checkpoint -> a Hugging Face directory (weights, config, tokenizer, prompt-token count); a
+    BiomedGPT checkpoint -> biogpt's BiomedGPT directory (config.json, model.safetensors, vocab.json + merges.txt).
+    `ema`: convert a BiomedGPT fairseq checkpoint's EMA weights."""
+    model, tok = load(src, ema=ema)
+    if isinstance(model, OFA):
+        ofa_checkpoints.save_ofa(model, tok, dst)
+    elif isinstance(model, GPT2):
         gpt2_checkpoints.save_hf(model, tok, dst)
     else:
         save_hf(model, tok, dst)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from biogpt.cli import mining, models, serve, tasks, text, training
+from biogpt.cli import biomedgpt, mining, models, serve, tasks, text, training
 
 
 class Parser(argparse.ArgumentParser):
@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_parsers(sub)
     mining.add_parsers(sub)
     serve.add_parsers(sub)
+    biomedgpt.add_parsers(sub)
     return ap
 
 

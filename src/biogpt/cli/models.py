@@ -14,13 +14,30 @@ from biogpt.cli.args import (
     set_threads,
     writable_dir,
 )
+from biogpt.cli.biomedgpt import generate_ofa, is_ofa_model, load_model
+from biogpt.errors import BioGPTError
+
+# `biogpt generate` defaults for BioGPT and GPT-2; a BiomedGPT model takes its task's (cli/biomedgpt.py)
+TEXT_DEFAULTS = {"max_new_tokens": 50, "min_new_tokens": 0, "num_beams": 1, "length_penalty": 1.0,
+                 "no_repeat_ngram_size": 0}  # fmt: skip
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from biogpt.generation import generate
 
     set_threads(args.threads)
+    if is_ofa_model(args):
+        model, tok = load_model(args)
+        for text in generate_ofa(args, model, tok):
+            print(text)
+        return 0
+    if args.image is not None:
+        raise BioGPTError(f"--image needs a BiomedGPT (OFA) model; {args.model or 'the demo model'} is a text-only "
+                          "model: pass --model with a BiomedGPT checkpoint, or drop --image")  # fmt: skip
     model, tok = load_for_inference(args)
+    for name, default in TEXT_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     prompts = [tok.encode(p) for p in args.prompt]
     out = generate(
         model,
@@ -59,8 +76,11 @@ def cmd_info(args: argparse.Namespace) -> int:
     from biogpt.checkpoints import load_state
     from biogpt.text import load_vocab
 
-    if family(args.model) == "gpt2":
+    kind = family(args.model)
+    if kind == "gpt2":
         return _info_gpt2(args)
+    if kind == "ofa":
+        return _info_ofa(args)
     state = load_state(args.model)
     cfg, sd = state.config, state.state_dict
     n = sum(v.numel() for v in sd.values())
@@ -102,27 +122,65 @@ def _info_gpt2(args: argparse.Namespace) -> int:
     return 0
 
 
+def ofa_size(cfg) -> str:
+    """BiomedGPT-S/-M/-B by shape (the fairseq archs ofa_tiny/ofa_medium/ofa_base), else "custom"."""
+    from biogpt.models.ofa import OFAConfig
+
+    shape = ("d_model", "encoder_layers", "decoder_layers", "n_head", "d_ffn", "resnet_layers")
+    for name, preset in (("BiomedGPT-S", OFAConfig.tiny), ("BiomedGPT-M", OFAConfig.medium),
+                         ("BiomedGPT-B", OFAConfig.base)):  # fmt: skip
+        ref = preset()
+        if all(getattr(cfg, k) == getattr(ref, k) for k in shape):
+            return name
+    return "custom size"
+
+
+def _info_ofa(args: argparse.Namespace) -> int:
+    from biogpt.checkpoints.ofa import load_tokenizer, read_state
+
+    cfg, sd, where = read_state(args.model)
+    n = sum(v.numel() for v in sd.values())
+    print(f"model: {args.model} (BiomedGPT / OFA encoder-decoder, {ofa_size(cfg)})")
+    for k, v in cfg.to_dict().items():
+        print(f"  {k}: {v}")
+    print(f"parameters: {n:,} ({n / 1e6:.1f}M; one token embedding shared by encoder, decoder and output head)")
+    print(f"dtype: {next(iter(sd.values())).dtype}")
+    try:
+        tok = load_tokenizer(where, cfg)
+        print(f"vocabulary: {tok.source} ({tok.vocab_size} ids: text + <mask>, <code_0>.. at {tok.code_start}, "
+              f"<bin_0>.. at {tok.bin_start})")  # fmt: skip
+    except BioGPTError:
+        print("vocabulary: none beside the weights (pass --vocab with encoder.json + vocab.bpe + dict.txt)")
+    return 0
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
-    from biogpt.api import convert
+    from biogpt.api import convert, family
 
     writable_dir(args.dst, "the output folder")
-    convert(args.src, args.dst)
-    print(f"wrote a Hugging Face directory to {args.dst}")
+    ofa = family(args.src) == "ofa"
+    if args.ema and not ofa:
+        raise BioGPTError(f"--ema applies to BiomedGPT fairseq checkpoints; {args.src} is not one")
+    convert(args.src, args.dst, ema=args.ema)
+    print(f"wrote a {'BiomedGPT' if ofa else 'Hugging Face'} directory to {args.dst}")
     return 0
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("generate", help="continue one or more prompts")
+    p = sub.add_parser("generate", help="continue one or more prompts (BiomedGPT: answer instructions, --image)")
     p.add_argument("prompt", nargs="+", help="prompt text(s); several are batched")
     add_model_options(p)
-    p.add_argument("--max-new-tokens", type=positive_int, default=50, help="tokens to generate (default: %(default)s)")
-    p.add_argument("--min-new-tokens", type=nonneg_int, default=0,
-                   help="tokens before </s> may end the output (default: %(default)s)")  # fmt: skip
-    p.add_argument("--num-beams", type=positive_int, default=1, help="beams; 1 is greedy (default: %(default)s)")
+    p.add_argument("--image", help="an image file (PNG, JPEG, ...) the prompts ask about; BiomedGPT models only")
+    p.add_argument("--max-new-tokens", type=positive_int,
+                   help="tokens to generate (default: 50); BiomedGPT: its task's maximum")  # fmt: skip
+    p.add_argument("--min-new-tokens", type=nonneg_int,
+                   help="tokens before </s> may end the output (default: 0)")  # fmt: skip
+    p.add_argument("--num-beams", type=positive_int,
+                   help="beams; 1 is greedy (default: 1; BiomedGPT: its task's, e.g. 10 for captions)")  # fmt: skip
     p.add_argument("--num-return-sequences", type=positive_int, default=1,
                    help="outputs per prompt, at most --num-beams (default: %(default)s)")  # fmt: skip
-    p.add_argument("--length-penalty", type=float, default=1.0,
-                   help="beam scores are divided by length ** this (default: %(default)s)")  # fmt: skip
+    p.add_argument("--length-penalty", type=float,
+                   help="beam scores are divided by length ** this (default: 1.0; BiomedGPT: its task's)")  # fmt: skip
     p.add_argument("--early-stopping", action="store_true", help="stop beam search once num_beams outputs ended")
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy/beam search")
     p.add_argument("--temperature", type=positive_float, default=1.0,
@@ -134,8 +192,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--seed", type=int, help="sampling seed (default: none, a new draw each run)")
     p.add_argument("--repetition-penalty", type=positive_float, default=1.0,
                    help="divide scores of tokens already present by this (default: %(default)s, off)")  # fmt: skip
-    p.add_argument("--no-repeat-ngram-size", type=nonneg_int, default=0,
-                   help="never repeat an n-gram of this many tokens; 0: off (default: %(default)s)")  # fmt: skip
+    p.add_argument("--no-repeat-ngram-size", type=nonneg_int,
+                   help="never repeat n-grams of this size; 0: off (default: 0; BiomedGPT: its task's)")  # fmt: skip
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("info", help="config, parameter count, vocabulary and prompt tokens of a checkpoint")
@@ -143,7 +201,9 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("convert", help="any checkpoint -> a Hugging Face directory (weights, config, tokenizer)")
-    p.add_argument("src", help="fairseq checkpoint.pt (with dict.txt + bpecodes beside it) or HF directory")
+    p.add_argument("src", help="fairseq checkpoint.pt (with dict.txt + bpecodes beside it) or HF directory; or a "
+                               "BiomedGPT checkpoint (fairseq .pt with encoder.json + vocab.bpe + dict.txt beside it, "
+                               "or an OFA-port directory)")  # fmt: skip
     p.add_argument("dst", help="output folder")
+    p.add_argument("--ema", action="store_true", help="BiomedGPT fairseq checkpoints: convert the EMA weights")
     p.set_defaults(func=cmd_convert)
-

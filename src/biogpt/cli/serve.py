@@ -1,5 +1,8 @@
 """`biogpt serve`: the OpenAI-compatible server (needs the `serve` extra: pip install biogpt[serve]).
 
+A BiomedGPT (OFA) model loads through `biogpt.load` too and answers /v1/completions (with an optional base64
+`image`) one request at a time (serve/ofa.py).
+
 SIGTERM (or Ctrl-C) drains: new requests and /health get 503, running requests finish for up to
 --shutdown-timeout seconds, what is left is cancelled, and the process exits 0.
 """
@@ -10,7 +13,8 @@ import argparse
 import os
 import sys
 
-from biogpt.cli.args import add_model_options, load_for_inference, nonneg_float, positive_int, set_threads
+from biogpt.cli.args import add_model_options, nonneg_float, positive_int, set_threads
+from biogpt.cli.biomedgpt import load_model
 from biogpt.errors import BioGPTError
 
 
@@ -24,7 +28,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     api_key = args.api_key or os.environ.get("BIOGPT_API_KEY") or None
     name = args.served_model_name or str(args.model or "demo")
-    app = create_app(loader=lambda: load_for_inference(args), model_name=name, api_key=api_key,
+    app = create_app(loader=lambda: load_model(args), model_name=name, api_key=api_key,
                      max_batch=args.max_concurrency, max_queue=args.max_queue, prefill_chunk=args.prefill_chunk,
                      max_len=args.max_model_len, max_body=args.max_body_mb * (1 << 20))  # fmt: skip
     print(f"serving {name} on http://{args.host}:{args.port} (OpenAI API under /v1)", file=sys.stderr)

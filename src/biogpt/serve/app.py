@@ -5,6 +5,10 @@ POST /detokenize, POST /v1/extract (the mining pipeline's Extractor, run in the 
 /v1/chat/completions answering that BioGPT has no chat template. Every error is the OpenAI envelope
 {"error": {"message", "type", "param", "code"}}: 400 bad request, 401 API key, 404 unknown model or route,
 413 body too large, 429 queue full (Retry-After), 503 loading or draining, 500 a failure inside generation.
+
+A BiomedGPT (OFA) model is served by serve/ofa.py instead of the scheduler: /v1/completions (with an optional
+base64 `image`, one request at a time), /v1/models, /tokenize, /detokenize; /v1/extract is BioGPT's. An `image`
+sent to a text-only model is a 400.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from biogpt.generation.scheduler import Delta, QueueFull, SamplingParams, Schedu
 from biogpt.mining.extractor import Extractor
 from biogpt.mining.readers import Document, Passage, title_abstract
 from biogpt.mining.writers import bioc_document, jsonl_line, pubtator_document
+from biogpt.models.ofa import OFA
 from biogpt.serve.metrics import Metrics
 from biogpt.serve.protocol import (
     CompletionRequest,
@@ -40,6 +45,11 @@ from biogpt.serve.protocol import (
 )
 from biogpt.serve.structured import NFA, RegexConstraint, TokenTrie, choice_constraint
 from biogpt.text.tokenizer import Tokenizer
+
+try:  # BiomedGPT's path needs the ofa extra (tokenizers, pillow); BioGPT and GPT-2 serve without it
+    from biogpt.serve.ofa import OFACompletions, UnsupportedField
+except ImportError:
+    OFACompletions = UnsupportedField = None
 
 log = logging.getLogger(__name__)
 OPEN_PATHS = ("/health", "/metrics")  # no API key, and answered while draining
@@ -67,6 +77,7 @@ class State:
         self.model: torch.nn.Module | None = None
         self.tok: Tokenizer | None = None
         self.scheduler: Scheduler | None = None
+        self.ofa: OFACompletions | None = None  # a BiomedGPT model: served without the scheduler
         self.load_error: str | None = None
         self.draining = False
         self.created = int(time.time())
@@ -84,10 +95,17 @@ class State:
 
     @property
     def ready(self) -> bool:
-        return self.scheduler is not None
+        return self.scheduler is not None or self.ofa is not None
+
+    @property
+    def max_len(self) -> int:
+        return self.scheduler.max_len if self.scheduler is not None else self.model.config.max_positions
 
     def attach(self, model: torch.nn.Module, tok: Tokenizer) -> None:
         self.model, self.tok = model.eval(), tok
+        if isinstance(model, OFA):
+            self.ofa = OFACompletions(model, tok)
+            return
         self.scheduler = Scheduler(model, tok.decode, observe=self.metrics.observe, **self.scheduler_options)
         self.scheduler.start()
 
@@ -255,14 +273,17 @@ def create_app(
     @app.get("/v1/models")
     async def models():
         card = {"id": state.model_name, "object": "model", "created": state.created, "owned_by": "biogpt",
-                "max_model_len": state.scheduler.max_len}  # fmt: skip
+                "max_model_len": state.max_len}  # fmt: skip
         return {"object": "list", "data": [card]}
 
     @app.post("/tokenize")
     async def tokenize(req: TokenizeRequest):
         check_model(req.model)
-        ids = state.tok.encode(req.prompt, add_eos_prefix=req.add_special_tokens)
-        return {"tokens": ids, "count": len(ids), "max_model_len": state.scheduler.max_len}
+        if state.ofa is not None:  # BiomedGPT: <s> ... </s> around the text, as the encoder reads it
+            ids = state.tok.encode_source(req.prompt) if req.add_special_tokens else state.tok.encode(req.prompt)
+        else:
+            ids = state.tok.encode(req.prompt, add_eos_prefix=req.add_special_tokens)
+        return {"tokens": ids, "count": len(ids), "max_model_len": state.max_len}
 
     @app.post("/detokenize")
     async def detokenize(req: DetokenizeRequest):
@@ -284,6 +305,14 @@ def create_app(
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request):
         check_model(req.model)
+        if state.ofa is not None:
+            try:
+                return await asyncio.to_thread(state.ofa.complete, req, state.model_name)
+            except UnsupportedField as e:
+                raise APIError(400, str(e), param=e.param) from None
+        if req.image is not None:
+            raise APIError(400, f"`{state.model_name}` is a text-only model; `image` needs a BiomedGPT (OFA) model",
+                           param="image")  # fmt: skip
         prompts = prompt_ids(req)
         params = sampling_params(req)
         n = req.n
@@ -507,6 +536,8 @@ def create_app(
     @app.post("/v1/extract")
     async def extract(req: ExtractRequest):
         check_model(req.model)
+        if state.ofa is not None:
+            raise APIError(400, "/v1/extract runs BioGPT's task models; this server serves a BiomedGPT model")
         docs = []
         for d in req.documents:
             if d.text is not None and (d.title is not None or d.abstract is not None):

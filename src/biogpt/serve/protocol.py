@@ -49,6 +49,7 @@ class CompletionRequest(Strict):
     min_tokens: int = Field(0, ge=0)
     ignore_eos: bool = False
     structured_outputs: StructuredOutputs | None = None
+    image: str | None = None  # BiomedGPT: the image the prompt asks about, base64 (a data: URL is fine)
 
 
 class TokenizeRequest(Strict):

@@ -1,0 +1,247 @@
+"""BiomedGPT (OFA) on the command line: loading any family for a verb, `biogpt generate --image`, and
+`biogpt eval-biomedgpt TASK` (MeQSum summaries, VQA, NLI, MedMNIST classification) with the original's templates,
+decoding settings and metrics (tasks/biomedgpt.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from biogpt.cli.args import (
+    add_model_options,
+    input_files,
+    load_for_inference,
+    positive_int,
+    set_threads,
+    writable_file,
+)
+from biogpt.errors import BioGPTError
+
+DEFAULT_MEQSUM = "../shared/data/biomedgpt/tasks/MeQSum"  # the project's layout: shared data beside the repo
+TASKS = ("meqsum", "vqa", "nli", "medmnist")
+NLI_LABELS = {"entailment": "yes", "contradiction": "no", "neutral": "maybe", "yes": "yes", "no": "no",
+              "maybe": "maybe"}  # fmt: skip
+
+
+# --- loading --------------------------------------------------------------------------------------------
+
+
+def is_ofa_model(args: argparse.Namespace) -> bool:
+    """Whether --model names a BiomedGPT (OFA) checkpoint (no --model: the demo, a BioGPT model)."""
+    from biogpt.api import family
+
+    return args.model is not None and family(args.model) == "ofa"
+
+
+def load_model(args: argparse.Namespace):
+    """(model, tokenizer) for any family: a BiomedGPT checkpoint in fp32 or bf16 (a plain cast: the packed CPU
+    forms are BioGPT's and GPT-2's), everything else as `load_for_inference` loads it."""
+    if not is_ofa_model(args):
+        return load_for_inference(args)
+    import torch
+
+    from biogpt.api import load
+    from biogpt.backends.cpu import native_bf16
+
+    if args.dtype == "int8":
+        raise BioGPTError("--dtype int8 applies to BioGPT and GPT-2 models; run BiomedGPT with fp32, bf16 or auto")
+    dtype = torch.bfloat16 if args.dtype == "bf16" or (args.dtype == "auto" and native_bf16()) else None
+    return load(args.model, dtype=dtype, vocab=args.vocab, ema=getattr(args, "ema", False))
+
+
+# --- biogpt generate with a BiomedGPT model --------------------------------------------------------------
+
+# `biogpt generate` options that do not apply to BiomedGPT's beam search, with the value meaning "not given"
+UNSUPPORTED = (("do_sample", False), ("num_return_sequences", 1), ("early_stopping", False), ("top_k", 50),
+               ("repetition_penalty", 1.0), ("temperature", 1.0), ("top_p", 1.0), ("seed", None))  # fmt: skip
+
+
+def decoding_for(args: argparse.Namespace, has_image: bool):
+    """The task's decoding settings as the original evaluates it: an image with the caption instruction ->
+    captioning, another question about an image -> VQA, text alone -> summarisation; then the options given."""
+    from biogpt.tasks.biomedgpt import CAPTION_PROMPT, DECODING, vqa_text
+
+    if has_image:
+        task = "caption" if all(vqa_text(p) == CAPTION_PROMPT for p in args.prompt) else "vqa"
+    else:
+        task = "summarize"
+    d = DECODING[task]
+    d = type(d)(**d.kwargs())  # a copy: the table is shared
+    if args.num_beams is not None:
+        d.beam_size = args.num_beams
+    if args.max_new_tokens is not None:
+        d.max_len_b = args.max_new_tokens
+    if args.min_new_tokens is not None:
+        d.min_len = max(1, args.min_new_tokens)
+    if args.length_penalty is not None:
+        d.len_penalty = args.length_penalty
+    if args.no_repeat_ngram_size is not None:
+        d.no_repeat_ngram_size = args.no_repeat_ngram_size
+    return d
+
+
+def generate_ofa(args: argparse.Namespace, model, tok) -> list[str]:
+    """`biogpt generate` for a BiomedGPT model: each prompt an instruction (with --image: a question about the
+    image, normalised as OFA's datasets do; alone: lower-cased, as the text tasks' templates are), decoded by beam
+    search with the task's settings (see `decoding_for`)."""
+    from biogpt.images import open_image
+    from biogpt.tasks.biomedgpt import Record, generate_text, vqa_text
+
+    for name, off in UNSUPPORTED:
+        if getattr(args, name, off) != off:
+            flag = "--" + name.replace("_", "-")
+            raise BioGPTError(f"{flag} does not apply to BiomedGPT, which decodes by beam search as the original "
+                              "does; drop it (--num-beams, --max-new-tokens, --length-penalty and "
+                              "--no-repeat-ngram-size set the search)")  # fmt: skip
+    image = None
+    if args.image is not None:
+        input_files([args.image])
+        open_image(args.image)  # one clear error naming the file if it is not an image we read
+        image = Path(args.image).read_bytes()
+    texts = [vqa_text(p) if image is not None else " " + p.strip().lower() for p in args.prompt]
+    records = [Record(str(i), t, image) for i, t in enumerate(texts)]
+    return generate_text(model, tok, records, decoding_for(args, image is not None))
+
+
+# --- biogpt eval-biomedgpt ----------------------------------------------------------------------------------
+
+
+def _split_file(data: str, split: str) -> Path:
+    p = Path(data)
+    if p.is_dir():
+        p = p / f"{split}.tsv"
+    if not p.exists():
+        raise BioGPTError(f"{p}: no such file; pass --data FILE (or a folder with {split}.tsv)")
+    return p
+
+
+def read_nli(path: Path) -> tuple[list[tuple[str, str]], list[str]]:
+    """MedNLI's JSONL (sentence1, sentence2, gold_label) or a TSV premise<TAB>hypothesis<TAB>label; labels
+    entailment/contradiction/neutral (or yes/no/maybe)."""
+    pairs, golds = [], []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        if path.suffix in (".jsonl", ".json"):
+            try:
+                row = json.loads(line)
+                p, h, label = row["sentence1"], row["sentence2"], row["gold_label"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise BioGPTError(f"{path}:{n}: not a MedNLI line (sentence1, sentence2, gold_label): {e}") from None
+        else:
+            cols = line.split("\t")
+            if len(cols) < 3:
+                raise BioGPTError(f"{path}:{n}: expected premise<TAB>hypothesis<TAB>label, got {len(cols)} columns")
+            p, h, label = cols[0], cols[1], cols[2]
+        if str(label).strip().lower() not in NLI_LABELS:
+            raise BioGPTError(f"{path}:{n}: label {label!r} is not entailment, contradiction or neutral")
+        pairs.append((p, h))
+        golds.append(NLI_LABELS[str(label).strip().lower()])
+    return pairs, golds
+
+
+def _answers(args: argparse.Namespace) -> list[str]:
+    from biogpt.generation.seq2seq import load_answer_set
+
+    if args.answers is None:
+        raise BioGPTError(f"{args.task} needs --answers FILE: the answer set (trainval_ans2label.json for VQA, "
+                          "<dataset>_class2label.json for MedMNIST)")  # fmt: skip
+    return load_answer_set(args.answers)
+
+
+def run_eval(args: argparse.Namespace, model, tok) -> tuple[dict, list[tuple[str, str]]]:
+    """(metrics, [(id, prediction)]) of one task."""
+    from biogpt.generation.seq2seq import AnswerTrie
+    from biogpt.tasks import biomedgpt as bt
+
+    def head(records):
+        return records[: args.limit] if args.limit is not None else records
+
+    if args.task == "meqsum":
+        recs = head(bt.read_meqsum(_split_file(args.data or DEFAULT_MEQSUM, args.split)))
+        dec = bt.DECODING["summarize"]
+        if args.beam is not None:
+            dec = bt.Decoding(**{**dec.kwargs(), "beam_size": args.beam})
+        preds = bt.generate_text(model, tok, recs, dec, batch_size=args.batch_size)
+        scores = [bt.summary_rouge_l(p, next(iter(r.refs))) for p, r in zip(preds, recs)]
+        metrics = {"rouge_l": sum(scores) / len(scores), "n": len(recs)}
+    elif args.task == "vqa":
+        recs = head(bt.read_vqa(_split_file(args.data or "", args.split)))
+        answers = _answers(args)
+        if args.inference == "allcand":
+            preds = bt.rank_answers(model, tok, recs, answers, args.batch_size)
+        else:
+            dec = bt.DECODING["vqa"]
+            if args.beam is not None:
+                dec = bt.Decoding(**{**dec.kwargs(), "beam_size": args.beam})
+            trie = AnswerTrie.from_answers(answers, tok.encode)
+            preds = bt.generate_text(model, tok, recs, dec, trie=trie, batch_size=args.batch_size)
+        metrics = bt.vqa_accuracy(preds, recs)
+    elif args.task == "medmnist":
+        recs = head(bt.read_captions(_split_file(args.data or "", args.split)))
+        preds = bt.rank_answers(model, tok, recs, _answers(args), args.batch_size)
+        metrics = {"accuracy": bt.accuracy(preds, [next(iter(r.refs)) for r in recs]), "n": len(recs)}
+    else:
+        pairs, golds = read_nli(_split_file(args.data or "", args.split))
+        if args.limit is not None:
+            pairs, golds = pairs[: args.limit], golds[: args.limit]
+        preds = bt.predict_nli(model, tok, pairs, args.batch_size)
+        recs = [bt.Record(str(i), "") for i in range(len(pairs))]
+        metrics = {"accuracy": bt.accuracy(preds, golds), "n": len(pairs)}
+    return metrics, [(r.id, p) for r, p in zip(recs, preds)]
+
+
+def cmd_eval_biomedgpt(args: argparse.Namespace) -> int:
+    if args.model is None:
+        raise BioGPTError("give --model: a BiomedGPT checkpoint (fairseq .pt, OFA-port or converted directory)")
+    writable_file(args.output, "--output")
+    writable_file(args.save_outputs, "--save-outputs")
+    if args.task in ("vqa", "medmnist", "nli") and args.data is None:
+        raise BioGPTError(f"{args.task} needs --data FILE (its TSV{', or MedNLI JSONL' if args.task == 'nli' else ''})")
+    if args.task in ("vqa", "medmnist"):
+        _answers(args)  # before the model loads: a missing or bad answer set is one error now
+    if not is_ofa_model(args):
+        raise BioGPTError(f"{args.model} is not a BiomedGPT (OFA) model; `biogpt eval` evaluates BioGPT models")
+    set_threads(args.threads)
+    model, tok = load_model(args)
+    metrics, outputs = run_eval(args, model, tok)
+    report = json.dumps({"task": args.task, **metrics}, indent=2)
+    print(report)
+    if args.output:
+        Path(args.output).write_text(report + "\n", encoding="utf-8")
+    if args.save_outputs:
+        lines = [json.dumps({"id": i, "prediction": p}, ensure_ascii=False) for i, p in outputs]
+        Path(args.save_outputs).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    print(f"{args.task}: {len(outputs)} examples scored", file=sys.stderr)
+    return 0
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("task", choices=TASKS, help="meqsum (ROUGE-L), vqa (accuracy: overall/closed/open), nli "
+                                               "(accuracy), medmnist (accuracy)")  # fmt: skip
+    add_model_options(p)
+    p.add_argument("--ema", action="store_true", help="use a fairseq checkpoint's EMA weights, as the original "
+                                                      "evaluation does")  # fmt: skip
+    p.add_argument("--data", help=f"the split file, or a folder with SPLIT.tsv (meqsum default: {DEFAULT_MEQSUM}); "
+                                  "vqa: OFA's VQA TSV (base64 images); medmnist: OFA's caption TSV; nli: MedNLI "
+                                  "JSONL or premise<TAB>hypothesis<TAB>label")  # fmt: skip
+    p.add_argument("--split", default="test", help="split file name in a --data folder (default: %(default)s)")
+    p.add_argument("--answers", help="answer set JSON (answer -> label): trainval_ans2label.json, *_class2label.json")
+    p.add_argument("--inference", choices=["beamsearch", "allcand"], default="beamsearch",
+                   help="vqa: trie-constrained beam search, or every answer ranked exactly "
+                        "(default: %(default)s)")  # fmt: skip
+    p.add_argument("--beam", type=positive_int, help="beam size (default: the task's, as the original's scripts)")
+    p.add_argument("--limit", type=positive_int, help="evaluate the first N examples only")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="inputs per batch (default: %(default)s)")
+    p.add_argument("--output", help="write the metrics (JSON) here too")
+    p.add_argument("--save-outputs", help="write each prediction here (JSON lines: id, prediction)")
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("eval-biomedgpt", help="evaluate a BiomedGPT (OFA) model on MeQSum, VQA, NLI or MedMNIST",
+                       description="Run a BiomedGPT task with the original's instruction template, decoding and "
+                                   "metric, and print the metrics as JSON.")  # fmt: skip
+    add_eval_arguments(p)
+    p.set_defaults(func=cmd_eval_biomedgpt)
