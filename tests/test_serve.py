@@ -448,3 +448,44 @@ def test_cli_options_are_checked_before_loading(capsys):
     assert main(["serve", "--help"]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "(default: 127.0.0.1)" in out and "after SIGTERM (default: 30.0)" in out
+
+
+def test_a_gpt2_family_model_is_served(tmp_path):
+    """BioMedLM's family through the same server: greedy completions equal offline generate with
+    <|endoftext|> as eos/pad, a choice constraint over byte-level tokens, PubMedQA extraction, and a 400 for
+    regex (BioGPT's tokenizer only)."""
+    from .test_gpt2 import hf_dir
+
+    hf_dir(tmp_path / "gpt2")
+    model, tok = biogpt.load(tmp_path / "gpt2")
+    eos = tok.eos_token_id
+    prompts = ["the patient", "aspirin reduces"]
+    offline = []
+    for p in prompts:
+        ids = tok.encode(p)
+        new = generate(model, [ids], max_new_tokens=12, eos_token_id=eos, pad_token_id=eos).sequences[0, len(ids) :]
+        new = new.tolist()
+        offline.append(tok.decode(new[: new.index(eos)] if eos in new else new))
+    app = create_app(model, tok, model_name="gpt2")
+
+    async def go(http, client):
+        got = await client.completions.create(model="gpt2", prompt=prompts, max_tokens=12, temperature=0)
+        yes_no = {"structured_outputs": {"choice": ["yes", "no"]}}
+        choice = await client.completions.create(model="gpt2", prompt="is it", max_tokens=8, temperature=0,
+                                                 extra_body=yes_no)  # fmt: skip
+        regex = await http.post("/v1/completions", json={"model": "gpt2", "prompt": "x", "max_tokens": 4,
+                                                         "structured_outputs": {"regex": "a+"}})  # fmt: skip
+        tokens = (await http.post("/tokenize", json={"model": "gpt2", "prompt": "the patient"})).json()
+        ex = await http.post("/v1/extract", json={"model": "gpt2", "task": "pubmedqa", "documents": [
+            {"id": "1", "text": "aspirin reduces pain.", "question": "does aspirin reduce pain?"}]})  # fmt: skip
+        bad = await http.post("/v1/extract", json={"model": "gpt2", "task": "bc5cdr",
+                                                   "documents": [{"id": "1", "text": "aspirin"}]})  # fmt: skip
+        return got, choice, regex, tokens, ex, bad
+
+    got, choice, regex, tokens, ex, bad = serve(app, go)
+    assert [c.text for c in sorted(got.choices, key=lambda c: c.index)] == offline
+    assert choice.choices[0].text in ("yes", "no")
+    assert regex.status_code == 400 and "choice" in regex.json()["error"]["message"]
+    assert tokens["tokens"] == tok.encode("the patient")
+    assert ex.status_code == 200 and ex.json()["records"][0]["answer"]["text"] in ("yes", "no", "maybe")
+    assert bad.status_code == 400 and "pubmedqa" in bad.json()["error"]["message"]

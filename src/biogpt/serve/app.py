@@ -32,8 +32,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from biogpt.errors import BioGPTError, GenerationError
 from biogpt.generation.scheduler import Delta, QueueFull, SamplingParams, Scheduler, Seq
 from biogpt.mining.extractor import Extractor
+from biogpt.mining.generative import GenerativeExtractor
 from biogpt.mining.readers import Document, Passage, title_abstract
 from biogpt.mining.writers import bioc_document, jsonl_line, pubtator_document
+from biogpt.models.gpt2 import GPT2
 from biogpt.models.ofa import OFA
 from biogpt.serve.metrics import Metrics
 from biogpt.serve.protocol import (
@@ -106,8 +108,19 @@ class State:
         if isinstance(model, OFA):
             self.ofa = OFACompletions(model, tok)
             return
-        self.scheduler = Scheduler(model, tok.decode, observe=self.metrics.observe, **self.scheduler_options)
+        # BioMedLM (GPT-2 family): <|endoftext|> ends a sequence and pads; BioGPT: </s> = 2, <pad> = 1
+        ids = {"eos_token_id": tok.eos_token_id, "pad_token_id": tok.eos_token_id} if self.byte_level else {}
+        self.scheduler = Scheduler(model, tok.decode, observe=self.metrics.observe, **ids, **self.scheduler_options)
         self.scheduler.start()
+
+    @property
+    def byte_level(self) -> bool:
+        """A GPT-2 family model (BioMedLM) with its byte-level tokenizer, rather than BioGPT's Moses + BPE."""
+        return isinstance(self.model, GPT2)
+
+    def encode(self, text: str, special: bool = True) -> list[int]:
+        """Token ids of a text; `special`: with the leading </s> BioGPT's prompts start with (GPT-2 adds none)."""
+        return self.tok.encode(text) if self.byte_level else self.tok.encode(text, add_eos_prefix=special)
 
     @property
     def trie(self) -> TokenTrie:
@@ -282,7 +295,7 @@ def create_app(
         if state.ofa is not None:  # BiomedGPT: <s> ... </s> around the text, as the encoder reads it
             ids = state.tok.encode_source(req.prompt) if req.add_special_tokens else state.tok.encode(req.prompt)
         else:
-            ids = state.tok.encode(req.prompt, add_eos_prefix=req.add_special_tokens)
+            ids = state.encode(req.prompt, req.add_special_tokens)
         return {"tokens": ids, "count": len(ids), "max_model_len": state.max_len}
 
     @app.post("/detokenize")
@@ -390,8 +403,12 @@ def create_app(
             if so.choice is not None:
                 if not so.choice:
                     raise APIError(400, "structured_outputs.choice is an empty list", param="structured_outputs")
-                constraint = choice_constraint(so.choice, state.tok)
+                eos = state.tok.eos_token_id if state.byte_level else 2
+                constraint = choice_constraint([state.encode(c, special=False) for c in so.choice], eos)
             else:
+                if state.byte_level:
+                    raise APIError(400, "structured_outputs.regex needs BioGPT's tokenizer; with a byte-level "
+                                   "(GPT-2 family) model use structured_outputs.choice", param="structured_outputs")
                 constraint = RegexConstraint(NFA(so.regex), state.tok, state.trie)
 
         def params(j: int) -> SamplingParams:
@@ -550,8 +567,11 @@ def create_app(
                 raise APIError(400, f"document {d.id!r} has no text (give text, or title and abstract)",
                                param="documents")  # fmt: skip
         try:
-            ex = Extractor(state.model, state.tok, req.task, grounded=req.grounded,
-                           model_info={"name": state.model_name})  # fmt: skip
+            if state.byte_level:  # BioMedLM: PubMedQA in the generative format, as `biogpt extract`
+                ex = GenerativeExtractor(state.model, state.tok, req.task, model_info={"name": state.model_name})
+            else:
+                ex = Extractor(state.model, state.tok, req.task, grounded=req.grounded,
+                               model_info={"name": state.model_name})  # fmt: skip
         except (BioGPTError, ValueError) as e:
             raise APIError(400, str(e), param="task") from None
         records = await asyncio.wrap_future(state.scheduler.call(lambda: ex.extract(docs)))

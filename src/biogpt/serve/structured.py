@@ -298,10 +298,10 @@ class RegexConstraint(Constraint):
         return ok or [self.eos]
 
 
-def choice_constraint(choices: list[str], tok: Tokenizer, eos_token_id: int = 2) -> AllowedSequences:
-    if not choices:
+def choice_constraint(seqs: list[list[int]], eos_token_id: int = 2) -> AllowedSequences:
+    """One of the choices (their token ids, without special tokens), then the end of the sequence."""
+    if not seqs:
         raise GenerationError("structured_outputs.choice needs at least one choice")
-    seqs = [tok.encode(c, add_eos_prefix=False) for c in choices]
     if any(not s for s in seqs):
         raise GenerationError("structured_outputs.choice: every choice needs some text")
     return AllowedSequences(seqs, eos_token_id)
