@@ -1,12 +1,19 @@
 """Load on `biogpt serve`, side by side with (a) offline batched `generate` on the same prompts (the ceiling) and
 (b) a minimal FastAPI server over `transformers.generate`, one request at a time (what users build today).
 
-    python benchmarks/bench_serve.py [--threads 1] [--clients 1 4 16 32] [--requests-per-client 4] [--rounds 3]
-                                     [--soak SECONDS]
+    python benchmarks/bench_serve.py [--model demo|random-small|random-base|PATH] [--dtype fp32|bf16|int8]
+                                     [--threads 1] [--clients 1 4 16 32] [--requests-per-client 4] [--rounds 3]
+                                     [--minimal-requests 16] [--prompt-lengths 8 24 64 160]
+                                     [--output-lengths 16 32 64 96] [--soak SECONDS]
 
-Loopback only; the servers are subprocesses of this script. Workload: the demo model (fp32), prompts of mixed
-lengths (8 to 160 tokens) and outputs of mixed lengths (16 to 96 tokens, end-of-text ignored so every request
-generates exactly what it asked for). Each client sends its requests one after another (streaming, so the
+Loopback only; the servers are subprocesses of this script. Model: the demo model (default); `random-base`, a
+BioGPT base-size model (24 layers, width 1024, BioGPT's 42,384-word vocabulary) with random weights;
+`random-small` (6 layers, width 512, the same vocabulary); or a Hugging Face directory. A random model is
+written once as a Hugging Face directory (`save_hf`) under the temporary folder and reused by later runs.
+`--dtype` is the precision of biogpt serve and of the offline ceiling (a), loaded the same way (`biogpt serve
+--dtype`); the minimal transformers server (b) always runs fp32, as users run it. Workload: prompts of mixed
+lengths (8 to 160 tokens) and outputs of mixed lengths (16 to 96 tokens, end-of-text ignored on every side so
+every request generates exactly what it asked for). Each client sends its requests one after another (streaming, so the
 time to first token is seen). Printed per concurrency: output tokens/s, time to first token and time per
 output token (p50/p99), errors by HTTP status; then, in alternating rounds on the same prompts, (a), biogpt
 serve and (b) at 16 clients, with the median ratios; and the server's peak memory (VmHWM). `--soak S` then
@@ -25,26 +32,57 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
+from pathlib import Path
 
 import httpx
 import torch
 
-import biogpt
 from biogpt.api import demo_path
 from biogpt.generation import generate
 
 PROMPT_LENGTHS = (8, 24, 64, 160)
-MODEL: dict = {}  # the demo model for offline generate, loaded once
+MODEL: dict = {}  # the model for offline generate, loaded once
 OUTPUT_LENGTHS = (16, 32, 64, 96)
+VOCAB_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vocab" / "biogpt"  # dict.txt + bpecodes
+RANDOM = {"random-base": {}, "random-small": {"n_layer": 6, "d_model": 512, "n_head": 8, "d_ffn": 2048}}
 
 
-def workload(n: int, vocab: int, seed: int = 0) -> list[tuple[list[int], int]]:
+def workload(n: int, vocab: int, seed: int = 0, prompt_lengths=PROMPT_LENGTHS, output_lengths=OUTPUT_LENGTHS):
     """n (prompt ids, output length) pairs: random tokens after </s>, lengths drawn from the mixes above."""
     rng = random.Random(seed)
-    return [([2] + [rng.randrange(4, vocab) for _ in range(rng.choice(PROMPT_LENGTHS) - 1)], rng.choice(OUTPUT_LENGTHS))
+    return [([2] + [rng.randrange(4, vocab) for _ in range(rng.choice(prompt_lengths) - 1)], rng.choice(output_lengths))
             for _ in range(n)]  # fmt: skip
+
+
+def model_dir(name: str) -> str:
+    """The model as a path both biogpt and transformers load: the demo's, a random one written once under the
+    temporary folder (BioGPTConfig.base with the overrides in RANDOM, BioGPT's real vocabulary), or `name`."""
+    from biogpt.api import is_demo
+
+    if is_demo(name):
+        return str(demo_path())
+    if name not in RANDOM:
+        return name
+    d = Path(tempfile.gettempdir()) / f"biogpt-bench-{name}"
+    if not (d / "config.json").exists():
+        from biogpt.checkpoints import save_hf
+        from biogpt.models.biogpt import BioGPT, BioGPTConfig
+        from biogpt.text.tokenizer import Tokenizer
+
+        if not (VOCAB_DIR / "dict.txt").exists():
+            raise SystemExit(f"--model {name}: BioGPT's vocabulary is not at {VOCAB_DIR}")
+        tok = Tokenizer.from_pretrained(VOCAB_DIR)
+        cfg = BioGPTConfig.base(**RANDOM[name])
+        model = BioGPT(cfg)
+        model.init_weights(seed=0)
+        tmp = d.with_name(d.name + f".tmp{os.getpid()}")
+        save_hf(model.eval(), tok, tmp)
+        tmp.replace(d)
+        print(f"wrote {name} ({model.num_parameters() / 1e6:.0f}M parameters, random weights) to {d}", flush=True)
+    return str(d)
 
 
 def free_port() -> int:
@@ -56,7 +94,7 @@ def free_port() -> int:
 def start(cmd: list[str], port: int, threads: int) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # a base-size model takes a while to load on a busy machine
     while True:
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
@@ -82,7 +120,7 @@ def memory_kib(pid: int, field: str) -> int:
 async def one_openai(http: httpx.AsyncClient, ids: list[int], n: int) -> dict:
     body = {"model": "demo", "prompt": ids, "max_tokens": n, "temperature": 0, "ignore_eos": True, "stream": True}
     t0 = time.perf_counter()
-    first, status = None, 200
+    first, status, frames = None, 200, 0
     async with http.stream("POST", "/v1/completions", json=body) as r:
         if r.status_code != 200:
             await r.aread()
@@ -96,7 +134,10 @@ async def one_openai(http: httpx.AsyncClient, ids: list[int], n: int) -> dict:
                 break
             if msg["choices"]:  # a frame per token (its text may be empty: a special token)
                 first = first or time.perf_counter()
+                frames += 1
     end = time.perf_counter()
+    if status == 200 and frames != n:  # every side must generate exactly what was asked
+        status = f"{frames} of {n} tokens"
     return {"status": status, "ttft": (first or end) - t0, "end": end, "first": first or end, "tokens": n}
 
 
@@ -106,7 +147,9 @@ async def one_minimal(http: httpx.AsyncClient, ids: list[int], n: int) -> dict:
     end = time.perf_counter()
     if r.status_code != 200:
         return {"status": r.status_code}
-    return {"status": 200, "ttft": end - t0, "end": end, "first": None, "tokens": len(r.json()["ids"])}
+    got = len(r.json()["ids"])
+    return {"status": 200 if got == n else f"{got} of {n} tokens", "ttft": end - t0, "end": end, "first": None,
+            "tokens": got}  # fmt: skip
 
 
 async def drive(port: int, clients: int, jobs: list[tuple[list[int], int]], one, until: float | None = None):
@@ -155,12 +198,14 @@ def line(name: str, s: dict) -> str:
 # --- (a) offline ------------------------------------------------------------------------------------------------
 
 
-def offline(jobs: list[tuple[list[int], int]], batch: int) -> float:
+def offline(jobs: list[tuple[list[int], int]], batch: int, path: str, dtype: str) -> float:
     """Output tokens/s of offline generate in batches of `batch` (each batch runs to its longest output; only
-    the requested tokens count)."""
-    if "demo" not in MODEL:
-        MODEL["demo"] = biogpt.load("demo")[0]
-    model = MODEL["demo"]
+    the requested tokens count), on the model in the form `biogpt serve --dtype` loads."""
+    if "model" not in MODEL:
+        from biogpt.cli.args import load_for_inference
+
+        MODEL["model"] = load_for_inference(argparse.Namespace(model=path, dtype=dtype, vocab=None))[0]
+    model = MODEL["model"]
     t0 = time.perf_counter()
     useful = 0
     for b in range(0, len(jobs), batch):
@@ -173,7 +218,7 @@ def offline(jobs: list[tuple[list[int], int]], batch: int) -> float:
 # --- (b) the minimal transformers server ----------------------------------------------------------------------
 
 
-def minimal_server(port: int) -> None:
+def minimal_server(port: int, path: str) -> None:
     """What people deploy today: one route over transformers generate, one request at a time."""
     import threading
 
@@ -181,7 +226,7 @@ def minimal_server(port: int) -> None:
     from fastapi import FastAPI
     from transformers import BioGptForCausalLM
 
-    hf = BioGptForCausalLM.from_pretrained(str(demo_path())).eval()
+    hf = BioGptForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()  # fp32, as users run it
     lock = threading.Lock()
     app = FastAPI()
 
@@ -205,6 +250,10 @@ def minimal_server(port: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="demo", help="demo (default), random-small, random-base, or a Hugging Face "
+                                                    "directory that transformers loads too")  # fmt: skip
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "int8"],
+                    help="biogpt serve's and offline generate's precision (the transformers server: fp32)")  # fmt: skip
     ap.add_argument("--threads", type=int, default=1, help="threads of each server and of offline generate")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 32])
     ap.add_argument("--requests-per-client", type=int, default=4)
@@ -212,36 +261,50 @@ def main() -> None:
     ap.add_argument("--minimal-requests", type=int, default=16, help="requests sent to the minimal server per round")
     ap.add_argument("--soak", type=float, default=0.0, help="seconds of 16 clients after the runs (0: none)")
     ap.add_argument("--max-queue", type=int, default=64)
+    ap.add_argument("--prompt-lengths", type=int, nargs="+", default=list(PROMPT_LENGTHS), help="prompt token mix")
+    ap.add_argument("--output-lengths", type=int, nargs="+", default=list(OUTPUT_LENGTHS), help="output token mix")
     ap.add_argument("--serve-minimal", type=int, help=argparse.SUPPRESS)  # internal: run server (b) on this port
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.serve_minimal:
-        minimal_server(args.serve_minimal)
+        minimal_server(args.serve_minimal, args.model)
         return
-    vocab = 8232  # the demo vocabulary (learned prompt tokens excluded)
-    print(f"biogpt serve load test: demo model, fp32, {args.threads} thread(s) per server and for offline generate, "
-          f"{os.cpu_count()} CPUs shared with the clients (this process)")  # fmt: skip
+    path = model_dir(args.model)
+    with open(Path(path) / "config.json") as f:
+        hf_cfg = json.load(f)
+    # prompt tokens drawn from the words (learned prompt tokens excluded)
+    vocab = hf_cfg["vocab_size"] - hf_cfg.get("biogpt_num_prompt_tokens", 0)  # the demo's: 8232
+    shape = f"{hf_cfg['num_hidden_layers']} layers, width {hf_cfg['hidden_size']}, vocabulary {hf_cfg['vocab_size']}"
+    lens = dict(prompt_lengths=args.prompt_lengths, output_lengths=args.output_lengths)
+    print(f"biogpt serve load test: model {args.model} ({shape}), biogpt serve and offline generate {args.dtype}, "
+          f"transformers server fp32; {args.threads} thread(s) per server and for offline generate, "
+          f"{os.cpu_count()} CPUs shared with the clients (this process); prompts {args.prompt_lengths} tokens, "
+          f"outputs {args.output_lengths} tokens")  # fmt: skip
     head = f"{'run':<34}{'reqs':>5}{'tok/s':>10}{'TTFT p50':>10}{'p99 ms':>10}{'TPOT p50':>9}{'p99 ms':>9}   errors"
 
     port, mport = free_port(), free_port()
     cmd = [sys.executable, "-m", "biogpt.cli", "serve", "--port", str(port), "--threads", str(args.threads),
-           "--max-concurrency", "32", "--max-queue", str(args.max_queue), "--log-level", "warning"]  # fmt: skip
+           "--max-concurrency", "32", "--max-queue", str(args.max_queue), "--log-level", "warning",
+           "--dtype", args.dtype]  # fmt: skip
+    if args.model != "demo":  # the id the clients send; a batch cache sized to the workload
+        cmd += ["--model", path, "--served-model-name", "demo",
+                "--max-model-len", str(max(args.prompt_lengths) + max(args.output_lengths) + 8)]  # fmt: skip
     server = start(cmd, port, args.threads)
-    mini = start([sys.executable, __file__, "--serve-minimal", str(mport), "--threads", str(args.threads)], mport,
-                 args.threads)  # fmt: skip
+    mini = start([sys.executable, __file__, "--serve-minimal", str(mport), "--threads", str(args.threads),
+                  "--model", path], mport, args.threads)  # fmt: skip
     soak = []
     try:
         print(head)
         for c in args.clients:
-            jobs = workload(c * args.requests_per_client, vocab, seed=c)
+            jobs = workload(c * args.requests_per_client, vocab, seed=c, **lens)
             results, wall = asyncio.run(drive(port, c, jobs, one_openai))
             print(line(f"biogpt serve, {c} clients", summary(results, wall)), flush=True)
 
         # the ratios at 16 clients: the three measured in turn, several rounds, on the same prompts
-        jobs16 = workload(16 * args.requests_per_client, vocab, seed=16)
+        jobs16 = workload(16 * args.requests_per_client, vocab, seed=16, **lens)
         ratios = []
         for r in range(args.rounds):
-            ceiling = offline(jobs16, 16)
+            ceiling = offline(jobs16, 16, path, args.dtype)
             results, wall = asyncio.run(drive(port, 16, jobs16, one_openai))
             ours = summary(results, wall)
             results, wall = asyncio.run(drive(mport, 16, jobs16[: args.minimal_requests], one_minimal))
@@ -253,7 +316,7 @@ def main() -> None:
         peak = memory_kib(server.pid, "VmHWM")
 
         if args.soak > 0:
-            soak_jobs = workload(256, vocab, seed=99)
+            soak_jobs = workload(256, vocab, seed=99, **lens)
             t_end = time.perf_counter() + args.soak
             soak_results: list[dict] = []
 
@@ -275,8 +338,9 @@ def main() -> None:
     each = ", ".join(f"{a:.2f}x / {b:.1f}x" for a, b in ratios)
     a_med = statistics.median(a for a, _ in ratios)
     b_med = statistics.median(b for _, b in ratios)
-    print(f"at 16 clients, median of {len(ratios)} rounds: {a_med:.2f}x offline batched generate (target >= 0.8x), "
-          f"{b_med:.1f}x the minimal transformers server (target >= 8x); rounds: {each}")  # fmt: skip
+    print(f"at 16 clients, median of {len(ratios)} rounds: {a_med:.2f}x offline batched generate {args.dtype} "
+          f"(target >= 0.8x), {b_med:.1f}x the minimal transformers server fp32 (target >= 8x); "
+          f"rounds: {each}")  # fmt: skip
     print(f"server peak memory (VmHWM): {peak / 1024:.0f} MiB")
     if soak:
         rss = [kib / 1024 for _, kib in soak]
