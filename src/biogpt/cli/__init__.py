@@ -29,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     mining.add_parsers(sub)
     serve.add_parsers(sub)
     biomedgpt.add_parsers(sub)
+    biomedgpt.add_finetune_parsers(sub)
     return ap
 
 

@@ -1,6 +1,7 @@
-"""BiomedGPT (OFA) on the command line: loading any family for a verb, `biogpt generate --image`, and
-`biogpt eval-biomedgpt TASK` (MeQSum summaries, VQA, NLI, MedMNIST classification) with the original's templates,
-decoding settings and metrics (tasks/biomedgpt.py)."""
+"""BiomedGPT (OFA) on the command line: loading any family for a verb, `biogpt generate --image`,
+`biogpt eval-biomedgpt TASK` (MeQSum summaries, VQA, NLI, MedMNIST classification, report captions) with the
+original's templates, decoding settings and metrics (tasks/biomedgpt.py), and `biogpt finetune-biomedgpt meqsum`
+(training/finetune_ofa.py)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,20 @@ from pathlib import Path
 
 from biogpt.cli.args import (
     add_model_options,
+    check_device,
     input_files,
     load_for_inference,
+    nonneg_int,
+    positive_float,
     positive_int,
     set_threads,
+    writable_dir,
     writable_file,
 )
 from biogpt.errors import BioGPTError
 
 DEFAULT_MEQSUM = "../shared/data/biomedgpt/tasks/MeQSum"  # the project's layout: shared data beside the repo
-TASKS = ("meqsum", "vqa", "nli", "medmnist")
+TASKS = ("meqsum", "vqa", "nli", "medmnist", "caption")
 NLI_LABELS = {"entailment": "yes", "contradiction": "no", "neutral": "maybe", "yes": "yes", "no": "no",
               "maybe": "maybe"}  # fmt: skip
 
@@ -179,6 +184,13 @@ def run_eval(args: argparse.Namespace, model, tok) -> tuple[dict, list[tuple[str
             trie = AnswerTrie.from_answers(answers, tok.encode)
             preds = bt.generate_text(model, tok, recs, dec, trie=trie, batch_size=args.batch_size)
         metrics = bt.vqa_accuracy(preds, recs)
+    elif args.task == "caption":
+        recs = head(bt.read_report_captions(_split_file(args.data or "", args.split)))
+        dec = bt.DECODING["caption"]
+        if args.beam is not None:
+            dec = bt.Decoding(**{**dec.kwargs(), "beam_size": args.beam})
+        preds = bt.generate_text(model, tok, recs, dec, batch_size=args.batch_size)
+        metrics = bt.caption_scores(preds, recs)
     elif args.task == "medmnist":
         recs = head(bt.read_captions(_split_file(args.data or "", args.split)))
         preds = bt.rank_answers(model, tok, recs, _answers(args), args.batch_size)
@@ -198,7 +210,7 @@ def cmd_eval_biomedgpt(args: argparse.Namespace) -> int:
         raise BioGPTError("give --model: a BiomedGPT checkpoint (fairseq .pt, OFA-port or converted directory)")
     writable_file(args.output, "--output")
     writable_file(args.save_outputs, "--save-outputs")
-    if args.task in ("vqa", "medmnist", "nli") and args.data is None:
+    if args.task in ("vqa", "medmnist", "nli", "caption") and args.data is None:
         raise BioGPTError(f"{args.task} needs --data FILE (its TSV{', or MedNLI JSONL' if args.task == 'nli' else ''})")
     if args.task in ("vqa", "medmnist"):
         _answers(args)  # before the model loads: a missing or bad answer set is one error now
@@ -220,13 +232,14 @@ def cmd_eval_biomedgpt(args: argparse.Namespace) -> int:
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("task", choices=TASKS, help="meqsum (ROUGE-L), vqa (accuracy: overall/closed/open), nli "
-                                               "(accuracy), medmnist (accuracy)")  # fmt: skip
+                                               "(accuracy), medmnist (accuracy), caption (report generation: ROUGE-L, "
+                                               "CIDEr-D)")  # fmt: skip
     add_model_options(p)
     p.add_argument("--ema", action="store_true", help="use a fairseq checkpoint's EMA weights, as the original "
                                                       "evaluation does")  # fmt: skip
     p.add_argument("--data", help=f"the split file, or a folder with SPLIT.tsv (meqsum default: {DEFAULT_MEQSUM}); "
-                                  "vqa: OFA's VQA TSV (base64 images); medmnist: OFA's caption TSV; nli: MedNLI "
-                                  "JSONL or premise<TAB>hypothesis<TAB>label")  # fmt: skip
+                                  "vqa: OFA's VQA TSV (base64 images); medmnist, caption: OFA's caption TSV; nli: "
+                                  "MedNLI JSONL or premise<TAB>hypothesis<TAB>label")  # fmt: skip
     p.add_argument("--split", default="test", help="split file name in a --data folder (default: %(default)s)")
     p.add_argument("--answers", help="answer set JSON (answer -> label): trainval_ans2label.json, *_class2label.json")
     p.add_argument("--inference", choices=["beamsearch", "allcand"], default="beamsearch",
@@ -240,8 +253,66 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("eval-biomedgpt", help="evaluate a BiomedGPT (OFA) model on MeQSum, VQA, NLI or MedMNIST",
+    p = sub.add_parser("eval-biomedgpt", help="evaluate a BiomedGPT (OFA) model on MeQSum, VQA, NLI, MedMNIST or "
+                       "captions",
                        description="Run a BiomedGPT task with the original's instruction template, decoding and "
                                    "metric, and print the metrics as JSON.")  # fmt: skip
     add_eval_arguments(p)
     p.set_defaults(func=cmd_eval_biomedgpt)
+
+
+# --- biogpt finetune-biomedgpt ------------------------------------------------------------------------------
+
+
+def cmd_finetune_biomedgpt(args: argparse.Namespace) -> int:
+    import torch
+
+    from biogpt.training.finetune_ofa import finetune_ofa
+
+    if not 0 <= args.label_smoothing < 1:
+        raise BioGPTError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
+    writable_dir(args.output, "--output")
+    if not is_ofa_model(args):
+        raise BioGPTError(f"{args.model} is not a BiomedGPT (OFA) model; `biogpt finetune` trains BioGPT and "
+                          "GPT-2 models")  # fmt: skip
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_device(device)
+    set_threads(args.threads)
+    final = finetune_ofa(args.task, args.model, args.output, data=args.data, split=args.split,
+                         max_updates=args.max_updates, epochs=args.epochs, lr=args.lr, warmup_updates=args.warmup,
+                         batch_size=args.batch_size, update_freq=args.update_freq, epsilon=args.label_smoothing,
+                         limit=args.limit, seed=args.seed, dtype=args.dtype, device=device, vocab=args.vocab,
+                         on_existing="overwrite" if args.overwrite else "resume")  # fmt: skip
+    print(f"final checkpoint: {final}")
+    return 0
+
+
+def add_finetune_parsers(sub) -> None:
+    p = sub.add_parser("finetune-biomedgpt", help="fine-tune a BiomedGPT (OFA) model on MeQSum",
+                       description="Fine-tune BiomedGPT on a text task through the training loop, with OFA's "
+                                   "label-smoothed cross-entropy; writes OUTPUT/final, a BiomedGPT "
+                                   "directory.")  # fmt: skip
+    p.add_argument("task", choices=["meqsum"], help="meqsum: question -> summary")
+    p.add_argument("--model", required=True, help="a BiomedGPT checkpoint (fairseq .pt, OFA-port or converted "
+                                                  "directory)")  # fmt: skip
+    p.add_argument("--output", required=True, help="run folder; rerun the same command to resume")
+    p.add_argument("--data", help=f"the split file, or a folder with SPLIT.tsv (default: {DEFAULT_MEQSUM})")
+    p.add_argument("--split", default="train", help="split file name in a --data folder (default: %(default)s)")
+    p.add_argument("--vocab", help="tokenizer folder, if not beside the checkpoint")
+    p.add_argument("--max-updates", type=positive_int, help="optimizer updates (default: --epochs passes)")
+    p.add_argument("--epochs", type=positive_int, default=10, help="(default: %(default)s)")
+    p.add_argument("--lr", type=positive_float, default=1e-4, help="peak learning rate (default: %(default)s)")
+    p.add_argument("--warmup", type=nonneg_int, default=100, help="warm-up updates (default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="examples per micro-batch "
+                                                                      "(default: %(default)s)")  # fmt: skip
+    p.add_argument("--update-freq", type=positive_int, default=4, help="micro-batches per update, across ranks "
+                                                                       "(default: %(default)s)")  # fmt: skip
+    p.add_argument("--label-smoothing", type=float, default=0.1, help="(default: %(default)s, as OFA)")
+    p.add_argument("--limit", type=positive_int, help="train on the first N examples only")
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16: autocast, fp32 master weights (default: %(default)s)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=1, help="(default: %(default)s)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda where available, else cpu)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads (default: PyTorch's, one per core)")
+    p.add_argument("--overwrite", action="store_true", help="delete an earlier run in --output and start again")
+    p.set_defaults(func=cmd_finetune_biomedgpt)

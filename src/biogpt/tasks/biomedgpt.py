@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import re
+import string
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,9 +28,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from biogpt.errors import TaskError
+from biogpt.errors import InputError, TaskError
 from biogpt.generation.seq2seq import AnswerTrie, beam_search, rank_candidates, right_pad
-from biogpt.images import decode_base64, patch_images
+from biogpt.images import decode_base64, open_image, patch_images
 from biogpt.models.ofa import OFA, PAD_ID
 from biogpt.text.ofa import OFATokenizer, normalize_caption, normalize_question
 
@@ -123,6 +124,32 @@ def read_captions(path: str | Path) -> list[Record]:
         Record(c[0], CAPTION_PROMPT, decode_base64(c[1]), {r: 1.0 for r in c[2].split("&&")})
         for c in _tsv_rows(Path(path), 3)
     ]
+
+
+def read_report_captions(path: str | Path) -> list[Record]:
+    """OFA caption TSV for report generation (IU X-ray, PEIR Gross): uniq_id, image (base64), caption (references
+    joined by "&&"), each image checked as it is read, so that a bad row is one TaskError naming its line."""
+    path = Path(path)
+    if not path.exists():
+        raise TaskError(f"{path}: split file not found")
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        cols = line.split("\t")
+        if len(cols) < 3:
+            raise TaskError(f"{path}:{n}: {len(cols)} tab-separated columns, expected uniq_id<TAB>base64 image"
+                            "<TAB>caption")  # fmt: skip
+        refs = [r for r in (caption_words(c) for c in cols[2].split("&&")) if r]
+        if not refs:
+            raise TaskError(f"{path}:{n}: no reference caption")
+        try:
+            image = decode_base64(cols[1])
+            open_image(image)
+        except InputError as e:
+            raise TaskError(f"{path}:{n}: {e}") from None
+        out.append(Record(cols[0], CAPTION_PROMPT, image, {r: 1.0 for r in refs}))
+    return out
 
 
 def read_meqsum(path: str | Path, max_words: int = 512) -> list[Record]:
@@ -237,6 +264,26 @@ def rouge_l(candidate: str, references: Sequence[str], beta: float = 1.2) -> flo
         recs.append(lcs / len(r) if r else 0.0)
     p, r = max(precs), max(recs)
     return ((1 + beta**2) * p * r) / (r + beta**2 * p) if p and r else 0.0
+
+
+_NO_PUNCTUATION = str.maketrans({c: None for c in string.punctuation})  # OFA's transtab
+
+
+def caption_words(text: str) -> str:
+    """A caption as caption metrics compare it: lower-cased, punctuation deleted as OFA deletes it from
+    hypotheses and references ("x-ray." -> "xray"), single spaces (pycocoevalcap's PTB tokenizer lower-cases)."""
+    return " ".join(text.lower().translate(_NO_PUNCTUATION).split())
+
+
+def caption_scores(predictions: Sequence[str], records: Sequence[Record]) -> dict:
+    """Report generation's metrics: mean ROUGE-L and corpus CIDEr-D of the normalised predictions against each
+    record's references (refs, already normalised by `read_report_captions`)."""
+    if len(predictions) != len(records) or not records:
+        raise TaskError(f"{len(predictions)} predictions for {len(records)} images")
+    cands = [caption_words(p) for p in predictions]
+    refs = [list(r.refs) for r in records]
+    rl = sum(rouge_l(c, rs) for c, rs in zip(cands, refs)) / len(cands)
+    return {"rouge_l": rl, "cider_d": cider_d(cands, refs), "n": len(records)}
 
 
 def summary_rouge_l(candidate: str, reference: str) -> float:

@@ -37,6 +37,7 @@ from biogpt.checkpoints.io import read_tensors
 from biogpt.errors import CheckpointError, TrainingError
 from biogpt.models.biogpt import PAD_ID, BioGPT, BioGPTConfig
 from biogpt.models.gpt2 import GPT2, GPT2Config
+from biogpt.models.ofa import OFA, OFAConfig
 from biogpt.training.dist import barrier, gather_objects, init, log0
 from biogpt.training.loss import lm_loss
 
@@ -123,6 +124,7 @@ def train(
     log_every: int = 10,
     settings: dict | None = None,
     on_existing: str = "resume",
+    loss_fn: Callable[[torch.nn.Module, tuple], torch.Tensor] | None = None,
 ) -> list[dict]:
     """Run updates until cfg.max_updates on the model's device; returns the log.
 
@@ -131,6 +133,11 @@ def train(
     made of (model, data), recorded with `run_settings(cfg)` in every checkpoint. An earlier run in
     cfg.out_dir is resumed from its last checkpoint if these match (else TrainingError naming the
     differences) when on_existing="resume", or deleted first when on_existing="overwrite".
+
+    `loss_fn(model, batch)`, for other models (BiomedGPT: training/finetune_ofa.py): the summed loss of one
+    micro-batch, a tuple of tensors (moved to the device) whose last one is the targets, PAD_ID ignored and the
+    rest counted as the update's tokens; the model given is the one to call (DDP-wrapped over several ranks).
+    None: next-token cross-entropy of (inputs, targets), as BioGPT and GPT-2 train.
     """
     if on_existing not in ON_EXISTING:
         raise TrainingError(f"on_existing must be one of {', '.join(ON_EXISTING)}, got {on_existing!r}")
@@ -197,18 +204,18 @@ def train(
         for group in opt.param_groups:
             group["lr"] = lr
         batches = [next_batch() for _ in range(micro_batches_per_update)]
-        n_tokens = torch.tensor(float(sum(int((y != PAD_ID).sum()) for _, y in batches)), device=device)
+        n_tokens = torch.tensor(float(sum(int((b[-1] != PAD_ID).sum()) for b in batches)), device=device)
         if world > 1:
             torch.distributed.all_reduce(n_tokens)
         total_loss = torch.zeros((), device=device)
-        for j, (x, y) in enumerate(batches):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        for j, batch in enumerate(batches):
+            batch = tuple(t.to(device, non_blocking=True) for t in batch)
             sync = j == len(batches) - 1
             if fsdp:
                 model.set_requires_gradient_sync(sync)
             ctx = ddp.no_sync() if world > 1 and not fsdp and not sync else contextlib.nullcontext()
             with ctx, autocast:
-                loss = lm_loss(ddp, x, y, fused=not fsdp)
+                loss = lm_loss(ddp, *batch, fused=not fsdp) if loss_fn is None else loss_fn(ddp, batch)
                 # sum over tokens / all tokens of the update on all ranks; DDP averages over ranks, so x world
                 (loss * world / n_tokens).backward()
             total_loss += loss.detach()
@@ -358,6 +365,13 @@ def _full_state(model: BioGPT, opt, fsdp: bool) -> tuple[dict, dict]:
     return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, opt, options=options)
 
 
+def _model_class(config) -> type[torch.nn.Module]:
+    """The model class a config belongs to."""
+    if isinstance(config, GPT2Config):
+        return GPT2
+    return OFA if isinstance(config, OFAConfig) else BioGPT
+
+
 def _checkpoint(config: BioGPTConfig, state: dict, out: Path, keep_last: int, save) -> None:
     """Write `update_{step}/` (HF directory + trainer.pt) atomically, point `last/` at it, keep the newest.
 
@@ -374,7 +388,7 @@ def _checkpoint(config: BioGPTConfig, state: dict, out: Path, keep_last: int, sa
         # an unsharded copy to write the HF directory from; built on meta and never initialised, so that it
         # draws nothing from the RNG (an uninterrupted run must see the same random stream as a resumed one)
         with torch.random.fork_rng(devices=[]), torch.device("meta"):
-            plain = GPT2(config) if isinstance(config, GPT2Config) else BioGPT(config)
+            plain = _model_class(config)(config)
         plain.load_state_dict(state["model"], assign=True)
         save(plain, tmp)
     torch.save(state, tmp / "trainer.pt")

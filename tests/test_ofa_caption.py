@@ -1,0 +1,95 @@
+"""`biogpt eval-biomedgpt caption`: report generation (IU X-ray / PEIR Gross style caption TSV) scored with
+ROUGE-L and CIDEr-D. Expected metrics come from the library's own generations and the metric functions."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+import biogpt
+from biogpt.checkpoints.ofa import save_ofa
+from biogpt.tasks.biomedgpt import (
+    CAPTION_PROMPT,
+    DECODING,
+    Record,
+    caption_words,
+    cider_d,
+    generate_text,
+    read_report_captions,
+    rouge_l,
+)
+from biogpt.text.ofa import OFATokenizer
+
+from .test_ofa_cli import BPE, png_bytes, run, tiny_ofa
+
+REPORTS = [
+    "The heart is normal in size. The lungs are clear.",
+    "No acute cardiopulmonary abnormality.&&Heart size normal, lungs clear!",
+    "Mild cardiomegaly; small left pleural effusion.",
+]
+
+
+@pytest.fixture(scope="module")
+def ofa_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ofa")
+    save_ofa(tiny_ofa(), OFATokenizer.from_pretrained(BPE), d)
+    return d
+
+
+def caption_tsv(path, reports=REPORTS):
+    rows = [f"img{i}\t{base64.b64encode(png_bytes(seed=10 + i)).decode()}\t{r}" for i, r in enumerate(reports)]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_caption_words():
+    assert caption_words(" The lungs are clear.  No X-ray findings!") == "the lungs are clear no xray findings"
+
+
+def test_read_report_captions(tmp_path):
+    recs = read_report_captions(caption_tsv(tmp_path / "test.tsv"))
+    assert [r.id for r in recs] == ["img0", "img1", "img2"]
+    assert all(r.text == CAPTION_PROMPT and r.image == png_bytes(seed=10 + i) for i, r in enumerate(recs))
+    assert list(recs[1].refs) == ["no acute cardiopulmonary abnormality", "heart size normal lungs clear"]
+
+
+def test_eval_caption_metrics_match_the_library(ofa_dir, tmp_path, capsys):
+    model, tok = biogpt.load(ofa_dir)
+    data = caption_tsv(tmp_path / "test.tsv")
+    argv = ["eval-biomedgpt", "caption", "--model", ofa_dir, "--data", tmp_path, "--output", tmp_path / "m.json",
+            "--save-outputs", tmp_path / "o.jsonl", "--batch-size", 2]  # fmt: skip
+    code, out, err = run(argv, capsys)
+    assert code == 0 and "caption: 3 examples scored" in err
+    recs = [Record(f"img{i}", CAPTION_PROMPT, png_bytes(seed=10 + i)) for i in range(3)]
+    preds = generate_text(model, tok, recs, DECODING["caption"])
+    assert DECODING["caption"].beam_size == 10 and DECODING["caption"].max_len_b == 32
+    cands = [caption_words(p) for p in preds]
+    refs = [[caption_words(c) for c in r.split("&&")] for r in REPORTS]
+    want_rl = sum(rouge_l(c, rs) for c, rs in zip(cands, refs)) / 3
+    got = json.loads(out)
+    assert got == {"task": "caption", "rouge_l": pytest.approx(want_rl, abs=1e-12),
+                   "cider_d": pytest.approx(cider_d(cands, refs), abs=1e-12), "n": 3}  # fmt: skip
+    assert json.loads((tmp_path / "m.json").read_text()) == got
+    saved = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert saved == [{"id": r.id, "prediction": p} for r, p in zip(recs, preds)]
+
+    code, out, _ = run(["eval-biomedgpt", "caption", "--model", ofa_dir, "--data", data, "--limit", 1], capsys)
+    assert code == 0
+    assert json.loads(out) == {"task": "caption", "rouge_l": pytest.approx(rouge_l(cands[0], refs[0]), abs=1e-12),
+                               "cider_d": pytest.approx(cider_d(cands[:1], refs[:1]), abs=1e-12), "n": 1}  # fmt: skip
+
+
+def test_eval_caption_errors(ofa_dir, tmp_path, capsys):
+    good = caption_tsv(tmp_path / "ok.tsv").read_text().splitlines()
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("\n".join([good[0], "img1\tonly two columns", good[2]]) + "\n")
+    code, _, err = run(["eval-biomedgpt", "caption", "--model", ofa_dir, "--data", bad], capsys)
+    assert code == 2 and f"{bad}:2: 2 tab-separated columns, expected uniq_id<TAB>base64 image<TAB>caption" in err
+    not_image = base64.b64encode(b"not a picture").decode()
+    bad.write_text("\n".join([good[0], f"img1\t{not_image}\ta report"]) + "\n")
+    code, _, err = run(["eval-biomedgpt", "caption", "--model", ofa_dir, "--data", bad], capsys)
+    assert code == 2 and f"{bad}:2: " in err and "not an image" in err
+    code, _, err = run(["eval-biomedgpt", "caption", "--model", ofa_dir], capsys)
+    assert code == 2 and "caption needs --data FILE" in err
