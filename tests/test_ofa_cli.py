@@ -32,7 +32,7 @@ from biogpt.tasks.biomedgpt import (
 )
 from biogpt.text.ofa import OFATokenizer
 
-from .conftest import SHARED
+from .conftest import SHARED, TASKS
 from .test_ofa import FAIRSEQ_ARGS, random_reference, with_bpe, write_fairseq
 
 BPE = SHARED / "data" / "biomedgpt" / "bpe"
@@ -250,3 +250,13 @@ def test_eval_errors(ofa_dir, tmp_path, capsys):
     assert code == 2 and "demo is not a BiomedGPT (OFA) model" in err
     code, _, err = run(["eval-biomedgpt", "meqsum"], capsys)
     assert code == 2 and "give --model" in err
+
+
+def test_biogpt_tasks_with_a_biomedgpt_model_are_one_error(ofa_dir, tmp_path, capsys):
+    """`biogpt eval` / `extract` run BioGPT task models: a BiomedGPT model gets one error naming eval-biomedgpt."""
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('{"id": "1", "title": "Aspirin.", "abstract": "Aspirin induced bleeding."}\n')
+    code, _, err = run(["eval", "pubmedqa", "--model", str(ofa_dir), "--limit", "1", "--data", str(TASKS)], capsys)
+    assert code == 2 and err.startswith("error:") and "eval-biomedgpt" in err and "Traceback" not in err
+    code, _, err = run(["extract", "--task", "bc5cdr", "--model", str(ofa_dir), str(docs), "-o", "-"], capsys)
+    assert code == 2 and "eval-biomedgpt" in err and "Traceback" not in err

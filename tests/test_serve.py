@@ -476,13 +476,15 @@ def test_a_gpt2_family_model_is_served(tmp_path):
         regex = await http.post("/v1/completions", json={"model": "gpt2", "prompt": "x", "max_tokens": 4,
                                                          "structured_outputs": {"regex": "a+"}})  # fmt: skip
         tokens = (await http.post("/tokenize", json={"model": "gpt2", "prompt": "the patient"})).json()
+        lp = await client.completions.create(model="gpt2", prompt=prompts[0], max_tokens=4, temperature=0, logprobs=2)
         ex = await http.post("/v1/extract", json={"model": "gpt2", "task": "pubmedqa", "documents": [
             {"id": "1", "text": "aspirin reduces pain.", "question": "does aspirin reduce pain?"}]})  # fmt: skip
         bad = await http.post("/v1/extract", json={"model": "gpt2", "task": "bc5cdr",
                                                    "documents": [{"id": "1", "text": "aspirin"}]})  # fmt: skip
-        return got, choice, regex, tokens, ex, bad
+        return got, choice, regex, tokens, ex, bad, lp
 
-    got, choice, regex, tokens, ex, bad = serve(app, go)
+    got, choice, regex, tokens, ex, bad, lp = serve(app, go)
+    assert "".join(lp.choices[0].logprobs.tokens) == lp.choices[0].text and len(lp.choices[0].logprobs.tokens) == 4
     assert [c.text for c in sorted(got.choices, key=lambda c: c.index)] == offline
     assert choice.choices[0].text in ("yes", "no")
     assert regex.status_code == 400 and "choice" in regex.json()["error"]["message"]

@@ -424,6 +424,8 @@ def create_app(
         return params
 
     def token_text(t: int) -> str:
+        if state.byte_level:  # GPT-2 family: the token's own text (bytes of a split character decode as U+FFFD)
+            return state.tok.decode([t], skip_special_tokens=False)
         p = state.tok.pieces[t]
         return p[:-2] if p.endswith("@@") else p
 

@@ -32,6 +32,12 @@ def task_for_model(name: str, config, **options):
     2. else, for a Large-shaped model (2,048 positions), the original Large scripts' settings (PubMedQA);
     3. else the base scripts' (the task's class attributes).
     """
+    if not hasattr(config, "prompt_tasks"):  # BioMedLM or BiomedGPT: not a BioGPT task model
+        raise TaskError(
+            f"{name} runs BioGPT task models (prompt tokens, BioGPT's vocabulary); this is a "
+            f"{type(config).__name__.removesuffix('Config')} model: use `biogpt eval pubmedqa` / `extract --task "
+            "pubmedqa` for BioMedLM, `biogpt eval-biomedgpt` for BiomedGPT"
+        )
     large = config.max_positions >= LARGE_POSITIONS
     if name == "pubmedqa" and large and "lowercase" not in options:
         options["lowercase"] = LARGE_PUBMEDQA["lowercase"]
