@@ -5,17 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from safetensors.torch import save_file
-
 from biogpt.checkpoints.biogpt import config_to_hf, ours_to_hf
+from biogpt.checkpoints.io import write_json, write_safetensors
 from biogpt.models.biogpt import BioGPT
 from biogpt.text.tokenizer import PROMPT_PATTERN, Tokenizer
-
-
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def save_hf(model: BioGPT, tokenizer: Tokenizer | None, directory: str | Path) -> None:
@@ -24,12 +17,9 @@ def save_hf(model: BioGPT, tokenizer: Tokenizer | None, directory: str | Path) -
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     cfg = model.config
-    sd = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
-    tmp = d / "model.safetensors.tmp"
-    save_file(ours_to_hf(sd, cfg.n_layer), tmp, metadata={"format": "pt"})
-    tmp.replace(d / "model.safetensors")
-    _write_json(d / "config.json", config_to_hf(cfg))
-    _write_json(d / "generation_config.json", {"bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1})
+    write_safetensors(d / "model.safetensors", ours_to_hf(model.state_dict(), cfg.n_layer))
+    write_json(d / "config.json", config_to_hf(cfg))
+    write_json(d / "generation_config.json", {"bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1})
     if tokenizer is not None:
         tokenizer.save_pretrained(d, format="hf")
         if tokenizer.num_prompt_tokens:
@@ -51,4 +41,4 @@ def _add_prompt_tokens_to_hf_config(d: Path, tokenizer: Tokenizer) -> None:
         }
         for k, i in enumerate(tokenizer.prompt_ids, 1)
     }
-    _write_json(path, conf)
+    write_json(path, conf)

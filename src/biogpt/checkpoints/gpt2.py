@@ -13,7 +13,6 @@ so is a config this model does not implement.
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import re
 import sys
@@ -21,9 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from biogpt.checkpoints.io import read_hf_weights, read_json, read_tensors, resolve
+from biogpt.checkpoints.io import read_hf_weights, read_json, read_tensors, resolve, write_json, write_safetensors
 from biogpt.errors import CheckpointError, VocabError
 from biogpt.models.gpt2 import ACTIVATIONS, GPT2, GPT2Config
 from biogpt.text.bytelevel import ByteLevelTokenizer
@@ -326,23 +324,14 @@ def load_tokenizer(vocab_dir: Path, cfg: GPT2Config) -> ByteLevelTokenizer:
     return tok
 
 
-def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def save_hf(model: GPT2, tokenizer: ByteLevelTokenizer | None, directory: str | Path) -> None:
     """model.safetensors + config.json (+ vocab.json, merges.txt, tokenizer.json): transformers' GPT2LMHeadModel
     and GPT2Tokenizer load it unchanged; each file is written under a temporary name and renamed."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     cfg = model.config
-    sd = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
-    tmp = d / "model.safetensors.tmp"
-    save_file(ours_to_hf(sd, cfg.n_layer), tmp, metadata={"format": "pt"})
-    tmp.replace(d / "model.safetensors")
-    _write_json(d / "config.json", config_to_hf(cfg))
-    _write_json(d / "generation_config.json", {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id})
+    write_safetensors(d / "model.safetensors", ours_to_hf(model.state_dict(), cfg.n_layer))
+    write_json(d / "config.json", config_to_hf(cfg))
+    write_json(d / "generation_config.json", {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id})
     if tokenizer is not None:
         tokenizer.save_pretrained(d)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
 from biogpt.errors import CheckpointError
 
@@ -237,3 +238,17 @@ def resolve(path: str | Path) -> Path:
                 "elsewhere (huggingface-cli download " + str(path) + " --local-dir DIR) and pass DIR instead"
             ) from None
     raise CheckpointError(f"{path}: no such file or directory")
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """A JSON file written under a temporary name and renamed: never half-written."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """A safetensors file (CPU, contiguous copies) written under a temporary name and renamed."""
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
+    tmp.replace(path)

@@ -20,9 +20,16 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from biogpt.checkpoints.io import plain, read_fairseq_checkpoint, read_json, read_safetensors, read_tensors
+from biogpt.checkpoints.io import (
+    plain,
+    read_fairseq_checkpoint,
+    read_json,
+    read_safetensors,
+    read_tensors,
+    write_json,
+    write_safetensors,
+)
 from biogpt.errors import CheckpointError, VocabError
 from biogpt.models.ofa import OFA, OFAConfig, image_buckets, token_buckets
 from biogpt.models.vision import RESNET_LAYERS
@@ -343,7 +350,7 @@ def save_ofa(model: OFA, tokenizer: OFATokenizer | None, directory: str | Path) 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     cfg = {"model_type": MODEL_TYPE, **model.config.to_dict()}
-    (d / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(d / "model.safetensors"))
+    write_json(d / "config.json", cfg)
+    write_safetensors(d / "model.safetensors", model.state_dict())
     if tokenizer is not None:
         tokenizer.save_pretrained(d)
