@@ -72,16 +72,7 @@ class Extractor:
         return [self._record(d, outputs.get(i)) for i, d in enumerate(docs)]
 
     def _record(self, doc: Document, out: tuple[list[int], list[float]] | None) -> dict:
-        record = {
-            "id": doc.id,
-            "task": self.task_name,
-            "text": doc.text,
-            "passages": [{"type": p.type, "offset": p.offset, "text": p.text} for p in doc.passages],
-        }
-        if doc.question is not None:
-            record["question"] = doc.question
-        if doc.annotations or doc.relations:
-            record["input_annotations"], record["input_relations"] = doc.annotations, doc.relations
+        record = mtasks.base_record(self.task_name, doc)
         entities: list[dict] = []
         relations: list[dict] = []
         record.update(entities=entities, relations=relations, parsed=False, sequence_logprob=0.0, output="")

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from biogpt.generation import generate, left_pad
+from biogpt.generation import generate
 from biogpt.mining.readers import Document
+from biogpt.mining.tasks import base_record
 from biogpt.models.gpt2 import GPT2
 from biogpt.tasks import pubmedqa_gpt2 as qa
 from biogpt.tasks.common import TaskError
@@ -62,46 +63,17 @@ class GenerativeExtractor:
         for b in range(0, len(todo), self.batch_size):
             batch = todo[b : b + self.batch_size]
             longest = max(len(prompts[i]) for i in batch)
+            # output_logprobs: the model's own log-probabilities, not those of the constrained choice
             out = generate(self.model, [prompts[i] for i in batch], max_new_tokens=self.max_new_tokens,
-                           constraints=self.constraint, eos_token_id=eos, pad_token_id=eos)  # fmt: skip
-            answers = []
-            for row in out.sequences[:, longest:].tolist():
-                answers.append(row[: row.index(eos) + 1] if eos in row else row)  # the label's tokens, <|endoftext|>
-            for i, answer, lps in zip(batch, answers, self._logprobs([prompts[i] for i in batch], answers)):
-                outputs[i] = (answer, lps)
+                           constraints=self.constraint, eos_token_id=eos, pad_token_id=eos,
+                           output_logprobs=True)  # fmt: skip
+            for i, row, lps in zip(batch, out.sequences[:, longest:].tolist(), out.logprobs.tolist()):
+                n = row.index(eos) + 1 if eos in row else len(row)  # the label's tokens, <|endoftext|>
+                outputs[i] = (row[:n], lps[:n])
         return [self._record(d, outputs.get(i)) for i, d in enumerate(docs)]
 
-    def _logprobs(self, prompts: list[list[int]], answers: list[list[int]]) -> list[list[float]]:
-        """log p(token | prompt, answer before it) of each answer token under the model's own distribution, not
-        the constrained one decoding chose from. The rows prompt + answer are left-padded to T; the prompts go
-        through with a cache (last position's logits only), then the last k = longest answer positions, so the
-        head runs on k + 1 positions per row: the logits at T-k-1 .. T-1, of which row r needs its last
-        len(answer) + 1 but one."""
-        eos = self.tok.eos_token_id
-        ids, mask = left_pad([p + a for p, a in zip(prompts, answers)], eos)  # [B, T]
-        B, T = ids.shape
-        k = max(len(a) for a in answers)
-        cache = self.model.new_cache(B, T)
-        first = self.model(ids[:, : T - k], mask[:, : T - k], cache=cache, last_only=True)  # [B, 1, V]
-        rest = self.model(ids[:, T - k :], mask[:, T - k :], cache=cache)  # [B, k, V]
-        lp = torch.log_softmax(torch.cat([first, rest], 1).float(), -1)  # [B, k + 1, V]: positions T-k-1 .. T-1
-        out = []
-        for r, a in enumerate(answers):
-            n = len(a)
-            out.append(lp[r, k - n : k].gather(1, torch.tensor(a, device=lp.device)[:, None])[:, 0].tolist())
-        return out
-
     def _record(self, doc: Document, out: tuple[list[int], list[float]] | None) -> dict:
-        record = {
-            "id": doc.id,
-            "task": self.task_name,
-            "text": doc.text,
-            "passages": [{"type": p.type, "offset": p.offset, "text": p.text} for p in doc.passages],
-        }
-        if doc.question is not None:
-            record["question"] = doc.question
-        if doc.annotations or doc.relations:
-            record["input_annotations"], record["input_relations"] = doc.annotations, doc.relations
+        record = base_record(self.task_name, doc)
         record.update(entities=[], relations=[], parsed=False, sequence_logprob=0.0, output="")
         if out is None:
             record["skipped"] = "a question is needed (PubMedQA)" if doc.text.strip() else "no text"

@@ -146,3 +146,19 @@ def output_stats(task_name: str, outputs: list[str], sources: list[str]) -> dict
         stats["grounding_rate"] = grounded / named if named else 0.0
         stats["entities_named"] = named
     return stats
+
+
+def base_record(task_name: str, doc: Document) -> dict:
+    """What every output record starts with: the document (id, text, passages, question, the input's own
+    annotations and relations) and the task; each extractor adds its results."""
+    record = {
+        "id": doc.id,
+        "task": task_name,
+        "text": doc.text,
+        "passages": [{"type": p.type, "offset": p.offset, "text": p.text} for p in doc.passages],
+    }
+    if doc.question is not None:
+        record["question"] = doc.question
+    if doc.annotations or doc.relations:
+        record["input_annotations"], record["input_relations"] = doc.annotations, doc.relations
+    return record
