@@ -11,6 +11,7 @@ from biogpt import BioGPT, convert
 from biogpt import load as load_pretrained
 from biogpt.checkpoints import CheckpointError, config_from_hf, hf_to_ours
 from biogpt.generation import AllowedSequences, SourceSpans, generate, left_pad
+from biogpt.generation.prefill import prefill
 
 from .conftest import VOCABS
 
@@ -93,6 +94,31 @@ def test_kv_cache_equals_full_forward():
         inc = torch.cat(parts, 1)
     assert (inc - full)[mask.bool()].abs().max() <= 1e-5  # measured 4.8e-6 (one token per step: other matmul shapes)
 
+
+
+def test_prefill_skips_the_padding_and_leaves_the_padded_forwards_cache():
+    m = ours_from(random_hf(**CONFIGS[0]))
+    calls = []
+    m.register_forward_pre_hook(lambda mod, args: calls.append(args[0].shape))
+    ids, mask = left_pad(PROMPTS)  # 8, 3, 6 and 2 tokens: padding is 41% of the batch
+    padded, alone = m.new_cache(4, 12), m.new_cache(4, 12)
+    want = m(ids, mask, cache=padded, last_only=True)[:, -1]
+    calls.clear()
+    got = prefill(m, ids, mask, alone)
+    assert calls == [torch.Size([1, n]) for n in (8, 3, 6, 2)]  # each prompt alone, on its real tokens
+    assert (got - want).abs().max() <= 1e-5
+    assert alone.length == padded.length == 8
+    assert torch.equal(alone.valid, padded.valid) and torch.equal(alone.next_pos, padded.next_pos)
+    real = padded.valid[None, :, None, :8, None]  # [1, B, 1, S, 1]: padding slots hold anything
+    for a, b in ((alone.k, padded.k), (alone.v, padded.v)):
+        assert ((a[..., :8, :] - b[..., :8, :]).abs() * real).max() <= 1e-5
+    step = torch.tensor([[5], [6], [7], [8]])
+    after = [m(step, torch.ones_like(step), cache=c, last_only=True)[:, -1] for c in (padded, alone)]
+    assert (after[0] - after[1]).abs().max() <= 1e-5
+    calls.clear()
+    ids, mask = left_pad([PROMPTS[0], PROMPTS[0][::-1]])  # no padding: one batched forward
+    prefill(m, ids, mask, m.new_cache(2, 8))
+    assert calls == [torch.Size([2, 8])]
 
 GEN_CASES = [
     dict(max_new_tokens=15),

@@ -440,6 +440,17 @@ def test_shutdown_timeout_cancels_with_an_error_frame(start_server):
     assert proc.wait(30) == 0
 
 
+@pytest.mark.slow
+def test_a_model_that_fails_to_load_stops_the_server(tmp_path):
+    missing = tmp_path / "no-model"
+    cmd = [sys.executable, "-m", "biogpt.cli", "serve", "--model", str(missing), "--port", str(free_port()),
+           "--log-level", "critical"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {missing}: the model failed to load (") and last.endswith("the server stopped")
+
+
 def test_cli_options_are_checked_before_loading(capsys):
     from biogpt.cli import main
 

@@ -122,9 +122,11 @@ def test_finetune_yields_a_checkpoint_eval_accepts(tmp_path, capsys):
         finetune("hoc", tmp_path / "pre", TASKS, tmp_path / "ft", max_updates=2, tokens_per_update=2048,
                  micro_batch_tokens=1024, average_last=2, target_only=True)  # fmt: skip
     (tmp_path / "ft" / "final" / "stale").write_text("from the first run")
-    finetune("hoc", tmp_path / "pre", TASKS, tmp_path / "ft", max_updates=1, tokens_per_update=2048,
-             micro_batch_tokens=1024, average_last=2, target_only=True, on_existing="overwrite")  # fmt: skip
-    assert sorted(p.name for p in (tmp_path / "ft").iterdir()) == ["final", "last", "update_0000001"]
+    finetune("hoc", tmp_path / "pre", TASKS, tmp_path / "ft", max_updates=3, tokens_per_update=2048,
+             micro_batch_tokens=1024, average_last=3, save_every=2, target_only=True,
+             on_existing="overwrite")  # fmt: skip
+    # checkpoints every 2 updates and at the end (HoC's default for 3 updates would be every update)
+    assert sorted(p.name for p in (tmp_path / "ft").iterdir()) == ["final", "last", "update_0000002", "update_0000003"]
     assert not (tmp_path / "ft" / "final" / "stale").exists()
     assert read_tensors(tmp_path / "ft" / "last" / "trainer.pt")["settings"]["target_only"] is True
 
@@ -350,6 +352,7 @@ def test_train_config_refuses_bad_values(field, value, message):
         (dict(max_updates=0), "max_updates must be >= 1, got 0"),
         (dict(max_updates=-1), "max_updates must be >= 1, got -1"),
         (dict(average_last=0), "average_last must be >= 1, got 0"),
+        (dict(save_every=0), "save_every must be >= 1, got 0"),
         (dict(tokens_per_update=0), "tokens_per_update must be an integer >= 1, got 0"),
         (dict(micro_batch_tokens=0), "micro_batch_tokens must be an integer >= 1, got 0"),
         (dict(lr=-1e-5), "lr must be a number > 0, got -1e-05"),

@@ -32,7 +32,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                      max_batch=args.max_concurrency, max_queue=args.max_queue, prefill_chunk=args.prefill_chunk,
                      max_len=args.max_model_len, max_body=args.max_body_mb * (1 << 20))  # fmt: skip
     print(f"serving {name} on http://{args.host}:{args.port} (OpenAI API under /v1)", file=sys.stderr)
-    run(app, args.host, args.port, args.shutdown_timeout, args.log_level)
+    load_error = run(app, args.host, args.port, args.shutdown_timeout, args.log_level)
+    if load_error is not None:
+        raise BioGPTError(f"{name}: {load_error}; the server stopped")
     return 0
 
 

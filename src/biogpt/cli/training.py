@@ -100,8 +100,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     final = finetune(task, args.model, data_dir(args.data), args.output, epochs=args.epochs,
                      max_updates=args.max_updates, lr=args.lr, warmup_updates=args.warmup,
                      tokens_per_update=args.tokens_per_update, micro_batch_tokens=args.micro_batch_tokens,
-                     target_only=args.target_only, average_last=args.average_last, seed=args.seed, dtype=args.dtype,
-                     device=device, on_existing=_on_existing(args), splits=splits)  # fmt: skip
+                     target_only=args.target_only, average_last=args.average_last, save_every=args.save_every,
+                     seed=args.seed, dtype=args.dtype, device=device, on_existing=_on_existing(args),
+                     splits=splits)  # fmt: skip
     print(f"final checkpoint: {final}")
     return 0
 
@@ -122,7 +123,8 @@ def _finetune_gpt2(args: argparse.Namespace, tasks: list[str], device: str) -> i
     final = finetune_gpt2("pubmedqa", args.model, data_dir(args.data), args.output, epochs=args.epochs,
                           max_updates=args.max_updates, lr=args.lr, warmup_updates=args.warmup,
                           tokens_per_update=args.tokens_per_update, micro_batch_tokens=args.micro_batch_tokens,
-                          average_last=args.average_last, seed=args.seed, dtype=args.dtype, device=device,
+                          average_last=args.average_last, save_every=args.save_every, seed=args.seed,
+                          dtype=args.dtype, device=device,
                           on_existing=_on_existing(args), fsdp=args.fsdp)  # fmt: skip
     print(f"final checkpoint: {final}")
     return 0
@@ -201,6 +203,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--target-only", action="store_true", help="score only the target (the original scores all)")
     p.add_argument("--average-last", type=positive_int, default=5,
                    help="average the last N epoch checkpoints into final/ (default: %(default)s)")  # fmt: skip
+    p.add_argument("--save-every", type=positive_int,
+                   help="updates between the checkpoints that are averaged (default: every epoch; hoc: 20 over the "
+                        "run)")  # fmt: skip
     p.add_argument("--fsdp", action="store_true",
                    help="shard a GPT-2 family model (BioMedLM) across torchrun ranks (FSDP); its PubMedQA loss is "
                         "always on the answer only")  # fmt: skip

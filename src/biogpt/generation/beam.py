@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from biogpt.generation.prefill import prefill
 from biogpt.generation.processors import process
 
 NEG = -1.0e9  # the "impossible" score of transformers' beam search (not -inf: it is added, not assigned)
@@ -41,7 +42,7 @@ def beam_search(model, ids, mask, max_new, rows, nb, n_return, lp, early_stoppin
     batch_offset = torch.arange(B, device=dev)[:, None] * nb
 
     prompt_cache = model.new_cache(B, T0)
-    logits = model(ids, mask, cache=prompt_cache, last_only=True)[:, -1].repeat_interleave(nb, 0)
+    logits = prefill(model, ids, mask, prompt_cache).repeat_interleave(nb, 0)
     cache = model.new_cache(B * nb, max_len)
     cache.load_repeated(prompt_cache, nb)
     del prompt_cache

@@ -1,6 +1,7 @@
 """The generation engine: ids in, ids out; it never sees text.
 
-One pre-allocated KV cache per call; prompts of different lengths are left-padded. Greedy and beam search
+One pre-allocated KV cache per call; prompts of different lengths are left-padded (and run without computing
+the padding where it is a large share: generation/prefill.py). Greedy and beam search
 follow `transformers` generate() rule for rule (same logits processors in the same order, same beam
 bookkeeping, length normalisation and early-stopping heuristic), so outputs are identical token for token
 on the same weights. Sampling (temperature, top-k, top-p, seeded) and constrained decoding (forced prefix,
@@ -18,6 +19,7 @@ from torch import nn
 from biogpt.errors import GenerationError
 from biogpt.generation.beam import beam_search
 from biogpt.generation.constraints import Constraint, ForcedPrefix
+from biogpt.generation.prefill import prefill
 from biogpt.generation.processors import process, sample
 
 
@@ -146,7 +148,7 @@ def _greedy_or_sample(model, ids, mask, max_new, rows, do_sample, temperature, t
     eos = opts["eos"]
     g = torch.Generator(device=ids.device).manual_seed(seed) if seed is not None else None
     cache = model.new_cache(B, T0 + max_new)
-    logits = model(ids, mask, cache=cache, last_only=True)[:, -1]
+    logits = prefill(model, ids, mask, cache)
     seqs = ids
     done = torch.zeros(B, dtype=torch.bool, device=ids.device)
     ones = torch.ones(B, 1, dtype=torch.long, device=ids.device)

@@ -225,6 +225,8 @@ def create_app(
     def load() -> None:
         try:
             state.attach(*loader())
+        except BioGPTError as e:  # a bad path, checkpoint or option: its message says what to do
+            state.load_error = f"the model failed to load ({e})"
         except Exception as e:
             log.exception("loading the model failed")
             state.load_error = f"the model failed to load ({e})"

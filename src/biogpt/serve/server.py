@@ -1,6 +1,7 @@
 """Running the app under uvicorn with a graceful drain: the first SIGTERM / SIGINT stops admission (503 to new
 requests and /health), lets running requests finish for up to `shutdown_timeout` seconds, cancels what is
-left, then lets uvicorn close; a second signal exits at once."""
+left, then lets uvicorn close; a second signal exits at once. A model that fails to load stops the server:
+it could only ever answer 503, and a supervisor should see the process fail instead."""
 
 from __future__ import annotations
 
@@ -32,8 +33,16 @@ class DrainingServer(uvicorn.Server):
             sch.cancel(list(sch.running) + list(sch.prefilling) + list(sch.waiting))
         self.should_exit = True
 
+    async def on_tick(self, counter: int) -> bool:
+        if self.state.load_error is not None:
+            self.should_exit = True
+        return await super().on_tick(counter)
 
-def run(app: FastAPI, host: str, port: int, shutdown_timeout: float, log_level: str = "info") -> None:
+
+def run(app: FastAPI, host: str, port: int, shutdown_timeout: float, log_level: str = "info") -> str | None:
+    """Serves until drained; returns why the model failed to load, or None."""
     # the drain already waited for the requests; uvicorn then only closes idle connections
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=2)
-    DrainingServer(config, shutdown_timeout).run()
+    server = DrainingServer(config, shutdown_timeout)
+    server.run()
+    return server.state.load_error

@@ -24,7 +24,7 @@ from biogpt.training.data import batch_by_size, pair_batches, rank_batches
 from biogpt.training.dist import device_for, init, log0
 from biogpt.training.loop import ON_EXISTING, TrainConfig, average_checkpoints, train
 
-__all__ = ["RECIPES", "add_prompt_tokens", "finetune", "run_length"]
+__all__ = ["RECIPES", "add_prompt_tokens", "check_run", "finetune", "run_length"]
 
 
 def add_prompt_tokens(model: BioGPT, k: int, seed: int = 1) -> BioGPT:
@@ -60,11 +60,13 @@ def finetune(
     device: str | torch.device = "cpu",
     on_existing: str = "resume",
     splits: dict[str, str] | None = None,
+    save_every: int | None = None,
 ) -> Path:
     """Fine-tune for a task with the original recipe; returns the final checkpoint directory (`out/final`),
     the average of the last `average_last` epoch checkpoints (HoC: the last one), which `biogpt eval` takes.
 
     Length: `max_updates` if given, else `epochs` if given, else the recipe's (epochs, or updates for HoC).
+    Checkpoints (the ones averaged): every `save_every` updates if given, else as `run_length` says.
     An earlier run in out_dir is resumed if it has the same settings (task, model, data, target_only and
     the TrainConfig's), or started again with on_existing="overwrite". Bad values raise TrainingError before
     anything is loaded or written.
@@ -77,12 +79,8 @@ def finetune(
     if not names or len(set(names)) != len(names):
         raise TrainingError(f"give each task once, got {names!r}")
     task_name = names[0]
-    bad = [f"{name} must be >= 1, got {v!r}" for name, v in (("epochs", epochs), ("max_updates", max_updates),
-           ("average_last", average_last)) if v is not None and not (isinstance(v, int) and v >= 1)]  # fmt: skip
-    if bad:
-        raise TrainingError("; ".join(bad))
-    if on_existing not in ON_EXISTING:
-        raise TrainingError(f"on_existing must be one of {', '.join(ON_EXISTING)}, got {on_existing!r}")
+    check_run(epochs=epochs, max_updates=max_updates, average_last=average_last, save_every=save_every,
+              on_existing=on_existing)  # fmt: skip
     tasks = [get_task(name) for name in names]
     recipe = {**RECIPES[task_name]}
     # checked now (TrainConfig refuses bad values); its length and saving cadence follow from the data below
@@ -126,8 +124,8 @@ def finetune(
     n_micro = len(batch_by_size([len(x) for x, _ in pairs], micro_batch_tokens, seed, 0))
     micro_per_update = max(1, tokens_per_update // (micro_batch_tokens * world))
     updates_per_epoch = max(1, n_micro // (micro_per_update * world))
-    total, save_every = run_length(task_name, epochs, max_updates, updates_per_epoch)
-    cfg = replace(cfg, max_updates=total, save_every=save_every)
+    total, default_every = run_length(task_name, epochs, max_updates, updates_per_epoch)
+    cfg = replace(cfg, max_updates=total, save_every=save_every or default_every)
     position = {"epoch": 0, "block": 0}
     stream = pair_batches(pairs, micro_batch_tokens, seed, position)
     final = Path(out_dir) / "final"
@@ -150,6 +148,16 @@ def finetune(
         _remove(final)
         tmp.rename(final)
     return final
+
+
+def check_run(on_existing: str, **counts: int | None) -> None:
+    """One TrainingError naming every count that is given but not an int >= 1, or a bad on_existing."""
+    bad = [f"{name} must be >= 1, got {v!r}" for name, v in counts.items()
+           if v is not None and not (isinstance(v, int) and v >= 1)]  # fmt: skip
+    if bad:
+        raise TrainingError("; ".join(bad))
+    if on_existing not in ON_EXISTING:
+        raise TrainingError(f"on_existing must be one of {', '.join(ON_EXISTING)}, got {on_existing!r}")
 
 
 def run_length(task_name: str, epochs: int | None, max_updates: int | None, updates_per_epoch: int) -> tuple[int, int]:

@@ -30,8 +30,8 @@ from biogpt.tasks import pubmedqa_gpt2 as qa
 from biogpt.text.bytelevel import ByteLevelTokenizer
 from biogpt.training.data import batch_by_size, pair_batches, rank_batches
 from biogpt.training.dist import device_for, init, log0
-from biogpt.training.finetune import _identity, _remove, run_length
-from biogpt.training.loop import ON_EXISTING, TrainConfig, average_checkpoints, train
+from biogpt.training.finetune import _identity, _remove, check_run, run_length
+from biogpt.training.loop import TrainConfig, average_checkpoints, train
 
 TASKS = ("pubmedqa",)
 
@@ -69,6 +69,7 @@ def finetune_gpt2(
     tokens_per_update: int = 1024 * 32,
     micro_batch_tokens: int = 1024,
     average_last: int = 5,
+    save_every: int | None = None,
     seed: int = 1,
     dtype: str = "fp32",
     device: str | torch.device = "cpu",
@@ -84,12 +85,8 @@ def finetune_gpt2(
     if task_name not in TASKS:
         raise TrainingError(f"{task_name}: a GPT-2 family model (BioMedLM) is fine-tuned for pubmedqa only (the "
                             "generative `question: ... context: ... answer:` format)")  # fmt: skip
-    bad = [f"{name} must be >= 1, got {v!r}" for name, v in (("epochs", epochs), ("max_updates", max_updates),
-           ("average_last", average_last)) if v is not None and not (isinstance(v, int) and v >= 1)]  # fmt: skip
-    if bad:
-        raise TrainingError("; ".join(bad))
-    if on_existing not in ON_EXISTING:
-        raise TrainingError(f"on_existing must be one of {', '.join(ON_EXISTING)}, got {on_existing!r}")
+    check_run(epochs=epochs, max_updates=max_updates, average_last=average_last, save_every=save_every,
+              on_existing=on_existing)  # fmt: skip
     recipe = RECIPES[task_name]
     cfg = TrainConfig(out_dir=str(out_dir), lr=lr if lr is not None else recipe["lr"], seed=seed,
                       warmup_updates=warmup_updates if warmup_updates is not None else recipe["warmup_updates"],
@@ -114,8 +111,8 @@ def finetune_gpt2(
     n_micro = len(batch_by_size([len(x) for x, _ in pairs], micro_batch_tokens, seed, 0))
     micro_per_update = max(1, tokens_per_update // (micro_batch_tokens * world))
     updates_per_epoch = max(1, n_micro // (micro_per_update * world))
-    total, save_every = run_length(task_name, epochs, max_updates, updates_per_epoch)
-    cfg = replace(cfg, max_updates=total, save_every=save_every)
+    total, default_every = run_length(task_name, epochs, max_updates, updates_per_epoch)
+    cfg = replace(cfg, max_updates=total, save_every=save_every or default_every)
     position = {"epoch": 0, "block": 0}
     stream = pair_batches(pairs, micro_batch_tokens, seed, position)
     final = Path(out_dir) / "final"
