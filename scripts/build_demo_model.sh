@@ -8,8 +8,8 @@ set -euo pipefail
 TASKS=${TASKS:-../shared/data/tasks}
 RUN=${RUN:-runs/demo-model}
 OUT=${OUT:-src/biogpt/demo}
-PRETRAIN_UPDATES=${PRETRAIN_UPDATES:-160}
-FINETUNE_UPDATES=${FINETUNE_UPDATES:-300}
+PRETRAIN_UPDATES=${PRETRAIN_UPDATES:-600}
+FINETUNE_UPDATES=${FINETUNE_UPDATES:-400}
 mkdir -p "$RUN"
 start=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - start ))s] $*"; }
@@ -20,14 +20,18 @@ stamp "learn BPE (8000 merges)"
 biogpt bpe learn "$RUN/documents.txt" --output "$RUN/vocab" --merges 8000
 stamp "build the corpus"
 biogpt corpus build "$RUN/documents.jsonl" --vocab "$RUN/vocab" --output "$RUN/corpus" --workers 2 --valid-per-mille 20
-stamp "pre-train (demo preset: 4 layers, width 256, 1024 positions; bf16 autocast)"
-biogpt pretrain --corpus "$RUN/corpus" --vocab "$RUN/vocab" --output "$RUN/pretrain" --preset demo --block 1024 \
-  --lr 1e-3 --warmup 20 --max-updates "$PRETRAIN_UPDATES" --tokens-per-update 16384 --micro-batch-tokens 4096 \
-  --dtype bf16 --eval-every 40 --save-every 40 --seed 1 --overwrite | tee "$RUN/pretrain.log"
+# blocks of 512 tokens (a step costs about half what 1,024 would; every HoC sentence and most other sources fit,
+# and fine-tuning trains the positions beyond) and many small updates at a high rate: a model this small learns
+# far more per CPU minute that way (validation perplexity 192 after 600 updates of 4,096 tokens, against 1,035
+# after 160 of 16,384 in blocks of 1,024 at 1e-3)
+stamp "pre-train (demo preset: 4 layers, width 256, 1024 positions; blocks of 512; bf16 autocast)"
+biogpt pretrain --corpus "$RUN/corpus" --vocab "$RUN/vocab" --output "$RUN/pretrain" --preset demo --block 512 \
+  --lr 3e-3 --warmup 40 --max-updates "$PRETRAIN_UPDATES" --tokens-per-update 4096 --micro-batch-tokens 4096 \
+  --dtype bf16 --eval-every 100 --save-every 100 --seed 1 --overwrite | tee "$RUN/pretrain.log"
 stamp "multi-task fine-tuning: pubmedqa bc5cdr ddi kd-dti hoc, each with its own prompt tokens, target only"
 biogpt finetune pubmedqa bc5cdr ddi kd-dti hoc --model "$RUN/pretrain/last" --data "$TASKS" --output "$RUN/finetune" \
-  --max-updates "$FINETUNE_UPDATES" --lr 5e-4 --warmup 30 --tokens-per-update 8192 --micro-batch-tokens 2048 \
-  --target-only --average-last 3 --dtype bf16 --seed 1 --overwrite | tee "$RUN/finetune.log"
+  --max-updates "$FINETUNE_UPDATES" --lr 1.5e-3 --warmup 40 --tokens-per-update 8192 --micro-batch-tokens 2048 \
+  --target-only --save-every 20 --average-last 3 --dtype bf16 --seed 1 --overwrite | tee "$RUN/finetune.log"
 stamp "copy into the package"
 rm -rf "$OUT.tmp" && mkdir -p "$OUT.tmp"
 cp "$RUN/finetune/final/"{model.safetensors,config.json,vocab.json,merges.txt,tokenizer_config.json,prompt_tokens.json} "$OUT.tmp/"
