@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from biogpt import BioGPT
-from biogpt.backends.cpu import kernels
+from biogpt.backends.cpu import forms, kernels
 from biogpt.backends.cpu.forms import (
     AMXInt8Linear,
     DecodeAttention,
@@ -55,15 +55,24 @@ from .test_model import CONFIGS, PROMPTS, _save_hf_with_vocab, random_hf
 
 # the CPU check only, at collection (building there would write into the user's cache); require_amx_kernels
 # then builds them in the test session's cache
-amx = pytest.mark.skipif(kernels._unsupported() is not None, reason="needs an x86 CPU with AMX int8")
+native = pytest.mark.skipif(kernels._unsupported() is not None, reason="needs an x86 CPU with AVX512-BF16")
+amx = pytest.mark.skipif(kernels._unsupported() is not None or kernels.missing_amx() is not None,
+                         reason="needs an x86 CPU with AMX int8")  # fmt: skip
 
 
-def require_amx_kernels() -> None:
-    """Skip, saying why, where the AMX kernels cannot be built or loaded on this AMX CPU."""
+def require_native_kernels() -> None:
+    """Skip, saying why, where the kernels cannot be built or loaded on a CPU that could run them."""
     try:
         kernels.decode_kernels()
     except kernels.KernelUnavailable as e:
-        pytest.skip(f"the AMX kernels cannot run here: {e}")
+        pytest.skip(f"the native kernels cannot run here: {e}")
+
+
+def require_amx_kernels() -> None:
+    """Skip, saying why, where the CPU has no AMX or the kernels cannot be built or loaded on it."""
+    if kernels.missing_amx() is not None:
+        pytest.skip(f"the AMX kernels cannot run here: {kernels.missing_amx()}")
+    require_native_kernels()
 
 
 linux = pytest.mark.skipif(platform.system() != "Linux", reason="the kernel cache is used on Linux only")
@@ -159,7 +168,7 @@ def _shadow(cache: KVCache) -> KVCache:
     return other
 
 
-@pytest.mark.parametrize("form", ["reference", pytest.param("amx", marks=amx)])
+@pytest.mark.parametrize("form", ["reference", pytest.param("native", marks=native)])
 @pytest.mark.parametrize("n_head,d_model", [(4, 128), (2, 256), (3, 96)])
 def test_decode_attention_matches_sdpa(form, n_head, d_model):
     B, D, s, layer = 3, d_model // n_head, 37, 1
@@ -169,8 +178,8 @@ def test_decode_attention_matches_sdpa(form, n_head, d_model):
     before = cache.k.clone()
     shadow = _shadow(cache)
 
-    if form == "amx":
-        require_amx_kernels()
+    if form == "native":
+        require_native_kernels()
     attention = ReferenceDecodeAttention(n_head) if form == "reference" else DecodeAttention(n_head)
     out = attention(qkv, cache, layer)
 
@@ -188,7 +197,7 @@ def test_decode_attention_matches_sdpa(form, n_head, d_model):
     # there); its exp is within 2e-7 relative (decode.c): the reference's rounding plus that, 1e-6
     err = (out.double() - ref).abs().max().item()
     assert err <= (4e-7 if form == "reference" else 1e-6), err
-    if form == "amx":  # and the kernel against the package's reference, on the same cache
+    if form == "native":  # and the kernel against the package's reference, on the same cache
         torch.testing.assert_close(out, ReferenceDecodeAttention(n_head)(qkv, shadow, layer), rtol=0, atol=1e-6)
 
     with pytest.raises(ValueError, match="one fp32 token per row and a bf16 cache"):
@@ -295,17 +304,22 @@ def _rows_differing(a: torch.Tensor, b: torch.Tensor) -> int:
 # 0-5; the README's AMX figure on seed 0 is 0.0063). One Linear (below): pytorch 0.0163, reference 0.0073.
 INT8_CASES = {
     "pytorch-int8": dict(linear=0.02, logits=0.02),
+    "pytorch-int8-native-attention": dict(linear=0.02, logits=0.02),  # PyTorch's Linear, bf16 cache
     "reference-int8": dict(linear=0.01, logits=0.01),
     "amx-int8": dict(linear=0.01, logits=0.01),  # the reference's arithmetic (tested above), so its bounds
 }
 
 
-@pytest.mark.parametrize("mode", ["pytorch-int8", "reference-int8", pytest.param("amx-int8", marks=amx)])
-def test_int8_mode_is_close_to_fp32(mode):
+@pytest.mark.parametrize("mode", ["pytorch-int8", pytest.param("pytorch-int8-native-attention", marks=native),
+                                  "reference-int8", pytest.param("amx-int8", marks=amx)])  # fmt: skip
+def test_int8_mode_is_close_to_fp32(mode, monkeypatch):
     if mode == "amx-int8":
         require_amx_kernels()
+    elif mode == "pytorch-int8-native-attention":
+        require_native_kernels()
+        monkeypatch.setattr(forms, "missing_amx", lambda: "no AMX here")  # the form of AVX512-BF16 CPUs
     bound = INT8_CASES[mode]
-    form = {"pytorch-int8": Int8Linear, "reference-int8": ReferenceInt8Linear, "amx-int8": AMXInt8Linear}[mode]
+    form = {"reference-int8": ReferenceInt8Linear, "amx-int8": AMXInt8Linear}.get(mode, Int8Linear)
     # one Linear: within int8 rounding (weights per row, activations per call or row) of the fp32 result
     g = torch.Generator().manual_seed(0)
     w, b, x = torch.randn(48, 64, generator=g), torch.randn(48, generator=g), torch.randn(7, 3, 64, generator=g)
@@ -320,9 +334,13 @@ def test_int8_mode_is_close_to_fp32(mode):
     elif mode == "reference-int8":
         quantize_int8_reference(q)
     else:
-        quantize_int8(q, amx=True)
+        quantize_int8(q, amx=True if mode == "amx-int8" else None)
     assert isinstance(q.head, form) and all(isinstance(blk.fc2, form) for blk in q.blocks)
-    if mode != "pytorch-int8":  # GELU fused into fc1, decoding attention over a bf16 cache
+    if mode == "pytorch-int8-native-attention":  # decoding attention over a bf16 cache, GELU not fused
+        assert all(isinstance(blk.decode_attention, DecodeAttention) for blk in q.blocks)
+        assert all(isinstance(blk.act, torch.nn.GELU) for blk in q.blocks)
+        assert q.new_cache(2, 8).k.dtype == torch.bfloat16
+    elif mode != "pytorch-int8":  # GELU fused into fc1, decoding attention over a bf16 cache
         attention = ReferenceDecodeAttention if mode == "reference-int8" else DecodeAttention
         assert all(blk.fc1.gelu and isinstance(blk.decode_attention, attention) for blk in q.blocks)
         assert q.new_cache(2, 8).k.dtype == torch.bfloat16
@@ -427,10 +445,10 @@ def _runtime_warnings(fn):
     return out, [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
 
 
-def test_cpu_without_amx_falls_back_silently(fresh_kernels, monkeypatch):
+def test_cpu_without_avx512_bf16_falls_back_silently(fresh_kernels, monkeypatch):
     monkeypatch.setattr(kernels, "platform", types.SimpleNamespace(system=lambda: "Linux", machine=lambda: "x86_64"))
     monkeypatch.setattr(kernels, "_cpu_flags", lambda: {"avx512f"})
-    with pytest.raises(kernels.KernelUnavailable, match="lacks .*amx_int8") as e:
+    with pytest.raises(kernels.KernelUnavailable, match="lacks avx512_bf16, avx512bw, avx512dq, avx512vl") as e:
         kernels.decode_kernels()
     assert not isinstance(e.value, kernels.KernelBuildError)  # the expected fallback, not a failure
     with pytest.raises(QuantizationError, match="AMX int8 kernels cannot run: this CPU lacks"):
@@ -439,6 +457,21 @@ def test_cpu_without_amx_falls_back_silently(fresh_kernels, monkeypatch):
     assert warned == []  # nothing to fix on such a CPU: no warning
     assert isinstance(m.blocks[0].qkv, Int8Linear) and m.blocks[0].decode_attention is None
     assert m.cache_dtype is None and not fresh_kernels.exists()  # nothing was built
+
+
+@native
+def test_cpu_with_avx512_bf16_but_no_amx_gets_the_native_decode_attention(fresh_kernels, monkeypatch):
+    monkeypatch.setattr(kernels, "_cpu_flags", lambda: set(kernels._CPU_FLAGS))  # no amx_tile, amx_int8
+    with pytest.raises(QuantizationError, match="AMX int8 kernels cannot run: this CPU lacks amx_int8, amx_tile"):
+        quantize_int8(_tiny(), amx=True)
+    assert not fresh_kernels.exists()  # refused before building
+    require_native_kernels()
+    m, warned = _runtime_warnings(lambda: quantize_int8(_tiny()))  # PyTorch's Linear, biogpt's decode attention
+    assert warned == []
+    assert isinstance(m.blocks[0].qkv, Int8Linear) and isinstance(m.blocks[0].decode_attention, DecodeAttention)
+    assert m.cache_dtype == torch.bfloat16
+    plain = quantize_int8(_tiny(), amx=False)  # PyTorch's only: no native code
+    assert plain.blocks[0].decode_attention is None and plain.cache_dtype is None
 
 
 STAND_IN_LIBRARY = """
@@ -457,6 +490,8 @@ class StandIn:
         self.tmp, self.log = tmp_path, tmp_path / "compiler-calls"
         self.monkeypatch = monkeypatch
         monkeypatch.setattr(kernels, "_unsupported", lambda: None)
+        monkeypatch.setattr(kernels, "missing_amx", lambda: None)
+        monkeypatch.setattr(forms, "missing_amx", lambda: None)
 
     def compiler(self, body: str) -> str:
         cc = self.tmp / "stand-in-cc"
@@ -677,7 +712,7 @@ def test_build_or_load_failure_falls_back_with_one_warning(stand_in, fresh_kerne
     start = time.monotonic()
     m, warned = _runtime_warnings(lambda: quantize_int8(_tiny()))
     assert len(warned) == 1 and re.search(reason, warned[0]), warned
-    assert warned[0].startswith("biogpt's AMX int8 kernels cannot run") and "PyTorch's quantized Linear" in warned[0]
+    assert warned[0].startswith("biogpt's native CPU kernels cannot run") and "PyTorch's quantized Linear" in warned[0]
     assert isinstance(m.blocks[0].qkv, Int8Linear) and m.cache_dtype is None
     with pytest.raises(QuantizationError, match="the AMX int8 kernels cannot run: .*" + reason):
         quantize_int8(_tiny(), amx=True)

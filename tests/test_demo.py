@@ -60,22 +60,23 @@ def test_demo_converts_to_a_directory_transformers_loads(tmp_path):
 
 def test_demo_in_bf16_and_int8_agrees_with_fp32():
     from biogpt.backends.cpu import pack_bf16, quantize_int8
+    from biogpt.mining import Extractor
+    from biogpt.mining.readers import title_abstract
 
     docs = json.loads((TASKS / "BC5CDR" / "test.json").read_text())
-    texts = [d["title"] + " " + d["abstract"] for d in list(docs.values())[:8]]
+    texts = [d["title"] + " " + d["abstract"] for d in list(docs.values())[:16]]
     outs = {}
     for mode in ("fp32", "bf16", "int8"):
         model, tok = biogpt.load("demo")
         if mode == "bf16":
             pack_bf16(model)
         elif mode == "int8":
-            quantize_int8(model, amx=False)
-        from biogpt.mining import Extractor
-        from biogpt.mining.readers import title_abstract
-
-        ex = Extractor(model, tok, "bc5cdr", batch_size=4)
+            quantize_int8(model)  # the form this CPU gets by default
+        # grounded, as the README's main job: free decoding runs this small model into hundreds of tokens of
+        # repeated statements, where one late difference changes the whole string
+        ex = Extractor(model, tok, "bc5cdr", grounded=True, batch_size=4)
         outs[mode] = [r["output"] for r in ex.extract([title_abstract(str(i), "", t) for i, t in enumerate(texts)])]
-    # measured: bf16 changes one of the 8 outputs (so extract's --dtype auto stays fp32); int8 within two
+    # measured: bf16 16 of 16 outputs equal to fp32's, int8 15 of 16 (so extract's --dtype auto stays fp32)
     assert sum(a == b for a, b in zip(outs["bf16"], outs["fp32"])) >= len(texts) - 1
     assert sum(a == b for a, b in zip(outs["int8"], outs["fp32"])) >= len(texts) - 2
 

@@ -15,8 +15,10 @@ stream in and are turned into products.
     never depends on the other rows of the batch; it streams the weights at close to memory speed; exact GELU
     fused into the first MLP Linear; decoding attention over a bf16 KV cache;
   - elsewhere, PyTorch's dynamically quantized Linear (fbgemm/x86 or qnnpack, `Int8Linear`): activations
-    uint8 with one scale and zero point per call, computed from all the rows of that call; attention and the KV
-    cache stay fp32.
+    uint8 with one scale and zero point per call, computed from all the rows of that call. On CPUs with
+    AVX512-BF16 (Cooper Lake, Zen 4 and later) decoding steps still use biogpt's `DecodeAttention` over a bf16
+    KV cache (at batch 16 after BC5CDR abstracts, reading an fp32 cache took longer than the int8 weights);
+    elsewhere attention and the KV cache stay fp32.
   A failure to build or load the AMX kernels on a CPU that has AMX falls back with one RuntimeWarning saying
   why; `amx=True` turns it into a QuantizationError.
 - `quantize_int8_reference(model)`: the AMX form's arithmetic in plain PyTorch ops (`ReferenceInt8Linear`,
@@ -40,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from biogpt.backends.cpu.kernels import KernelBuildError, KernelUnavailable, decode_kernels
+from biogpt.backends.cpu.kernels import KernelBuildError, KernelUnavailable, decode_kernels, missing_amx
 from biogpt.errors import QuantizationError
 from biogpt.models.biogpt import BioGPT
 from biogpt.models.cache import KVCache
@@ -293,29 +295,38 @@ def _engine_available() -> bool:
 def quantize_int8(model: Model, amx: bool | None = None) -> Model:
     """Turn `model` (in place) into its int8-weight inference form and return it; it must be on the CPU.
 
-    amx: None uses biogpt's AMX kernels where they run and PyTorch's quantized Linear elsewhere (with one
-    RuntimeWarning saying why when the CPU has AMX but the kernels could not be built or loaded); True requires
-    the AMX kernels (QuantizationError saying why not); False always uses PyTorch's."""
+    amx: None picks the fastest form this CPU runs: biogpt's AMX kernels (int8 Linear and decode attention) on
+    AMX CPUs; PyTorch's quantized Linear with biogpt's decode attention over a bf16 KV cache on other CPUs with
+    AVX512-BF16; PyTorch's quantized Linear and attention elsewhere. Where the CPU could run biogpt's kernels
+    but they could not be built or loaded, one RuntimeWarning says why. True requires the AMX kernels
+    (QuantizationError saying why not); False uses PyTorch's only (no native code)."""
     if model.tok_emb.weight.device.type != "cpu":
         raise QuantizationError("int8 mode runs on the CPU; use --dtype bf16 or fp32 on other devices")
     _check_plain(model)
+    if amx and missing_amx() is not None:
+        raise QuantizationError(f"the AMX int8 kernels cannot run: {missing_amx()}")
+    native_attention = False
     if amx is not False:
         try:
             decode_kernels()
         except KernelUnavailable as e:
             if amx:
                 raise QuantizationError(f"the AMX int8 kernels cannot run: {e}") from e
-            if isinstance(e, KernelBuildError):  # not the expected fallback of a CPU without AMX: say why
+            if isinstance(e, KernelBuildError):  # not the expected fallback of a CPU without AVX512: say why
                 warnings.warn(
-                    f"biogpt's AMX int8 kernels cannot run ({e}); using PyTorch's quantized Linear instead",
+                    f"biogpt's native CPU kernels cannot run ({e}); using PyTorch's quantized Linear and attention "
+                    "instead",
                     RuntimeWarning,
                     stacklevel=2,
                 )
         else:
-            return _kernel_form(model, AMXInt8Linear, DecodeAttention)
+            if missing_amx() is None:
+                return _kernel_form(model, AMXInt8Linear, DecodeAttention)
+            native_attention = True
     if not _engine_available():
         raise QuantizationError("this PyTorch build has no quantized CPU engine; use --dtype bf16 or fp32")
-    return _replace_linears(model.float().eval(), Int8Linear)
+    _replace_linears(model.float().eval(), Int8Linear)
+    return _with_decode_attention(model, DecodeAttention) if native_attention else model
 
 
 def quantize_int8_reference(model: Model) -> Model:
@@ -331,14 +342,18 @@ def quantize_int8_reference(model: Model) -> Model:
 def _kernel_form(model: Model, linear: type[nn.Module], attention: type[nn.Module]) -> Model:
     """The AMX form's layout with `linear` and `attention` as its kernels (the AMX ones or the reference)."""
     _replace_linears(model.float().eval(), linear)
-    cfg = model.config
-    fits = DecodeAttention.fits(cfg.d_model // cfg.n_head, cfg.max_positions)
-    if fits:
-        model.cache_dtype = torch.bfloat16  # half the bytes to read per step; keys and values to 8 bits
     for block in model.blocks:
         if isinstance(block.act, nn.GELU) and block.act.approximate == "none":
             block.fc1.gelu, block.act = True, nn.Identity()  # exact GELU in fc1's kernel: one pass less
         # (GPT-2's tanh GELU, gelu_new, stays a separate step: the kernel fuses only the exact one)
-        if fits:
+    return _with_decode_attention(model, attention)
+
+
+def _with_decode_attention(model: Model, attention: type[nn.Module]) -> Model:
+    """Decoding steps through `attention` over a bf16 KV cache, where the kernel fits the head size."""
+    cfg = model.config
+    if DecodeAttention.fits(cfg.d_model // cfg.n_head, cfg.max_positions):
+        model.cache_dtype = torch.bfloat16  # half the bytes to read per step; keys and values to 8 bits
+        for block in model.blocks:
             block.decode_attention = attention(cfg.n_head)
     return model

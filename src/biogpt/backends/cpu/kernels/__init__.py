@@ -1,9 +1,11 @@
 """Native CPU kernels, compiled on first use with the system C compiler and cached.
 
 - `decode.c`: the int8 Linear and the decode attention over a bf16 KV cache of
-  `biogpt.backends.cpu.forms.quantize_int8` on x86 CPUs with AMX (Sapphire Rapids and later). PyTorch has no CPU
-  kernels that stream int8 weights or a KV cache at memory speed for a few rows; these do
-  (benchmarks/bench_generate.py). Elsewhere the int8 form uses PyTorch's own quantized Linear and attention.
+  `biogpt.backends.cpu.forms.quantize_int8`. The decode attention runs on x86 CPUs with AVX512 and its BF16
+  conversions (Cooper Lake, Zen 4 and later); the int8 Linear also needs AMX (Sapphire Rapids and later). PyTorch
+  has no CPU kernels that stream int8 weights or a KV cache at memory speed for a few rows; these do
+  (benchmarks/bench_generate.py, bench_extract.py). Elsewhere the int8 form uses PyTorch's own quantized Linear
+  and attention.
   `biogpt.backends.cpu.forms.quantize_int8_reference` is the same arithmetic in PyTorch ops, on any machine.
 
 The cache: the shared library is built once per source version (the name `decode-<key>.so`, key from the source,
@@ -53,7 +55,8 @@ _FLAGS = [
     "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512bf16", "-mamx-tile", "-mamx-int8",
     "-DPREFETCH=16384", "-DPREFETCH_HINT=_MM_HINT_T1",  # into L2, 16 KiB ahead of the weight stream (measured)
 ]  # fmt: skip
-_CPU_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16", "amx_tile", "amx_int8"}
+_CPU_FLAGS = {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16"}  # what the decode attention runs on
+_AMX_FLAGS = {"amx_tile", "amx_int8"}  # what the int8 Linear also needs
 _LOCK_NAME = ".lock"
 _RECORD_SUFFIX = ".sha256"
 BUILD_TIMEOUT_S = 300.0  # a build takes a few seconds; a hung compiler must not hang the caller
@@ -88,8 +91,16 @@ def _cpu_flags() -> set[str]:
 def _unsupported() -> str | None:
     """Why this machine cannot run the kernels at all, or None where it can (tests replace this check)."""
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
-        return "the AMX kernels run on x86-64 Linux only"
+        return "the native kernels run on x86-64 Linux only"
     missing = _CPU_FLAGS - _cpu_flags()
+    if missing:
+        return f"this CPU lacks {', '.join(sorted(missing))} (AVX512 with BF16: Cooper Lake, Zen 4 or later)"
+    return None
+
+
+def missing_amx() -> str | None:
+    """Why this CPU cannot run the AMX int8 Linear (it may still run the decode attention), or None."""
+    missing = _AMX_FLAGS - _cpu_flags()
     if missing:
         return f"this CPU lacks {', '.join(sorted(missing))} (AMX int8 needs Sapphire Rapids or later)"
     return None
@@ -284,7 +295,7 @@ def _load() -> ctypes.CDLL:
         init, linear, attention = lib.biogpt_amx_init, lib.biogpt_int8_linear, lib.biogpt_decode_attention
     except AttributeError as e:
         raise KernelBuildError(f"the kernel library lacks a function: {e}") from e
-    if init() != 0:
+    if missing_amx() is None and init() != 0:  # (only the int8 Linear uses the tiles)
         raise KernelBuildError("Linux did not grant this process the AMX tile state (arch_prctl)")
     i64, ptr, i32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     # x, M, K, w, w_scale, bias, gelu, N, y, work, threads
@@ -301,7 +312,8 @@ _state: ctypes.CDLL | KernelUnavailable | None = None  # the loaded library, or 
 
 
 def decode_kernels() -> ctypes.CDLL:
-    """decode.c built and loaded (on the first call): `biogpt_int8_linear` and `biogpt_decode_attention`.
+    """decode.c built and loaded (on the first call): `biogpt_int8_linear` (only where `missing_amx()` is None)
+    and `biogpt_decode_attention`.
 
     Raises KernelUnavailable (KernelBuildError for a failed build or load). The outcome is kept for the process,
     failures included: a slow failing compiler is waited for once, not once per caller."""
