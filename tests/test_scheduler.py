@@ -260,3 +260,28 @@ def test_thread_serves_and_call_runs_between_steps(model):
         assert sch.call(lambda: threading.current_thread().name).result(30) == "biogpt-scheduler"
     finally:
         sch.stop()
+
+
+def test_native_decode_attention_serves_as_offline(greedy_ref):
+    """biogpt's decode attention over a bf16 cache (int8's form on CPUs with AVX512-BF16) under continuous
+    batching: the rows it reads are each row's own, so arrivals, queueing and compaction change no token."""
+    from biogpt.backends.cpu import kernels
+    from biogpt.backends.cpu.forms import DecodeAttention, _with_decode_attention
+
+    from .test_cpu_kernels import require_native_kernels
+
+    if kernels._unsupported() is not None:
+        pytest.skip(kernels._unsupported())
+    require_native_kernels()
+
+    hf = random_hf(**{**CONFIGS[0], "num_attention_heads": 2, "max_position_embeddings": 512})  # head size 32
+    m = _with_decode_attention(ours_from(hf), DecodeAttention)  # fp32 Linears: rows independent of each other
+    assert m.new_cache(1, 4).k.dtype == torch.bfloat16
+    prompts = greedy_ref[0]
+    ref = [offline(m, p, N, eos_token_id=NO_EOS) for p in prompts]
+    sch = Scheduler(m, eos_token_id=NO_EOS, max_batch=3, prefill_chunk=7, max_len=260)
+    sch.cache.k.fill_(float("nan"))
+    sch.cache.v.fill_(float("nan"))
+    seqs, cb = run(sch, [0, 5, 1, 30, 2, 17, 44], prompts, SamplingParams(max_tokens=N))
+    assert sch.compactions > 0
+    assert [cb.tokens[s.id] for s in seqs] == ref
