@@ -13,7 +13,8 @@ Cases: greedy at batch 1, greedy at batch 16, beam search with 5 beams. Each cas
 transformers fp32; biogpt fp32 (the exact mode: outputs are checked identical to transformers); biogpt bf16
 (prepacked for oneDNN, where the CPU has native bf16: biogpt.backends.cpu.forms.pack_bf16); biogpt int8 (int8
 weights: biogpt.backends.cpu.forms.quantize_int8, with biogpt's own AMX kernels and a bf16 KV cache where the CPU
-has AMX, PyTorch's quantized Linear elsewhere; the header line says which). It prints tokens/s, ratios against
+has AMX, PyTorch's quantized Linear with biogpt's decode attention over a bf16 cache on other AVX512-BF16 CPUs,
+PyTorch's Linear and attention elsewhere; the header line says which). It prints tokens/s, ratios against
 transformers fp32, and the share of generated tokens that bf16 and int8 have in common with fp32.
 """
 
@@ -105,7 +106,8 @@ def main() -> None:
     if can_pack_bf16():
         models["bf16"] = pack_bf16(fresh())
     models["int8"] = quantize_int8(fresh())
-    int8_form = type(models["int8"].blocks[0].qkv).__name__
+    q8 = models["int8"].blocks[0]
+    int8_form = type(q8.qkv).__name__ + (f" + {type(q8.decode_attention).__name__}" if q8.decode_attention else "")
     print(
         f"{label}: {sum(p.numel() for p in ours.parameters()) / 1e6:.1f}M parameters, "
         f"{args.threads} threads, native bf16: {'bf16' in models}, int8 form: {int8_form}"

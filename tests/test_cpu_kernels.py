@@ -470,6 +470,8 @@ def test_cpu_with_avx512_bf16_but_no_amx_gets_the_native_decode_attention(fresh_
     assert warned == []
     assert isinstance(m.blocks[0].qkv, Int8Linear) and isinstance(m.blocks[0].decode_attention, DecodeAttention)
     assert m.cache_dtype == torch.bfloat16
+    with pytest.raises(kernels.KernelUnavailable, match="lacks amx_int8, amx_tile"):  # never an illegal instruction
+        AMXInt8Linear(torch.randn(64, 64), None)
     plain = quantize_int8(_tiny(), amx=False)  # PyTorch's only: no native code
     assert plain.blocks[0].decode_attention is None and plain.cache_dtype is None
 

@@ -399,14 +399,16 @@ def test_decoding_attention_takes_the_inverse_layer_scale():
 # relative to the largest fp32 logit, on trained_like(0): prompt / cached decoding measured pytorch-int8
 # 0.0139 / 0.0125, reference-int8 0.0072 / 0.0077, bf16 0.0037 / 0.0040 (seeds 0-3: up to 0.0170 / 0.0180,
 # 0.0101 / 0.0119, 0.0045 / 0.0044)
-FORM_BOUNDS = {"pytorch-int8": 0.02, "reference-int8": 0.01, "amx-int8": 0.01, "bf16": 0.005}
+FORM_BOUNDS = {"pytorch-int8": 0.02, "pytorch-int8-native-attention": 0.02, "reference-int8": 0.01,
+               "amx-int8": 0.01, "bf16": 0.005}  # fmt: skip
 
 
-@pytest.mark.parametrize("mode", ["pytorch-int8", "reference-int8", "amx-int8", "bf16"])
-def test_cpu_forms_close_to_fp32(mode):
+@pytest.mark.parametrize("mode", ["pytorch-int8", "pytorch-int8-native-attention", "reference-int8", "amx-int8",
+                                  "bf16"])  # fmt: skip
+def test_cpu_forms_close_to_fp32(mode, monkeypatch):
     from torch import nn
 
-    from biogpt.backends.cpu import can_pack_bf16, pack_bf16, quantize_int8
+    from biogpt.backends.cpu import can_pack_bf16, forms, kernels, pack_bf16, quantize_int8
     from biogpt.backends.cpu.forms import (
         AMXInt8Linear,
         Int8Linear,
@@ -415,7 +417,7 @@ def test_cpu_forms_close_to_fp32(mode):
         quantize_int8_reference,
     )
 
-    from .test_cpu_kernels import require_amx_kernels
+    from .test_cpu_kernels import require_amx_kernels, require_native_kernels
 
     m = trained_like()
     q = _copy(m)
@@ -424,11 +426,19 @@ def test_cpu_forms_close_to_fp32(mode):
         quantize_int8(q, amx=True)
     elif mode == "pytorch-int8":
         quantize_int8(q, amx=False)
+    elif mode == "pytorch-int8-native-attention":  # the form of AVX512-BF16 CPUs without AMX
+        if kernels.unsupported() is not None:
+            pytest.skip(kernels.unsupported())
+        require_native_kernels()
+        monkeypatch.setattr(forms, "missing_amx", lambda: "no AMX here")
+        quantize_int8(q)
+        assert q.blocks[0].decode_attention is not None and q.new_cache(1, 4).k.dtype == torch.bfloat16
     elif mode == "reference-int8":
         quantize_int8_reference(q)
     else:
         pack_bf16(q)
-    form = {"pytorch-int8": Int8Linear, "reference-int8": ReferenceInt8Linear, "amx-int8": AMXInt8Linear,
+    form = {"pytorch-int8": Int8Linear, "pytorch-int8-native-attention": Int8Linear,
+            "reference-int8": ReferenceInt8Linear, "amx-int8": AMXInt8Linear,
             "bf16": PackedBF16Linear if can_pack_bf16() else nn.Linear}[mode]  # fmt: skip
     assert all(isinstance(b.qkv, form) and isinstance(b.fc1, form) for b in q.blocks)
     if mode in ("reference-int8", "amx-int8"):  # tanh GELU stays outside fc1 (the kernel fuses the exact one only)
@@ -450,7 +460,8 @@ def test_cpu_forms_close_to_fp32(mode):
         ref = m(seqs, full)[:, T0 - 1 : -1]
     got = _cached_logits(q, seqs, mask, T0, 6)
     assert (got - ref).abs().max() <= bound * ref.abs().max()
-    assert int((got.argmax(-1) != ref.argmax(-1)).sum()) <= 1  # of 24; measured 0-1
+    # of 24; measured 0-1, and 2 with PyTorch's int8 Linear and the bf16 cache together (near ties of this model)
+    assert int((got.argmax(-1) != ref.argmax(-1)).sum()) <= (2 if mode == "pytorch-int8-native-attention" else 1)
     for beams in (1, 3):  # measured: at most one of the four rows parts from fp32 (a near tie of this random model)
         fp32 = generate(m, PROMPTS, max_new_tokens=6, num_beams=beams, eos_token_id=EOS, pad_token_id=EOS).sequences
         fast = generate(q, PROMPTS, max_new_tokens=6, num_beams=beams, eos_token_id=EOS, pad_token_id=EOS).sequences

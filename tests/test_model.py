@@ -118,7 +118,9 @@ def test_prefill_skips_the_padding_and_leaves_the_padded_forwards_cache():
     calls.clear()
     ids, mask = left_pad([PROMPTS[0], PROMPTS[0][::-1]])  # no padding: one batched forward
     prefill(m, ids, mask, m.new_cache(2, 8))
-    assert calls == [torch.Size([2, 8])]
+    ids, mask = left_pad(PROMPTS)
+    prefill(m, ids.flip(1), mask.flip(1), m.new_cache(4, 8))  # right padding: not what per-prompt runs assume
+    assert calls == [torch.Size([2, 8]), torch.Size([4, 8])]
 
 GEN_CASES = [
     dict(max_new_tokens=15),

@@ -202,10 +202,10 @@ def add_parsers(sub) -> None:
                    help="tokens per forward/backward pass (default: %(default)s, as --max-tokens)")  # fmt: skip
     p.add_argument("--target-only", action="store_true", help="score only the target (the original scores all)")
     p.add_argument("--average-last", type=positive_int, default=5,
-                   help="average the last N epoch checkpoints into final/ (default: %(default)s)")  # fmt: skip
+                   help="average the last N checkpoints into final/ (default: %(default)s)")  # fmt: skip
     p.add_argument("--save-every", type=positive_int,
-                   help="updates between the checkpoints that are averaged (default: every epoch; hoc: 20 over the "
-                        "run)")  # fmt: skip
+                   help="updates between the checkpoints that are averaged (default: one per epoch; hoc: 20 "
+                        "checkpoints over the run)")  # fmt: skip
     p.add_argument("--fsdp", action="store_true",
                    help="shard a GPT-2 family model (BioMedLM) across torchrun ranks (FSDP); its PubMedQA loss is "
                         "always on the answer only")  # fmt: skip

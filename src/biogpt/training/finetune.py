@@ -63,7 +63,7 @@ def finetune(
     save_every: int | None = None,
 ) -> Path:
     """Fine-tune for a task with the original recipe; returns the final checkpoint directory (`out/final`),
-    the average of the last `average_last` epoch checkpoints (HoC: the last one), which `biogpt eval` takes.
+    the average of the last `average_last` checkpoints (HoC: the last one), which `biogpt eval` takes.
 
     Length: `max_updates` if given, else `epochs` if given, else the recipe's (epochs, or updates for HoC).
     Checkpoints (the ones averaged): every `save_every` updates if given, else as `run_length` says.

@@ -78,9 +78,10 @@ def finetune_gpt2(
     split: str = "train",
 ) -> Path:
     """Fine-tune a GPT-2 family model on PubMedQA (generative format); returns `out/final`, the average of the
-    last `average_last` epoch checkpoints, a Hugging Face directory that `biogpt.load` and transformers'
-    GPT2LMHeadModel read. Length, learning rate and warm-up default to the PubMedQA recipe's (recipes.py), as
-    for BioGPT. `fsdp` shards each block and the rest across torchrun ranks (the 2.7B model on GPUs).
+    last `average_last` checkpoints (one per epoch, or every `save_every` updates), a Hugging Face directory that
+    `biogpt.load` and transformers' GPT2LMHeadModel read. Length, learning rate and warm-up default to the
+    PubMedQA recipe's (recipes.py), as for BioGPT. `fsdp` shards each block and the rest across torchrun ranks
+    (the 2.7B model on GPUs).
     """
     if task_name not in TASKS:
         raise TrainingError(f"{task_name}: a GPT-2 family model (BioMedLM) is fine-tuned for pubmedqa only (the "

@@ -9,7 +9,7 @@ stream in and are turned into products.
   Linears at batch 1-16 and faster prefill on an AMX CPU (benchmarks/bench_generate.py).
 - `quantize_int8(model)`: every block Linear and the tied output head get int8 weights, symmetric, one scale
   per output row, quantized once here; int32 accumulation, fp32 bias and output. LayerNorm and the embeddings
-  stay fp32. A quarter of fp32's bytes: the fastest form. Two kernels:
+  stay fp32. A quarter of fp32's bytes: the fastest form. Three forms, by CPU:
   - on CPUs with AMX (Sapphire Rapids and later), biogpt's own (biogpt/backends/cpu/kernels/decode.c,
     `AMXInt8Linear`, `DecodeAttention`): activations int8, symmetric, one scale per row, so a row's result
     never depends on the other rows of the batch; it streams the weights at close to memory speed; exact GELU
@@ -19,8 +19,9 @@ stream in and are turned into products.
     AVX512-BF16 (Cooper Lake, Zen 4 and later) decoding steps still use biogpt's `DecodeAttention` over a bf16
     KV cache (at batch 16 after BC5CDR abstracts, reading an fp32 cache took longer than the int8 weights);
     elsewhere attention and the KV cache stay fp32.
-  A failure to build or load the AMX kernels on a CPU that has AMX falls back with one RuntimeWarning saying
-  why; `amx=True` turns it into a QuantizationError.
+  A failure to build or load biogpt's kernels on a CPU that could run them (no C compiler, say) falls back to
+  PyTorch's Linear and attention with one RuntimeWarning saying why; `amx=True` turns it into a
+  QuantizationError.
 - `quantize_int8_reference(model)`: the AMX form's arithmetic in plain PyTorch ops (`ReferenceInt8Linear`,
   `ReferenceDecodeAttention`): the same model layout (fused GELU, bf16 KV cache, decoding attention) on any
   machine, slowly. It is what the kernels are tested against, and lets the numerics of the AMX form be
@@ -42,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from biogpt.backends.cpu.kernels import KernelBuildError, KernelUnavailable, decode_kernels, missing_amx
+from biogpt.backends.cpu.kernels import KernelBuildError, KernelUnavailable, decode_kernels, missing_amx, unsupported
 from biogpt.errors import QuantizationError
 from biogpt.models.biogpt import BioGPT
 from biogpt.models.cache import KVCache
@@ -94,6 +95,8 @@ class AMXInt8Linear(nn.Module):
         self._scale = torch.zeros(Np)
         self._scale[:N] = scale
         self._bias = bias.detach().float().contiguous() if bias is not None else None
+        if missing_amx() is not None:  # the library also loads on CPUs without AMX, for its decode attention
+            raise KernelUnavailable(missing_amx())
         self._kernel = decode_kernels().biogpt_int8_linear
         self.gelu = False  # True: the output goes through exact GELU in the kernel (the block's act is then Identity)
 
@@ -303,8 +306,8 @@ def quantize_int8(model: Model, amx: bool | None = None) -> Model:
     if model.tok_emb.weight.device.type != "cpu":
         raise QuantizationError("int8 mode runs on the CPU; use --dtype bf16 or fp32 on other devices")
     _check_plain(model)
-    if amx and missing_amx() is not None:
-        raise QuantizationError(f"the AMX int8 kernels cannot run: {missing_amx()}")
+    if amx and (unsupported() or missing_amx()) is not None:
+        raise QuantizationError(f"the AMX int8 kernels cannot run: {unsupported() or missing_amx()}")
     native_attention = False
     if amx is not False:
         try:

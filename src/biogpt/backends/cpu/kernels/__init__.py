@@ -98,6 +98,11 @@ def _unsupported() -> str | None:
     return None
 
 
+def unsupported() -> str | None:
+    """Why this machine cannot run the native kernels at all (not even the decode attention), or None."""
+    return _unsupported()
+
+
 def missing_amx() -> str | None:
     """Why this CPU cannot run the AMX int8 Linear (it may still run the decode attention), or None."""
     missing = _AMX_FLAGS - _cpu_flags()
