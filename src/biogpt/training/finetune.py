@@ -7,6 +7,7 @@ learned1..K, recorded in the config as `prompt_tasks`), and the tasks' training 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from biogpt.training.data import batch_by_size, pair_batches, rank_batches
 from biogpt.training.dist import device_for, init, log0
 from biogpt.training.loop import ON_EXISTING, TrainConfig, average_checkpoints, train
 
-__all__ = ["RECIPES", "add_prompt_tokens", "check_run", "finetune", "run_length"]
+__all__ = ["RECIPES", "add_prompt_tokens", "check_run", "finetune", "run_length", "schedule", "write_final"]
 
 
 def add_prompt_tokens(model: BioGPT, k: int, seed: int = 1) -> BioGPT:
@@ -121,11 +122,8 @@ def finetune(
     rank, world = init(dev)
     model.to(dev)
 
-    n_micro = len(batch_by_size([len(x) for x, _ in pairs], micro_batch_tokens, seed, 0))
-    micro_per_update = max(1, tokens_per_update // (micro_batch_tokens * world))
-    updates_per_epoch = max(1, n_micro // (micro_per_update * world))
-    total, default_every = run_length(task_name, epochs, max_updates, updates_per_epoch)
-    cfg = replace(cfg, max_updates=total, save_every=save_every or default_every)
+    cfg, micro_per_update, updates_per_epoch = schedule(cfg, pairs, task_name, epochs, max_updates, save_every,
+                                                        world)  # fmt: skip
     position = {"epoch": 0, "block": 0}
     stream = pair_batches(pairs, micro_batch_tokens, seed, position)
     final = Path(out_dir) / "final"
@@ -134,20 +132,37 @@ def finetune(
     settings = {"task": "+".join(names), "model_path": _identity(model_path), "target_only": target_only,
                 "training_pairs": len(pairs), "prompt_tokens": k}  # fmt: skip
     log0(rank, f"{'+'.join(names)}: {len(pairs)} training pairs, {updates_per_epoch} updates per epoch, "
-               f"{total} updates")  # fmt: skip
+               f"{cfg.max_updates} updates")  # fmt: skip
     train(model, cfg, rank_batches(stream, rank, world), micro_per_update, position,
           save=lambda m, d: save_hf(m, tok, d), settings=settings, on_existing=on_existing)  # fmt: skip
     if rank == 0:
         dirs = sorted(p for p in Path(out_dir).glob("update_*") if p.is_dir())[-average_last:]
         if len(dirs) > 1 and names != ["hoc"]:
             model.load_state_dict(average_checkpoints(dirs))
-        # written aside and renamed: an interruption never leaves a half-written `final`
-        tmp = final.with_name(".final.tmp")
-        _remove(tmp)
-        save_hf(model, tok, tmp)
-        _remove(final)
-        tmp.rename(final)
+        write_final(final, lambda d: save_hf(model, tok, d))
     return final
+
+
+def schedule(cfg: TrainConfig, pairs: list, task_name: str, epochs: int | None, max_updates: int | None,
+             save_every: int | None, world: int) -> tuple[TrainConfig, int, int]:
+    """(cfg with the run's length and checkpoint cadence, micro-batches per update, updates per epoch) for
+    training `pairs` on `world` ranks: the length as `run_length` says, checkpoints every `save_every` updates
+    if given."""
+    n_micro = len(batch_by_size([len(x) for x, _ in pairs], cfg.micro_batch_tokens, cfg.seed, 0))
+    micro_per_update = max(1, cfg.tokens_per_update // (cfg.micro_batch_tokens * world))
+    updates_per_epoch = max(1, n_micro // (micro_per_update * world))
+    total, default_every = run_length(task_name, epochs, max_updates, updates_per_epoch)
+    return replace(cfg, max_updates=total, save_every=save_every or default_every), micro_per_update, updates_per_epoch
+
+
+def write_final(final: Path, save: Callable[[Path], None]) -> None:
+    """`save(dir)` into a folder beside `final`, then renamed over it: an interruption never leaves a
+    half-written `final`."""
+    tmp = final.with_name(".final.tmp")
+    _remove(tmp)
+    save(tmp)
+    _remove(final)
+    tmp.rename(final)
 
 
 def check_run(on_existing: str, **counts: int | None) -> None:

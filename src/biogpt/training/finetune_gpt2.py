@@ -15,7 +15,6 @@ ignored positions, which is safe because no label token is PAD_ID (checked).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -28,9 +27,9 @@ from biogpt.models.gpt2 import GPT2
 from biogpt.recipes import RECIPES
 from biogpt.tasks import pubmedqa_gpt2 as qa
 from biogpt.text.bytelevel import ByteLevelTokenizer
-from biogpt.training.data import batch_by_size, pair_batches, rank_batches
+from biogpt.training.data import pair_batches, rank_batches
 from biogpt.training.dist import device_for, init, log0
-from biogpt.training.finetune import _identity, _remove, check_run, run_length
+from biogpt.training.finetune import _identity, _remove, check_run, schedule, write_final
 from biogpt.training.loop import TrainConfig, average_checkpoints, train
 
 TASKS = ("pubmedqa",)
@@ -109,11 +108,8 @@ def finetune_gpt2(
     rank, world = init(dev)
     model.to(dev)
 
-    n_micro = len(batch_by_size([len(x) for x, _ in pairs], micro_batch_tokens, seed, 0))
-    micro_per_update = max(1, tokens_per_update // (micro_batch_tokens * world))
-    updates_per_epoch = max(1, n_micro // (micro_per_update * world))
-    total, default_every = run_length(task_name, epochs, max_updates, updates_per_epoch)
-    cfg = replace(cfg, max_updates=total, save_every=save_every or default_every)
+    cfg, micro_per_update, updates_per_epoch = schedule(cfg, pairs, task_name, epochs, max_updates, save_every,
+                                                        world)  # fmt: skip
     position = {"epoch": 0, "block": 0}
     stream = pair_batches(pairs, micro_batch_tokens, seed, position)
     final = Path(out_dir) / "final"
@@ -122,7 +118,7 @@ def finetune_gpt2(
     settings = {"task": task_name, "format": "generative", "model_path": _identity(model_path), "split": split,
                 "target_only": True, "training_pairs": len(pairs)}  # fmt: skip
     log0(rank, f"{task_name} (generative): {len(pairs)} training pairs, {updates_per_epoch} updates per epoch, "
-               f"{total} updates")  # fmt: skip
+               f"{cfg.max_updates} updates")  # fmt: skip
     hook = model.register_forward_pre_hook(_drop_mask, with_kwargs=True)
     try:
         train(model, cfg, rank_batches(stream, rank, world), micro_per_update, position,
@@ -136,10 +132,5 @@ def finetune_gpt2(
         with torch.device("meta"):
             plain = GPT2(model.config)
         plain.load_state_dict(average_checkpoints(dirs), assign=True)
-        # written aside and renamed: an interruption never leaves a half-written `final`
-        tmp = final.with_name(".final.tmp")
-        _remove(tmp)
-        gpt2_checkpoints.save_hf(plain, tok, tmp)
-        _remove(final)
-        tmp.rename(final)
+        write_final(final, lambda d: gpt2_checkpoints.save_hf(plain, tok, d))
     return final

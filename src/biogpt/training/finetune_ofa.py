@@ -29,7 +29,7 @@ from biogpt.models.ofa import OFA
 from biogpt.tasks.biomedgpt import Record, label_smoothed_nll, read_meqsum
 from biogpt.text.ofa import OFATokenizer
 from biogpt.training.dist import device_for, init, log0
-from biogpt.training.finetune import _identity, _remove
+from biogpt.training.finetune import _identity, _remove, write_final
 from biogpt.training.loop import ON_EXISTING, TrainConfig, train
 
 TASKS = ("meqsum",)
@@ -163,10 +163,6 @@ def finetune_ofa(
     train_ofa(model, tok, records, out_dir, max_updates, lr=lr, warmup_updates=warmup_updates,
               batch_size=batch_size, update_freq=update_freq, epsilon=epsilon, seed=seed, dtype=dtype,
               on_existing=on_existing, settings=settings)  # fmt: skip
-    if rank == 0:  # written aside and renamed: an interruption never leaves a half-written `final`
-        tmp = final.with_name(".final.tmp")
-        _remove(tmp)
-        save_ofa(model, tok, tmp)
-        _remove(final)
-        tmp.rename(final)
+    if rank == 0:
+        write_final(final, lambda d: save_ofa(model, tok, d))
     return final
