@@ -224,12 +224,19 @@ class Scheduler:
         self._thread = threading.Thread(target=self._loop, name="biogpt-scheduler", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop the thread; sequences still in it end as cancelled."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the thread; sequences still in it end as cancelled. `timeout`: seconds to wait for the step in
+        progress (a long extraction or beam search); past it the daemon thread is left to end with the process,
+        so that a shutdown deadline holds."""
         self._stop = True
         self._wake.set()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("the scheduler's step did not end within %gs; not waiting for it", timeout)
+                for s in list(self.running) + self.prefilling + list(self.waiting):
+                    s.cancelled = True
+                return
             self._thread = None
         for s in list(self.running) + self.prefilling + list(self.waiting):
             self._finish(s, "cancelled")
@@ -331,7 +338,7 @@ class Scheduler:
             if s.prefilled < len(s.prompt):
                 return  # the rest at the next step: running rows decode in between
             self.prefilling.pop(0)
-            if self._accept(s, logits[-1]):
+            if self._accept_or_fail(s, logits[-1]):
                 s.cache = None
                 continue
             self._insert(s)
@@ -375,7 +382,7 @@ class Scheduler:
         logits = self.model(ids, torch.ones_like(ids), cache=view, last_only=True)[:, -1]  # [n, V]
         cache.length = view.length
         greedy = logits.argmax(-1).tolist()
-        done = [r for r, s in enumerate(self.running) if self._accept(s, logits[r], greedy[r])]
+        done = [r for r, s in enumerate(self.running) if self._accept_or_fail(s, logits[r], greedy[r])]
         self._free(done)
 
     def _free(self, rows: list[int]) -> None:
@@ -390,6 +397,21 @@ class Scheduler:
             self.cache.length = 0
 
     # --- one token ---------------------------------------------------------------------------------------
+
+    def _accept_or_fail(self, s: Seq, logits: torch.Tensor, greedy: int | None = None) -> bool:
+        """`_accept`, with a failure (a constraint, a stop check, a client's callback) ending this sequence
+        alone with an error: the other rows of the batch go on."""
+        try:
+            return self._accept(s, logits, greedy)
+        except Exception as e:
+            log.exception("choosing the next token failed")
+            s.finished = False  # _accept may have marked it finished before failing: report the error
+            try:
+                self._finish(s, "error", error=f"generation failed: {type(e).__name__}")
+            except Exception:  # its callback fails too: the row is freed all the same
+                log.exception("reporting a failed sequence failed")
+                s.finished = True
+            return True
 
     def _accept(self, s: Seq, logits: torch.Tensor, greedy: int | None = None) -> bool:
         """Choose the next token of s from its logits [V]; report it; True when s has finished."""
