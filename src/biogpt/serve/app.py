@@ -7,9 +7,10 @@ POST /detokenize, POST /v1/extract (the mining pipeline's Extractor, run in the 
 413 body too large, 429 queue full (Retry-After), 503 loading or draining, 500 a failure inside generation or
 anything unexpected (no traceback, no path); a stream that fails ends with an error frame and `[DONE]`.
 
-Nothing a client sends runs in the event loop beyond reading it: tokenization, detokenization and constraint
-compilation run in worker threads (at most CPU_WORKERS at once), generation and extraction in the scheduler's
-thread; per-request limits (protocol.py) bound their work and memory.
+Nothing a client sends costs the event loop more than a few milliseconds: tokenization and detokenization of
+more than INLINE_CHARS characters (or ids) and constraint compilation run in a worker thread (CPU_WORKERS at
+once), generation and extraction in the scheduler's thread; large answers skip FastAPI's per-item encoder;
+per-request limits (protocol.py) bound the work and memory of each.
 
 A BiomedGPT (OFA) model is served by serve/ofa.py instead of the scheduler: /v1/completions (with an optional
 base64 `image`, one request at a time), /v1/models, /tokenize, /detokenize; /v1/extract is BioGPT's. An `image`
@@ -70,7 +71,8 @@ log = logging.getLogger(__name__)
 OPEN_PATHS = ("/health", "/metrics")  # no API key, and answered while draining
 SHUTDOWN = "the server shut down before this request finished (--shutdown-timeout); retry it"
 INTERNAL = "the server failed on this request (an internal error, logged on the server)"
-CPU_WORKERS = 2  # tokenizations etc. running at once in worker threads
+CPU_WORKERS = 1  # long tokenizations etc. at once in worker threads: each competes with the loop for the GIL
+INLINE_CHARS = 4096  # inputs up to this size are tokenized in the loop (about a millisecond)
 DISCONNECT_CHECK_S = 0.25  # how often a non-streaming request looks for its client's disconnect
 _ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
 
@@ -262,8 +264,11 @@ def create_app(
     state = State(model_name, api_key, options)
     workers = asyncio.Semaphore(CPU_WORKERS)
 
-    async def off_loop(fn, *args):
-        """fn(*args) in a worker thread, at most CPU_WORKERS at once: the event loop keeps answering."""
+    async def off_loop(fn, *args, size: int | None = None):
+        """fn(*args) in a worker thread, at most CPU_WORKERS at once, so that the event loop keeps answering;
+        inline when `size` (characters or ids to process) is at most INLINE_CHARS: short work does not queue."""
+        if size is not None and size <= INLINE_CHARS:
+            return fn(*args)
         async with workers:
             return await asyncio.to_thread(fn, *args)
 
@@ -349,14 +354,14 @@ def create_app(
     @app.post("/tokenize")
     async def tokenize(req: TokenizeRequest):
         check_model(req.model)
-        ids = await off_loop(tokenize_ids, req)
-        return {"tokens": ids, "count": len(ids), "max_model_len": state.max_len}
+        ids = await off_loop(tokenize_ids, req, size=len(req.prompt))
+        return JSONResponse({"tokens": ids, "count": len(ids), "max_model_len": state.max_len})
 
     @app.post("/detokenize")
     async def detokenize(req: DetokenizeRequest):
         check_model(req.model)
         check_ids(req.tokens, "tokens")
-        return {"prompt": await off_loop(state.tok.decode, req.tokens)}
+        return JSONResponse({"prompt": await off_loop(state.tok.decode, req.tokens, size=len(req.tokens))})
 
     def check_ids(ids: list[int], param: str) -> None:
         V = state.tok.vocab_size
@@ -383,7 +388,7 @@ def create_app(
         if req.image is not None:
             raise APIError(400, f"`{state.model_name}` is a text-only model; `image` needs a BiomedGPT (OFA) model",
                            param="image")  # fmt: skip
-        prompts, params = await off_loop(lambda: (prompt_ids(req), sampling_params(req)))
+        prompts, params = await off_loop(lambda: (prompt_ids(req), sampling_params(req)), size=input_size(req))
         n = req.n
         all_prompts = [p for p in prompts for _ in range(n)]
         all_params = [params(j) for _ in prompts for j in range(n)]
@@ -433,6 +438,16 @@ def create_app(
                 raise APIError(400, "a token-id prompt is empty", param="prompt")
             check_ids(ids, "prompt")
         return out
+
+    def input_size(req: CompletionRequest) -> int | None:
+        """What preparing req costs, in characters or ids; None (always a worker) when it compiles a regex."""
+        so = req.structured_outputs
+        if so is not None and so.regex is not None:
+            return None
+        p = req.prompt
+        size = len(p) if isinstance(p, str) else sum(len(x) if isinstance(x, (str, list)) else 1 for x in p)
+        stop = [req.stop] if isinstance(req.stop, str) else req.stop or []
+        return size + sum(map(len, stop)) + (sum(map(len, so.choice or [])) if so is not None else 0)
 
     def encode_prompt(text: str, req: CompletionRequest) -> list[int]:
         """The ids of one text prompt; a text that cannot fit the context is refused before Moses and BPE run."""
@@ -708,8 +723,8 @@ def create_app(
             data = [bioc_document(r) for r in records]
         else:
             data = "".join(pubtator_document(r) for r in records)
-        return {"object": "extraction", "model": state.model_name, "task": req.task, "format": req.format,
-                "records": records, "data": data}  # fmt: skip
+        return JSONResponse({"object": "extraction", "model": state.model_name, "task": req.task,
+                             "format": req.format, "records": records, "data": data})  # fmt: skip
 
     async def run_extraction(ex, docs: list[Document], request: Request) -> list[dict] | None:
         """ex.extract over docs in the scheduler's thread, one batch of documents per call so that decoding
