@@ -224,6 +224,24 @@ def test_long_words_are_cut_the_same_way_offline_and_served(demo):
     assert serve(app, go).json()["tokens"] == tok.encode(f"The {word} here.")
 
 
+def test_a_biomedgpt_request_takes_at_most_max_ofa_prompts(tmp_path):
+    from biogpt.checkpoints.ofa import save_ofa
+    from biogpt.serve.protocol import MAX_OFA_PROMPTS
+    from biogpt.text.ofa import OFATokenizer
+
+    from .test_ofa_cli import BPE, tiny_ofa
+
+    save_ofa(tiny_ofa(seed=5), OFATokenizer.from_pretrained(BPE), tmp_path)
+    app = create_app(*biogpt.load(tmp_path), model_name="ofa")
+
+    async def go(http):
+        many = {"model": "ofa", "prompt": ["what is it?"] * (MAX_OFA_PROMPTS + 1), "max_tokens": 2}
+        return await http.post("/v1/completions", json=many)
+
+    err = envelope(serve(app, go), 400)
+    assert err["param"] == "prompt" and f"at most {MAX_OFA_PROMPTS}" in err["message"]
+
+
 # --- the scheduler ------------------------------------------------------------------------------------------
 
 
@@ -370,8 +388,9 @@ def well_formed(status: int, text: str) -> bool:
     return set(err) == {"message", "type", "param", "code"} and err["code"] == status
 
 
-@pytest.mark.slow
-def test_hostile_requests_do_not_stall_the_server(demo, tmp_path):
+@pytest.fixture
+def server(tmp_path):
+    """`biogpt serve` (demo model) in a subprocess on a free loopback port, ready: (url, process)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -390,61 +409,93 @@ def test_hostile_requests_do_not_stall_the_server(demo, tmp_path):
                 pass
             assert proc.poll() is None and time.monotonic() < deadline, "the server did not start"
             time.sleep(0.2)
-        normal = body(max_tokens=4)
-        reference = httpx.post(f"{url}/v1/completions", json=normal, timeout=60).json()["choices"][0]["text"]
-        assert reference == greedy_text(demo, PROMPT, 4)
-
-        done = threading.Event()
-        answers: list[tuple[int, str]] = []
-        rss = [rss_bytes(proc.pid)]
-        # the prober is a process of its own: its latencies are the server's, not this process's GIL's
-        prober = subprocess.Popen([sys.executable, "-c", PROBER, url, str(proc.pid)], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True)  # fmt: skip
-
-        def client():
-            while not done.is_set():
-                try:
-                    r = httpx.post(f"{url}/v1/completions", json=normal, timeout=60)
-                    answers.append((r.status_code, r.json()["choices"][0]["text"] if r.status_code == 200 else r.text))
-                except httpx.HTTPError as e:
-                    answers.append((-1, repr(e)))
-                time.sleep(0.1)
-
-        side = [threading.Thread(target=client)]
-        for t in side:
-            t.start()
-        t0 = time.monotonic()
-        with ThreadPoolExecutor(3) as pool:  # a few at a time
-            results = list(pool.map(lambda h: fire(url, *h), hostile_requests()))
-        wall = time.monotonic() - t0
-        done.set()
-        for t in side:
-            t.join(70)
-        polls = [json.loads(line) for line in prober.communicate("", timeout=30)[0].splitlines()]
-        health = [(p["s"], p["status"], p["t"]) for p in polls]  # (seconds, status, start)
-        rss += [p["rss"] for p in polls]
-
-        bad = [(n, s, text[:200]) for n, _, s, text, _ in results if not well_formed(s, text)]
-        slow = [(n, round(dt, 1)) for n, dt, _, _, _ in results if dt > 60]
-        lat = sorted(dt for dt, _, _ in health)
-        # for a failure: the hostile requests in flight during each slow poll
-        stalls = [(round(dt, 2), [n for n, d, _, _, s in results if s < t + dt and t < s + d]) for dt, _, t in health
-                  if dt > 0.5]  # fmt: skip
-        p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))]
-        slowest = max(r[1] for r in results)
-        figures = {"requests": len(results), "wall_s": round(wall, 1), "slowest_s": round(slowest, 1),
-                   "health_polls": len(lat), "health_p99_s": round(p99, 3), "health_max_s": round(lat[-1], 3),
-                   "normal_requests": len(answers), "max_rss_mib": max(rss) >> 20}  # fmt: skip
-        print("hostile suite:", json.dumps(figures))
-        assert not bad, bad
-        assert not slow, slow
-        assert all(code == 200 for _, code, _ in health), [c for _, c, _ in health if c != 200][:5]
-        assert p99 < 1.0, (figures, stalls)
-        assert answers and all(a == (200, reference) for a in answers), [a for a in answers if a != (200, reference)]
-        assert max(rss) < 2 << 30, figures
-        after = httpx.post(f"{url}/v1/completions", json=normal | {"max_tokens": 8}, timeout=60)
-        assert after.json()["choices"][0]["text"] == greedy_text(demo, PROMPT, 8)
+        yield url, proc
     finally:
         proc.kill()
         proc.wait()
         log.close()
+
+
+def metric(url: str, name: str) -> float:
+    line = next(x for x in httpx.get(f"{url}/metrics").text.splitlines() if x.startswith(name + " "))
+    return float(line.split()[1])
+
+
+@pytest.mark.slow
+def test_a_non_streaming_request_notices_its_client_went_away(server):
+    url, _ = server
+    long = body(max_tokens=1000, ignore_eos=True)
+    before = metric(url, "biogpt_generation_tokens_total")
+
+    def impatient():
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
+            httpx.post(f"{url}/v1/completions", json=long, timeout=httpx.Timeout(60, read=1.5))
+
+    t = threading.Thread(target=impatient)
+    t.start()
+    t.join(60)
+    deadline = time.monotonic() + 30
+    while metric(url, "biogpt_running_batch_size") != 0:
+        assert time.monotonic() < deadline, "the abandoned request kept its row"
+        time.sleep(0.05)
+    assert metric(url, "biogpt_generation_tokens_total") - before < 1000  # cancelled before its 1000 tokens
+
+
+@pytest.mark.slow
+def test_hostile_requests_do_not_stall_the_server(demo, server):
+    url, proc = server
+    normal = body(max_tokens=4)
+    reference = httpx.post(f"{url}/v1/completions", json=normal, timeout=60).json()["choices"][0]["text"]
+    assert reference == greedy_text(demo, PROMPT, 4)
+
+    done = threading.Event()
+    answers: list[tuple[int, str]] = []
+    rss = [rss_bytes(proc.pid)]
+    # the prober is a process of its own: its latencies are the server's, not this process's GIL's
+    prober = subprocess.Popen([sys.executable, "-c", PROBER, url, str(proc.pid)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+
+    def client():
+        while not done.is_set():
+            try:
+                r = httpx.post(f"{url}/v1/completions", json=normal, timeout=60)
+                answers.append((r.status_code, r.json()["choices"][0]["text"] if r.status_code == 200 else r.text))
+            except httpx.HTTPError as e:
+                answers.append((-1, repr(e)))
+            time.sleep(0.1)
+
+    normal_client = threading.Thread(target=client)
+    normal_client.start()
+    t0 = time.monotonic()
+    try:
+        with ThreadPoolExecutor(3) as pool:  # a few at a time
+            results = list(pool.map(lambda h: fire(url, *h), hostile_requests()))
+        wall = time.monotonic() - t0
+        polls = [json.loads(line) for line in prober.communicate("", timeout=30)[0].splitlines()]
+    finally:
+        done.set()
+        normal_client.join(70)
+        prober.kill()
+    health = [(p["s"], p["status"], p["t"]) for p in polls]  # (seconds, status, start)
+    rss += [p["rss"] for p in polls]
+
+    bad = [(n, s, text[:200]) for n, _, s, text, _ in results if not well_formed(s, text)]
+    slow = [(n, round(dt, 1)) for n, dt, _, _, _ in results if dt > 60]
+    lat = sorted(dt for dt, _, _ in health)
+    # for a failure: the hostile requests in flight during each slow poll
+    stalls = [(round(dt, 2), [n for n, d, _, _, s in results if s < t + dt and t < s + d]) for dt, _, t in health
+              if dt > 0.5]  # fmt: skip
+    p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))]
+    slowest = max(r[1] for r in results)
+    figures = {"requests": len(results), "wall_s": round(wall, 1), "slowest_s": round(slowest, 1),
+               "health_polls": len(lat), "health_p99_s": round(p99, 3), "health_max_s": round(lat[-1], 3),
+               "normal_requests": len(answers), "max_rss_mib": max(rss) >> 20}  # fmt: skip
+    print("hostile suite:", json.dumps(figures))
+    assert not bad, bad
+    assert not slow, slow
+    assert all(code == 200 for _, code, _ in health), [c for _, c, _ in health if c != 200][:5]
+    assert p99 < 1.0, (figures, stalls)
+    assert answers and all(a == (200, reference) for a in answers), [a for a in answers if a != (200, reference)]
+    assert max(rss) < 2 << 30, figures
+    after = httpx.post(f"{url}/v1/completions", json=normal | {"max_tokens": 8}, timeout=60)
+    assert after.json()["choices"][0]["text"] == greedy_text(demo, PROMPT, 8)
