@@ -207,15 +207,17 @@ class Guard:
             length = dict(scope["headers"]).get(b"content-length")
             if length is not None and length.isdigit() and int(length) > self.max_body:
                 return await self._too_large(scope, receive, send)
-            body, more = b"", True
+            parts, size, more = [], 0, True  # joined once: a body trickled in tiny chunks costs linear time
             while more:
                 msg = await receive()
                 if msg["type"] == "http.disconnect":
                     return
-                body += msg.get("body", b"")
+                parts.append(msg.get("body", b""))
+                size += len(parts[-1])
                 more = msg.get("more_body", False)
-                if len(body) > self.max_body:
+                if size > self.max_body:
                     return await self._too_large(scope, receive, send)
+            body = b"".join(parts)
             if lone_surrogate(body):
                 resp = error_response(400, "the body holds a lone surrogate (an unpaired \\ud800-\\udfff escape): "
                                            "not valid Unicode text", "invalid_request_error")  # fmt: skip
