@@ -390,7 +390,7 @@ def create_app(
         if req.image is not None:
             raise APIError(400, f"`{state.model_name}` is a text-only model; `image` needs a BiomedGPT (OFA) model",
                            param="image")  # fmt: skip
-        prompts, params = await off_loop(lambda: (prompt_ids(req), sampling_params(req)), size=input_size(req))
+        prompts, params = await off_loop(prepare, req, size=input_size(req))
         n = req.n
         all_prompts = [p for p in prompts for _ in range(n)]
         all_params = [params(j) for _ in prompts for j in range(n)]
@@ -415,6 +415,11 @@ def create_app(
             gen = stream(req, seqs, index, queue, head, echoes, n, sum(map(len, prompts)))
             return StreamingResponse(gen, media_type="text/event-stream")
         return await collect(req, request, seqs, index, queue, head, echoes, n, sum(map(len, prompts)))
+
+    def prepare(req: CompletionRequest) -> tuple[list[list[int]], Callable[[int], SamplingParams]]:
+        """The prompts' ids and the sampling settings; the settings' cheap limits are checked first."""
+        params = sampling_params(req)
+        return prompt_ids(req), params
 
     def prompt_ids(req: CompletionRequest) -> list[list[int]]:
         """Token ids of each prompt (a worker thread): at most max_queue sequences, each able to fit the context,
