@@ -128,6 +128,49 @@ def test_extraction_documents_count_against_the_queue(demo):
     assert "queue is full" in err["message"] and err["type"] == "rate_limit_error"
 
 
+def test_an_extraction_runs_in_batches_and_stops_when_its_client_goes_away(demo, monkeypatch):
+    import biogpt.serve.app as app_module
+
+    calls = []
+
+    class Counting(app_module.Extractor):
+        def extract(self, docs):
+            calls.append(len(docs))
+            return super().extract(docs)
+
+    monkeypatch.setattr(app_module, "Extractor", Counting)
+    app = create_app(*demo, model_name=NAME)
+    docs = [{"id": str(i), "text": "Aspirin caused bleeding."} for i in range(20)]
+    raw = json.dumps({"task": "bc5cdr", "documents": docs}).encode()
+    sent = []
+
+    async def gone():  # the client sends its body and goes away at once
+        async with app.router.lifespan_context(app):
+            msgs = [{"type": "http.request", "body": raw, "more_body": False}]
+
+            async def receive():
+                return msgs.pop(0) if msgs else {"type": "http.disconnect"}
+
+            async def send(m):
+                sent.append(m)
+
+            scope = {"type": "http", "method": "POST", "path": "/v1/extract", "query_string": b"",
+                     "headers": [(b"content-type", b"application/json")], "http_version": "1.1",
+                     "scheme": "http", "server": ("test", 80), "client": ("test", 1), "root_path": "",
+                     "asgi": {"version": "3.0"}}  # fmt: skip
+            await app(scope, receive, send)
+
+    asyncio.run(gone())
+    assert sent[0]["status"] == 499 and calls == []
+
+    async def stays(http):
+        return await http.post("/v1/extract", json={"task": "bc5cdr", "documents": docs})
+
+    r = serve(app, stays)
+    assert r.status_code == 200 and [x["id"] for x in r.json()["records"]] == [d["id"] for d in docs]
+    assert calls == [8, 8, 4]  # one batch per scheduler call: other requests decode in between
+
+
 class Exploding:
     """A tokenizer whose pieces fail: the logprobs path raises an unexpected error with a path in it."""
 
