@@ -285,6 +285,18 @@ def test_a_biomedgpt_request_takes_at_most_max_ofa_prompts(tmp_path):
     assert err["param"] == "prompt" and f"at most {MAX_OFA_PROMPTS}" in err["message"]
 
 
+def test_tokenizer_caches_are_bounded_by_characters(demo, monkeypatch):
+    import biogpt.text.fastbpe as fastbpe
+    from biogpt.text.tokenizer import Tokenizer
+
+    monkeypatch.setattr(fastbpe, "_CACHE_CHARS", 10_000)
+    tok = Tokenizer(demo[1].vocab)
+    words = [f"w{i}x" * 40 for i in range(200)]  # 200 distinct 160-character chunks: ~64k characters cached
+    ids = tok.encode(" ".join(words))
+    assert 0 < tok._cache.chars <= 10_000 and 0 < tok.bpe.cache.chars <= 10_000
+    assert ids == demo[1].encode(" ".join(words))  # emptied caches change nothing
+
+
 # --- the scheduler ------------------------------------------------------------------------------------------
 
 
