@@ -25,8 +25,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as e:
         need = f"biogpt serve needs the serve extra ({e.name} is missing): pip install 'biogpt[serve]'"
         raise BioGPTError(need) from e
+    api_key = args.api_key if args.api_key is not None else os.environ.get("BIOGPT_API_KEY")
+    if api_key is not None and not api_key.strip():  # an empty key would let every client in
+        where = "--api-key" if args.api_key is not None else "$BIOGPT_API_KEY"
+        raise BioGPTError(f"{where} is empty: give a key, or leave it out to serve without authentication")
     set_threads(args.threads)
-    api_key = args.api_key or os.environ.get("BIOGPT_API_KEY") or None
     name = args.served_model_name or str(args.model or "demo")
     app = create_app(loader=lambda: load_model(args), model_name=name, api_key=api_key,
                      max_batch=args.max_concurrency, max_queue=args.max_queue, prefill_chunk=args.prefill_chunk,

@@ -1,5 +1,11 @@
 """Logits processing in transformers' order (repetition penalty, no-repeat n-grams, min length, constraints)
-and sampling (temperature, top-k, top-p)."""
+and sampling (temperature, top-k, top-p).
+
+Never NaN: a row whose every token got masked (a minimum length that bans the end token where a constraint
+allows nothing else) keeps its end token; a temperature below MIN_TEMPERATURE samples greedily; a row whose
+probabilities are not finite (logits / temperature overflowed, a penalty pushed a logit to inf) takes its
+most likely token instead of reaching `torch.multinomial`, which would raise for the whole batch.
+"""
 
 from __future__ import annotations
 
@@ -50,10 +56,28 @@ def process(
                 keep = torch.full_like(scores[r], -float("inf"))
                 keep[allowed] = scores[r, allowed]
                 scores[r] = keep
+    return keep_end_token(scores, eos)
+
+
+def keep_end_token(scores: torch.Tensor, eos: int) -> torch.Tensor:
+    """scores [N, V] with the end token's score restored (0) in rows where no token is allowed at all."""
+    dead = ~(scores > -float("inf")).any(-1)  # [N]; NaN rows count as dead too
+    if bool(dead.any()):
+        scores = scores.clone()
+        scores[dead] = -float("inf")
+        scores[dead, eos] = 0.0
     return scores
 
 
+MIN_TEMPERATURE = 1e-5  # below this, sampling is greedy (as vLLM): logits / temperature would overflow
+
+
 def sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, g: torch.Generator | None):
+    """One token per row of logits [N, V]; a row whose probabilities are not finite gets its argmax."""
+    logits = torch.nan_to_num(logits, nan=-float("inf"))
+    best = logits.argmax(-1)  # [N]
+    if temperature < MIN_TEMPERATURE:
+        return best
     if temperature != 1.0:
         logits = logits / temperature
     if top_k > 0:
@@ -65,5 +89,8 @@ def sample(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, g
         drop = cum <= 1 - top_p
         drop[:, -1] = False  # always keep the most likely token
         logits = logits.masked_fill(drop.scatter(1, order, drop), -float("inf"))
-    probs = logits.softmax(-1)
+    probs = logits.softmax(-1)  # [N, V]
+    bad = ~torch.isfinite(probs).all(-1) | ~(probs.sum(-1) > 0)  # [N]
+    if bool(bad.any()):
+        probs = torch.where(bad[:, None], F.one_hot(best, probs.shape[-1]).to(probs.dtype), probs)
     return torch.multinomial(probs, 1, generator=g).squeeze(1)

@@ -158,6 +158,7 @@ class Scheduler:
         self.running: list[Seq] = []  # running[r] owns cache row r
         self.prefilling: list[Seq] = []  # admitted, prompt not yet fully in
         self.waiting: deque[Seq] = deque()
+        self.reserved = 0  # queue places held by `reserve`
         self.tokens_in = 0
         self.tokens_out = 0
         self.steps = 0
@@ -185,12 +186,27 @@ class Scheduler:
                 )
             seqs.append(Seq(prompt, p, on_delta, self.device))
         with self._lock:
-            if len(self.waiting) + len(seqs) > self.max_queue:
-                raise QueueFull(f"the queue is full ({len(self.waiting)} sequences waiting, at most "
-                                f"{self.max_queue}); retry later")  # fmt: skip
+            self._room(len(seqs))
             self.waiting.extend(seqs)
         self._wake.set()
         return seqs
+
+    def _room(self, n: int) -> None:
+        """QueueFull unless n more fit the queue (the caller holds the lock)."""
+        if len(self.waiting) + self.reserved + n > self.max_queue:
+            raise QueueFull(f"the queue is full ({len(self.waiting) + self.reserved} sequences or documents "
+                            f"waiting, at most {self.max_queue}); retry later")  # fmt: skip
+
+    def reserve(self, n: int) -> None:
+        """Count n units of other work (documents of an extraction run through `call`) against the queue until
+        `release(n)`: QueueFull when they do not fit."""
+        with self._lock:
+            self._room(n)
+            self.reserved += n
+
+    def release(self, n: int) -> None:
+        with self._lock:
+            self.reserved -= n
 
     def call(self, fn: Callable[[], object]) -> Future:
         """Run fn() in the scheduler's thread between two steps (it may use the model alone: e.g. a batch of
@@ -209,7 +225,7 @@ class Scheduler:
 
     @property
     def queue_length(self) -> int:
-        return len(self.waiting)
+        return len(self.waiting) + self.reserved
 
     @property
     def batch_size(self) -> int:
@@ -224,12 +240,19 @@ class Scheduler:
         self._thread = threading.Thread(target=self._loop, name="biogpt-scheduler", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop the thread; sequences still in it end as cancelled."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the thread; sequences still in it end as cancelled. `timeout`: seconds to wait for the step in
+        progress (a long extraction or beam search); past it the daemon thread is left to end with the process,
+        so that a shutdown deadline holds."""
         self._stop = True
         self._wake.set()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("the scheduler's step did not end within %gs; not waiting for it", timeout)
+                for s in list(self.running) + self.prefilling + list(self.waiting):
+                    s.cancelled = True
+                return
             self._thread = None
         for s in list(self.running) + self.prefilling + list(self.waiting):
             self._finish(s, "cancelled")
@@ -331,7 +354,7 @@ class Scheduler:
             if s.prefilled < len(s.prompt):
                 return  # the rest at the next step: running rows decode in between
             self.prefilling.pop(0)
-            if self._accept(s, logits[-1]):
+            if self._accept_or_fail(s, logits[-1]):
                 s.cache = None
                 continue
             self._insert(s)
@@ -375,7 +398,7 @@ class Scheduler:
         logits = self.model(ids, torch.ones_like(ids), cache=view, last_only=True)[:, -1]  # [n, V]
         cache.length = view.length
         greedy = logits.argmax(-1).tolist()
-        done = [r for r, s in enumerate(self.running) if self._accept(s, logits[r], greedy[r])]
+        done = [r for r, s in enumerate(self.running) if self._accept_or_fail(s, logits[r], greedy[r])]
         self._free(done)
 
     def _free(self, rows: list[int]) -> None:
@@ -390,6 +413,21 @@ class Scheduler:
             self.cache.length = 0
 
     # --- one token ---------------------------------------------------------------------------------------
+
+    def _accept_or_fail(self, s: Seq, logits: torch.Tensor, greedy: int | None = None) -> bool:
+        """`_accept`, with a failure (a constraint, a stop check, a client's callback) ending this sequence
+        alone with an error: the other rows of the batch go on."""
+        try:
+            return self._accept(s, logits, greedy)
+        except Exception as e:
+            log.exception("choosing the next token failed")
+            s.finished = False  # _accept may have marked it finished before failing: report the error
+            try:
+                self._finish(s, "error", error=f"generation failed: {type(e).__name__}")
+            except Exception:  # its callback fails too: the row is freed all the same
+                log.exception("reporting a failed sequence failed")
+                s.finished = True
+            return True
 
     def _accept(self, s: Seq, logits: torch.Tensor, greedy: int | None = None) -> bool:
         """Choose the next token of s from its logits [V]; report it; True when s has finished."""
@@ -472,18 +510,26 @@ class Scheduler:
     def _beam(self, s: Seq) -> None:
         """Beam search through offline `generate`, between two steps (its beams need rows of their own)."""
         p = s.params
+        if s.cancelled:
+            self._finish(s, "cancelled")
+            return
         out = generate(self.model, [s.prompt], max_new_tokens=p.max_tokens, min_new_tokens=p.min_tokens,
                        num_beams=p.num_beams, length_penalty=p.length_penalty, repetition_penalty=p.repetition_penalty,
                        eos_token_id=self.eos, pad_token_id=self.pad, constraints=p.constraint,
                        output_logprobs=p.logprobs is not None)  # fmt: skip
         self.tokens_in += len(s.prompt)
+        if s.cancelled:  # while it ran: nothing is reported
+            self._finish(s, "cancelled")
+            return
         new = out.sequences[0, len(s.prompt) :].tolist()
-        if self.eos in new:
-            new = new[: new.index(self.eos) + 1]
+        ends = (self.eos, *p.stop_token_ids)
+        cut = next((i for i, t in enumerate(new) if t in ends), None)
+        if cut is not None:
+            new = new[: cut + 1]
         for i, tok in enumerate(new):
             s.generated.append(tok)
             reason = None
-            if tok == self.eos:
+            if i == cut:
                 reason = "stop"
             elif i == len(new) - 1:
                 reason = "length"
@@ -491,8 +537,10 @@ class Scheduler:
             if out.logprobs is not None:
                 delta.logprobs.append(float(out.logprobs[0, i]))
                 delta.top.append({})
+            if i == cut and tok != self.eos:
+                delta.stop_reason = tok
             if self.decode is not None:
-                s.text = self.decode(s.generated[:-1] if tok == self.eos else s.generated)
+                s.text = self.decode(s.generated[:-1] if i == cut else s.generated)
                 hits = [(s.text.find(x), x) for x in p.stop if x in s.text]
                 if hits:
                     at, why = min(hits)

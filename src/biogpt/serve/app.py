@@ -4,7 +4,13 @@ Routes: POST /v1/completions (streaming or not), GET /v1/models, GET /health, GE
 POST /detokenize, POST /v1/extract (the mining pipeline's Extractor, run in the scheduler's thread), and
 /v1/chat/completions answering that BioGPT has no chat template. Every error is the OpenAI envelope
 {"error": {"message", "type", "param", "code"}}: 400 bad request, 401 API key, 404 unknown model or route,
-413 body too large, 429 queue full (Retry-After), 503 loading or draining, 500 a failure inside generation.
+413 body too large, 429 queue full (Retry-After), 503 loading or draining, 500 a failure inside generation or
+anything unexpected (no traceback, no path); a stream that fails ends with an error frame and `[DONE]`.
+
+Nothing a client sends costs the event loop more than a few milliseconds: tokenization and detokenization of
+more than INLINE_CHARS characters (or ids) and constraint compilation run in a worker thread (CPU_WORKERS at
+once), generation and extraction in the scheduler's thread; large answers skip FastAPI's per-item encoder;
+per-request limits (protocol.py) bound the work and memory of each.
 
 A BiomedGPT (OFA) model is served by serve/ofa.py instead of the scheduler: /v1/completions (with an optional
 base64 `image`, one request at a time), /v1/models, /tokenize, /detokenize; /v1/extract is BioGPT's. An `image`
@@ -16,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import secrets
 import threading
 import time
@@ -39,6 +46,12 @@ from biogpt.models.gpt2 import GPT2
 from biogpt.models.ofa import OFA
 from biogpt.serve.metrics import Metrics
 from biogpt.serve.protocol import (
+    MAX_EXTRACT_CHARS,
+    MAX_EXTRACT_DOCS,
+    MAX_OFA_PROMPTS,
+    MAX_STOP,
+    MAX_STOP_CHARS,
+    MAX_STOP_TOKEN_IDS,
     CompletionRequest,
     DetokenizeRequest,
     ExtractRequest,
@@ -46,6 +59,7 @@ from biogpt.serve.protocol import (
     error_body,
 )
 from biogpt.serve.structured import NFA, RegexConstraint, TokenTrie, choice_constraint
+from biogpt.text import moses
 from biogpt.text.tokenizer import Tokenizer
 
 try:  # BiomedGPT's path needs the ofa extra (tokenizers, pillow); BioGPT and GPT-2 serve without it
@@ -56,6 +70,27 @@ except ImportError:
 log = logging.getLogger(__name__)
 OPEN_PATHS = ("/health", "/metrics")  # no API key, and answered while draining
 SHUTDOWN = "the server shut down before this request finished (--shutdown-timeout); retry it"
+INTERNAL = "the server failed on this request (an internal error, logged on the server)"
+CPU_WORKERS = 1  # long tokenizations etc. at once in worker threads: each competes with the loop for the GIL
+INLINE_CHARS = 4096  # inputs up to this size are tokenized in the loop (about a millisecond)
+DISCONNECT_CHECK_S = 0.25  # how often a non-streaming request looks for its client's disconnect
+_ESCAPED_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def lone_surrogate(body: bytes) -> bool:
+    """Whether a JSON body holds an escaped lone surrogate ("\\ud800"): such a string cannot be encoded back to
+    UTF-8 (an echo or a record would fail), so the request is refused. Pairs (escaped emoji) are fine."""
+    if not _ESCAPED_SURROGATE.search(body):
+        return False
+    try:
+        obj = json.loads(body)
+    except (ValueError, RecursionError):
+        return False  # FastAPI reports it
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 class APIError(Exception):
@@ -172,15 +207,21 @@ class Guard:
             length = dict(scope["headers"]).get(b"content-length")
             if length is not None and length.isdigit() and int(length) > self.max_body:
                 return await self._too_large(scope, receive, send)
-            body, more = b"", True
+            parts, size, more = [], 0, True  # joined once: a body trickled in tiny chunks costs linear time
             while more:
                 msg = await receive()
                 if msg["type"] == "http.disconnect":
                     return
-                body += msg.get("body", b"")
+                parts.append(msg.get("body", b""))
+                size += len(parts[-1])
                 more = msg.get("more_body", False)
-                if len(body) > self.max_body:
+                if size > self.max_body:
                     return await self._too_large(scope, receive, send)
+            body = b"".join(parts)
+            if lone_surrogate(body):
+                resp = error_response(400, "the body holds a lone surrogate (an unpaired \\ud800-\\udfff escape): "
+                                           "not valid Unicode text", "invalid_request_error")  # fmt: skip
+                return await resp(scope, receive, send)
             replayed = False
 
             async def replay():
@@ -219,8 +260,19 @@ def create_app(
     """The app over a loaded (model, tok), or over `loader()` run in a thread at startup (/health says 503 until
     it is done). `max_len`: tokens per sequence (prompt + output), the model's positions by default; the batch
     cache holds max_batch x max_len tokens."""
+    if api_key is not None and not api_key.strip():
+        raise ValueError("api_key is empty: give a key, or None to serve without one")
     options = dict(max_batch=max_batch, max_queue=max_queue, prefill_chunk=prefill_chunk, max_len=max_len)
     state = State(model_name, api_key, options)
+    workers = asyncio.Semaphore(CPU_WORKERS)
+
+    async def off_loop(fn, *args, size: int | None = None):
+        """fn(*args) in a worker thread, at most CPU_WORKERS at once, so that the event loop keeps answering;
+        inline when `size` (characters or ids to process) is at most INLINE_CHARS: short work does not queue."""
+        if size is not None and size <= INLINE_CHARS:
+            return fn(*args)
+        async with workers:
+            return await asyncio.to_thread(fn, *args)
 
     def load() -> None:
         try:
@@ -239,7 +291,7 @@ def create_app(
             threading.Thread(target=load, name="biogpt-load", daemon=True).start()
         yield
         if state.scheduler is not None:
-            state.scheduler.stop()
+            state.scheduler.stop(timeout=5)  # the drain already waited --shutdown-timeout
 
     app = FastAPI(title="biogpt", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.biogpt = state
@@ -261,6 +313,11 @@ def create_app(
         kind = first.get("type", "")
         msg = f"unknown field {where!r}" if kind == "extra_forbidden" else f"{where or 'body'}: {first.get('msg')}"
         return error_response(400, msg, "invalid_request_error", where or None)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, e: Exception):
+        # the traceback goes to the server's log (Starlette re-raises after this response), never to the client
+        return error_response(500, INTERNAL, "server_error")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException):
@@ -291,20 +348,22 @@ def create_app(
                 "max_model_len": state.max_len}  # fmt: skip
         return {"object": "list", "data": [card]}
 
+    def tokenize_ids(req: TokenizeRequest) -> list[int]:
+        if state.ofa is not None:  # BiomedGPT: <s> ... </s> around the text, as the encoder reads it
+            return state.tok.encode_source(req.prompt) if req.add_special_tokens else state.tok.encode(req.prompt)
+        return state.encode(req.prompt, req.add_special_tokens)
+
     @app.post("/tokenize")
     async def tokenize(req: TokenizeRequest):
         check_model(req.model)
-        if state.ofa is not None:  # BiomedGPT: <s> ... </s> around the text, as the encoder reads it
-            ids = state.tok.encode_source(req.prompt) if req.add_special_tokens else state.tok.encode(req.prompt)
-        else:
-            ids = state.encode(req.prompt, req.add_special_tokens)
-        return {"tokens": ids, "count": len(ids), "max_model_len": state.max_len}
+        ids = await off_loop(tokenize_ids, req, size=len(req.prompt))
+        return JSONResponse({"tokens": ids, "count": len(ids), "max_model_len": state.max_len})
 
     @app.post("/detokenize")
     async def detokenize(req: DetokenizeRequest):
         check_model(req.model)
         check_ids(req.tokens, "tokens")
-        return {"prompt": state.tok.decode(req.tokens)}
+        return JSONResponse({"prompt": await off_loop(state.tok.decode, req.tokens, size=len(req.tokens))})
 
     def check_ids(ids: list[int], param: str) -> None:
         V = state.tok.vocab_size
@@ -321,15 +380,17 @@ def create_app(
     async def completions(req: CompletionRequest, request: Request):
         check_model(req.model)
         if state.ofa is not None:
+            if not isinstance(req.prompt, str) and len(req.prompt) > MAX_OFA_PROMPTS:
+                raise APIError(400, f"{len(req.prompt)} prompts in one request; a BiomedGPT request takes at most "
+                                    f"{MAX_OFA_PROMPTS} (one batch)", param="prompt")  # fmt: skip
             try:
-                return await asyncio.to_thread(state.ofa.complete, req, state.model_name)
+                return await off_loop(state.ofa.complete, req, state.model_name)
             except UnsupportedField as e:
                 raise APIError(400, str(e), param=e.param) from None
         if req.image is not None:
             raise APIError(400, f"`{state.model_name}` is a text-only model; `image` needs a BiomedGPT (OFA) model",
                            param="image")  # fmt: skip
-        prompts = prompt_ids(req)
-        params = sampling_params(req)
+        prompts, params = await off_loop(prepare, req, size=input_size(req))
         n = req.n
         all_prompts = [p for p in prompts for _ in range(n)]
         all_params = [params(j) for _ in prompts for j in range(n)]
@@ -355,14 +416,26 @@ def create_app(
             return StreamingResponse(gen, media_type="text/event-stream")
         return await collect(req, request, seqs, index, queue, head, echoes, n, sum(map(len, prompts)))
 
+    def prepare(req: CompletionRequest) -> tuple[list[list[int]], Callable[[int], SamplingParams]]:
+        """The prompts' ids and the sampling settings; the settings' cheap limits are checked first."""
+        params = sampling_params(req)
+        return prompt_ids(req), params
+
     def prompt_ids(req: CompletionRequest) -> list[list[int]]:
+        """Token ids of each prompt (a worker thread): at most max_queue sequences, each able to fit the context,
+        both checked before any tokenization."""
         p = req.prompt
+        count = 1 if isinstance(p, str) or (p and isinstance(p[0], int)) else len(p)
+        if count * req.n > state.scheduler.max_queue:  # as a full queue (429), but before any tokenization
+            raise APIError(429, f"{count} prompts x n={req.n} sequences in one request; the server queues at most "
+                                f"{state.scheduler.max_queue}: send fewer per request", "rate_limit_error", "prompt",
+                           headers={"Retry-After": "1"})  # fmt: skip
         if isinstance(p, str):
-            out = [state.tok.encode(p)]
+            out = [encode_prompt(p, req)]
         elif not p:
             raise APIError(400, "prompt is empty", param="prompt")
         elif all(isinstance(x, str) for x in p):
-            out = [state.tok.encode(x) for x in p]
+            out = [encode_prompt(x, req) for x in p]
         elif all(isinstance(x, int) for x in p):
             out = [list(p)]
         else:
@@ -372,6 +445,27 @@ def create_app(
                 raise APIError(400, "a token-id prompt is empty", param="prompt")
             check_ids(ids, "prompt")
         return out
+
+    def input_size(req: CompletionRequest) -> int | None:
+        """What preparing req costs, in characters or ids; None (always a worker) when it compiles a regex."""
+        so = req.structured_outputs
+        if so is not None and so.regex is not None:
+            return None
+        p = req.prompt
+        size = len(p) if isinstance(p, str) else sum(len(x) if isinstance(x, (str, list)) else 1 for x in p)
+        stop = [req.stop] if isinstance(req.stop, str) else req.stop or []
+        return size + sum(map(len, stop)) + (sum(map(len, so.choice or [])) if so is not None else 0)
+
+    def encode_prompt(text: str, req: CompletionRequest) -> list[int]:
+        """The ids of one text prompt; a text that cannot fit the context is refused before Moses and BPE run."""
+        least = getattr(state.tok, "min_tokens", None)
+        if least is not None:
+            need = least(text) + 1 + (req.max_tokens or 16)  # + the leading </s>
+            if need > state.max_len:
+                raise APIError(400, f"the prompt holds at least {need - 1 - (req.max_tokens or 16)} tokens; with "
+                                    f"max_tokens it exceeds the model's context of {state.max_len} tokens",
+                               param="prompt")  # fmt: skip
+        return state.tok.encode(text)
 
     def echo_text(req: CompletionRequest, i: int) -> str:
         p = req.prompt
@@ -388,6 +482,11 @@ def create_app(
         stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
         if any(not s for s in stop):
             raise APIError(400, "stop strings must not be empty", param="stop")
+        if len(stop) > MAX_STOP or any(len(s) > MAX_STOP_CHARS for s in stop):
+            raise APIError(400, f"at most {MAX_STOP} stop strings of at most {MAX_STOP_CHARS} characters each",
+                           param="stop")  # fmt: skip
+        if len(req.stop_token_ids or ()) > MAX_STOP_TOKEN_IDS:
+            raise APIError(400, f"at most {MAX_STOP_TOKEN_IDS} stop_token_ids", param="stop_token_ids")
         beams = req.num_beams or (2 if req.use_beam_search else 1)
         if req.use_beam_search and beams < 2:
             raise APIError(400, "use_beam_search needs num_beams >= 2", param="num_beams")
@@ -437,22 +536,49 @@ def create_app(
                                  for top in tops],
                 "text_offset": [offset + x for x in text_len]}  # fmt: skip
 
+    def search_text(t: int) -> str:
+        """The characters token t contributes to decoded text, as far as they can be told alone ("" for a special
+        token): Moses escapes undone."""
+        if state.byte_level:
+            return token_text(t)
+        if t < 4:
+            return ""
+        p = token_text(t)
+        return "-" if p == "@-@" else moses.unescape(p)
+
+    def text_offsets(toks: list[int]) -> list[int]:
+        """len(decode(toks[:i])) for every i, in linear time: the end of each token's text, found in decode(toks)
+        just after the previous token's (a token whose text is not found there, a rewritten one, moves nothing)."""
+        full, out, pos = state.tok.decode(toks), [], 0
+        for t in toks:
+            out.append(pos)
+            piece = search_text(t)
+            at = full.find(piece, pos, pos + len(piece) + 8) if piece else -1
+            if at >= 0:
+                pos = at + len(piece)
+        return out
+
     def prompt_block(seq: Seq) -> dict:
         toks = seq.prompt
         tops = [None] + (seq.prompt_top or [{}] * len(toks))[1:]
-        lens = [len(state.tok.decode(toks[:i])) for i in range(len(toks))]
-        return logprobs_block(toks, seq.prompt_logprobs or [None] * len(toks), tops, 0, lens)
+        return logprobs_block(toks, seq.prompt_logprobs or [None] * len(toks), tops, 0, text_offsets(toks))
 
     async def collect(req, request, seqs, index, queue, head, echoes, n, prompt_tokens) -> JSONResponse:
         per = {s.id: {"text": "", "tokens": [], "lps": [], "tops": [], "finish": None, "stop": None} for s in seqs}
         left = len(seqs)
+        loop = asyncio.get_running_loop()
+        checked = loop.time()
         try:
             while left:
                 try:
-                    seq, d = await asyncio.wait_for(queue.get(), 0.25)
+                    seq, d = await asyncio.wait_for(queue.get(), DISCONNECT_CHECK_S)
                 except asyncio.TimeoutError:
+                    seq = d = None
+                if loop.time() - checked >= DISCONNECT_CHECK_S:  # also while deltas keep coming (a busy server)
+                    checked = loop.time()
                     if await request.is_disconnected():
                         return JSONResponse({}, status_code=499)
+                if d is None:
                     continue
                 acc = per[seq.id]
                 acc["text"] += d.text
@@ -474,8 +600,7 @@ def create_app(
             echo = echoes[i // n]
             lp = None
             if req.logprobs is not None:
-                lens = [len(state.tok.decode(acc["tokens"][:k])) for k in range(len(acc["tokens"]))]
-                lp = logprobs_block(acc["tokens"], acc["lps"], acc["tops"], len(echo), lens)
+                lp = logprobs_block(acc["tokens"], acc["lps"], acc["tops"], len(echo), text_offsets(acc["tokens"]))
                 if req.echo:
                     pb = prompt_block(s)
                     lp = {k: pb[k] + lp[k] for k in lp}
@@ -490,21 +615,28 @@ def create_app(
         def frame(obj: dict) -> str:
             return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
+        def echo_frame(s: Seq) -> str:
+            i = index[s.id]
+            lp = prompt_block(s) if req.logprobs is not None else None
+            return frame({**head, "choices": [{"index": i, "text": echoes[i // n], "logprobs": lp,
+                                               "finish_reason": None}]})  # fmt: skip
+
         left = len(seqs)
         completion = 0
-        sent_len = {s.id: 0 for s in seqs}
+        sent_len = {s.id: len(echoes[index[s.id] // n]) for s in seqs}
+        # with logprobs, a prompt's echo waits for its prefill (its first delta): its log-probabilities come with it
+        pending_echo = {s.id for s in seqs} if req.echo and req.logprobs is not None else set()
         try:
-            if req.echo:
+            if req.echo and req.logprobs is None:
                 for s in seqs:
-                    i = index[s.id]
-                    lp = prompt_block(s) if req.logprobs is not None else None
-                    sent_len[s.id] = len(echoes[i // n])
-                    yield frame({**head, "choices": [{"index": i, "text": echoes[i // n], "logprobs": lp,
-                                                      "finish_reason": None}]})  # fmt: skip
+                    yield echo_frame(s)
             failed = False
             while left and not failed:
                 for seq, d in await coalesced(queue):
                     i = index[seq.id]
+                    if seq.id in pending_echo and d.finish_reason not in ("error", "cancelled"):
+                        pending_echo.discard(seq.id)
+                        yield echo_frame(seq)
                     if d.finish_reason in ("error", "cancelled"):  # cancelled here: by the server's shutdown
                         if d.finish_reason == "error":
                             yield frame(error_body(d.error or "generation failed", "server_error", 500))
@@ -529,6 +661,10 @@ def create_app(
                 usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
                          "total_tokens": prompt_tokens + completion}  # fmt: skip
                 yield frame({**head, "choices": [], "usage": usage})
+            yield "data: [DONE]\n\n"
+        except Exception:  # the response has started: the failure goes into the stream, which still ends
+            log.exception("a completion stream failed")
+            yield frame(error_body(INTERNAL, "server_error", 500))
             yield "data: [DONE]\n\n"
         finally:  # also when the client went away: its sequences stop and free their rows
             state.scheduler.cancel([s for s in seqs if not s.finished])
@@ -555,10 +691,17 @@ def create_app(
         return list(merged.values())
 
     @app.post("/v1/extract")
-    async def extract(req: ExtractRequest):
+    async def extract(req: ExtractRequest, request: Request):
         check_model(req.model)
         if state.ofa is not None:
             raise APIError(400, "/v1/extract runs BioGPT's task models; this server serves a BiomedGPT model")
+        if len(req.documents) > MAX_EXTRACT_DOCS:
+            raise APIError(400, f"{len(req.documents)} documents in one request; send at most {MAX_EXTRACT_DOCS}",
+                           param="documents")  # fmt: skip
+        chars = sum(len(x or "") for d in req.documents for x in (d.id, d.text, d.title, d.abstract, d.question))
+        if chars > MAX_EXTRACT_CHARS:
+            raise APIError(400, f"the documents hold {chars} characters; one request takes at most "
+                                f"{MAX_EXTRACT_CHARS}", param="documents")  # fmt: skip
         docs = []
         for d in req.documents:
             if d.text is not None and (d.title is not None or d.abstract is not None):
@@ -578,14 +721,36 @@ def create_app(
                                model_info={"name": state.model_name})  # fmt: skip
         except (BioGPTError, ValueError) as e:
             raise APIError(400, str(e), param="task") from None
-        records = await asyncio.wrap_future(state.scheduler.call(lambda: ex.extract(docs)))
+        records = await run_extraction(ex, docs, request)
+        if records is None:
+            return JSONResponse({}, status_code=499)
         if req.format == "jsonl":
             data = "".join(jsonl_line(r) for r in records)
         elif req.format == "bioc_json":
             data = [bioc_document(r) for r in records]
         else:
             data = "".join(pubtator_document(r) for r in records)
-        return {"object": "extraction", "model": state.model_name, "task": req.task, "format": req.format,
-                "records": records, "data": data}  # fmt: skip
+        return JSONResponse({"object": "extraction", "model": state.model_name, "task": req.task,
+                             "format": req.format, "records": records, "data": data})  # fmt: skip
+
+    async def run_extraction(ex, docs: list[Document], request: Request) -> list[dict] | None:
+        """ex.extract over docs in the scheduler's thread, one batch of documents per call so that decoding
+        steps of other requests run in between; the documents hold queue places until done (429 when the queue
+        has no room), and a client that went away stops it between batches (None)."""
+        sch, size = state.scheduler, max(1, getattr(ex, "batch_size", 8))
+        try:
+            sch.reserve(len(docs))
+        except QueueFull as e:
+            raise APIError(429, str(e), "rate_limit_error", headers={"Retry-After": "1"}) from None
+        try:
+            records: list[dict] = []
+            for b in range(0, len(docs), size):
+                if await request.is_disconnected():
+                    return None
+                part = docs[b : b + size]
+                records += await asyncio.wrap_future(sch.call(lambda part=part: ex.extract(part)))
+            return records
+        finally:
+            sch.release(len(docs))
 
     return app

@@ -10,9 +10,19 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# Limits on what one request may ask for (each a 400 naming it): the work and memory a client can cause stay
+# bounded whatever it sends.
+MAX_STOP = 32  # stop strings per request
+MAX_STOP_CHARS = 1024  # characters per stop string (a stream holds back this many minus one)
+MAX_STOP_TOKEN_IDS = 256
+MAX_EXTRACT_DOCS = 64  # documents per /v1/extract request
+MAX_EXTRACT_CHARS = 1 << 20  # characters across one /v1/extract request's documents
+MAX_OFA_PROMPTS = 16  # prompts per BiomedGPT request: one batch
+INT64 = 1 << 63
+
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN / Infinity numbers are a 400
 
 
 class StreamOptions(Strict):
@@ -35,7 +45,7 @@ class CompletionRequest(Strict):
     n: int = Field(1, ge=1, le=16)
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-INT64, lt=INT64)  # a 64-bit integer, as vLLM
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
     stream: bool = False

@@ -41,6 +41,9 @@ class DrainingServer(uvicorn.Server):
 
 def run(app: FastAPI, host: str, port: int, shutdown_timeout: float, log_level: str = "info") -> str | None:
     """Serves until drained; returns why the model failed to load, or None."""
+    # the event loop shares the GIL with the scheduler's and the tokenizer's threads: hand it over every
+    # millisecond (Python's default: 5 ms) so that /health and short requests answer while they work
+    sys.setswitchinterval(0.001)
     # the drain already waited for the requests; uvicorn then only closes idle connections
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=2)
     server = DrainingServer(config, shutdown_timeout)

@@ -18,10 +18,13 @@ from biogpt.errors import VocabError
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 _NO_MERGE = 1 << 62
-_CACHE_LIMIT = 1 << 20  # words; the cache is dropped and rebuilt past this (bounded memory on corpora)
+_CACHE_LIMIT = 1 << 20  # entries; a cache is dropped and rebuilt past this (bounded memory on corpora)
+_CACHE_CHARS = 1 << 25  # characters held in a cache's keys and values together (~32M: a few hundred MB at most)
+MAX_WORD = 1024  # characters: BPE applies to a longer word in pieces of this many (see BPE)
 
-__all__ = ["SPECIALS", "BOS_ID", "PAD_ID", "EOS_ID", "UNK_ID", "BPE", "Vocab", "VocabError", "load_vocab",
-           "read_dict", "read_merges", "read_vocab_json", "write_fairseq", "write_hf"]  # fmt: skip
+__all__ = ["SPECIALS", "BOS_ID", "PAD_ID", "EOS_ID", "UNK_ID", "BPE", "BoundedCache", "MAX_WORD", "Vocab",
+           "VocabError", "load_vocab", "read_dict", "read_merges", "read_vocab_json", "write_fairseq",
+           "write_hf"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -198,25 +201,55 @@ def _write_atomic(path: Path, text: str) -> None:
 # BPE
 
 
+class BoundedCache(dict):
+    """A dict that empties itself when it holds more than _CACHE_LIMIT entries or _CACHE_CHARS characters: a
+    client sending megabytes of distinct words cannot grow it without bound. Hits are plain `get`s."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chars = 0
+
+    def put(self, key, value, chars: int):
+        """Store value under key, counting `chars` (its key's and value's size) against the budget."""
+        if len(self) >= _CACHE_LIMIT or self.chars + chars > _CACHE_CHARS:
+            self.clear()
+            self.chars = 0
+        self[key] = value
+        self.chars += chars
+        return value
+
+
 class BPE:
-    """fastBPE `applybpe`: repeatedly merge the lowest-ranked adjacent pair, all occurrences left to right."""
+    """fastBPE `applybpe`: repeatedly merge the lowest-ranked adjacent pair, all occurrences left to right.
+
+    BPE on one word costs O(n^2) in its length, and a string of letters without spaces is one word: a word
+    longer than MAX_WORD characters is cut into MAX_WORD-character parts, merged separately (`</w>` on the last
+    only), so the cost is linear. Every caller (offline encoding, extraction, the server) goes through here,
+    so their outputs stay equal; words up to MAX_WORD characters (all of the released vocabularies' corpora)
+    get fastBPE's pieces exactly.
+    """
 
     def __init__(self, merges: Sequence[tuple[str, str]]):
         self.ranks = {pair: i for i, pair in enumerate(merges)}
-        self.cache: dict[str, list[str]] = {}
+        self.cache = BoundedCache()
 
     def __call__(self, word: str) -> list[str]:
         """Pieces of one Moses token, HF spelling: `["Bic", "alutamide</w>"]`."""
         hit = self.cache.get(word)
         if hit is None:
-            if len(self.cache) > _CACHE_LIMIT:
-                self.cache.clear()
-            hit = self.cache[word] = self._apply(word)
+            if len(word) <= MAX_WORD:
+                pieces = self._apply(word)
+            else:
+                parts = [word[i : i + MAX_WORD] for i in range(0, len(word), MAX_WORD)]
+                pieces = [p for k, part in enumerate(parts) for p in self._apply(part, k == len(parts) - 1)]
+            hit = self.cache.put(word, pieces, 2 * len(word) + 8 * len(pieces))
         return hit
 
-    def _apply(self, word: str) -> list[str]:
+    def _apply(self, word: str, end: bool = True) -> list[str]:
+        """Merge the characters of word; `end`: the word ends here (its last symbol takes `</w>`)."""
         symbols = list(word)
-        symbols[-1] += "</w>"
+        if end:
+            symbols[-1] += "</w>"
         get = self.ranks.get
         # ranks[i] = rank of the pair (symbols[i], symbols[i+1]); only neighbours change after a merge
         ranks = [get(pair, _NO_MERGE) for pair in zip(symbols, symbols[1:])]

@@ -19,11 +19,11 @@ from pathlib import Path
 from biogpt.errors import VocabError
 from biogpt.text import moses
 from biogpt.text.fastbpe import (
-    _CACHE_LIMIT,
     BPE,
     EOS_ID,
     SPECIALS,
     UNK_ID,
+    BoundedCache,
     Vocab,
     _fairseq_to_hf,
     _write_atomic,
@@ -54,8 +54,10 @@ class Tokenizer:
         self.piece_to_id = {p: i for i, p in enumerate(SPECIALS)}
         self.piece_to_id.update({_fairseq_to_hf(p): i for i, p in enumerate(vocab.pieces[4:], 4)})
         self.bpe = BPE(vocab.merges)
-        self._cache: dict = {}  # chunk key -> ids
-        self._span_cache: dict = {}  # chunk key -> spans of those ids within the chunk
+        # the most source characters one id can stand for (a piece without its @@ / </w>)
+        self._widest = max(len(p[:-2] if p.endswith("@@") else p) for p in self.pieces)
+        self._cache = BoundedCache()  # chunk key -> ids
+        self._span_cache = BoundedCache()  # chunk key -> spans of those ids within the chunk
 
     @classmethod
     def from_pretrained(cls, path: str | Path, num_prompt_tokens: int | None = None, lowercase: bool = False):
@@ -117,6 +119,15 @@ class Tokenizer:
             self._encode_segment(text, out)
         return out
 
+    def min_tokens(self, text: str) -> int:
+        """A lower bound on len(encode(text, add_eos_prefix=False)), in linear time without Moses or BPE: every
+        id stands for at most `_widest` of the characters that are neither whitespace nor control characters.
+        A server refuses a prompt that cannot fit its context before paying for its tokenization."""
+        kept = sum(map(len, text.split()))
+        if not text.isprintable():
+            kept -= len(moses.CONTROL.findall(text))
+        return -(-max(0, kept) // self._widest)
+
     def encode_batch(self, texts: Iterable[str], add_eos_prefix: bool = True) -> list[list[int]]:
         if isinstance(texts, str):
             raise TypeError("encode_batch() takes a list of str; use encode() for a single text")
@@ -127,8 +138,6 @@ class Tokenizer:
             seg = moses.CONTROL.sub("", seg)
         chunks = seg.split()
         cache = self._cache
-        if len(cache) > _CACHE_LIMIT:
-            cache.clear()
         start = len(out)
         last = len(chunks) - 1
         for i, c in enumerate(chunks):
@@ -150,7 +159,7 @@ class Tokenizer:
                     key = c
             hit = cache.get(key)
             if hit is None:
-                hit = cache[key] = self._encode_chunk(key)
+                hit = self._cached_chunk(key, c)
             out.extend(hit)
 
     @staticmethod
@@ -172,6 +181,11 @@ class Tokenizer:
         chunk, context, nxt = (key, 0, 0) if isinstance(key, str) else key
         return chunk, moses.tokenize_chunk(chunk, context, nxt)
 
+    def _cached_chunk(self, key, chunk: str) -> tuple[int, ...]:
+        """Ids of one chunk (a cache miss), remembered."""
+        ids = self._encode_chunk(key)
+        return self._cache.put(key, ids, 2 * len(chunk) + 8 * len(ids))
+
     def _encode_chunk(self, key) -> tuple[int, ...]:
         """Ids of one chunk (a cache miss)."""
         return tuple(self._ids(self._moses_chunk(key)[1]))
@@ -184,10 +198,8 @@ class Tokenizer:
         """(start, end) within the chunk of each of its ids."""
         hit = self._span_cache.get(key)
         if hit is None:
-            if len(self._span_cache) > _CACHE_LIMIT:
-                self._span_cache.clear()
             chunk, tokens = self._moses_chunk(key)
-            hit = self._span_cache[key] = tuple(self._spans(tokens, chunk))
+            hit = self._span_cache.put(key, tuple(self._spans(tokens, chunk)), 2 * len(chunk) + 16 * len(tokens))
         return hit
 
     def _spans(self, tokens: list[str], source: str) -> list[tuple[int, int]]:
@@ -263,10 +275,10 @@ class Tokenizer:
             spans.extend(_remap(self._spans(tokens, cleaned), where, base))
             return
         keys = self._chunk_keys(words)
-        for key, (_, start, where) in zip(keys, chunks):
+        for key, (c, start, where) in zip(keys, chunks):
             hit = self._cache.get(key)
             if hit is None:
-                hit = self._cache[key] = self._encode_chunk(key)
+                hit = self._cached_chunk(key, c)
             ids.extend(hit)
             chunk_spans = self._chunk_spans(key)
             if where is None:
