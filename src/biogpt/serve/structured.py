@@ -43,6 +43,7 @@ MAX_STATES = 5000  # NFA states (repetitions copy their atom)
 MAX_DFA_STATES = 4000  # DFA states (sets of NFA states a text can reach)
 MAX_WORK = 3_000_000  # NFA edges followed while building the DFA and classifying the vocabulary's characters
 MAX_MEMO = 256  # DFA states whose token masks a constraint keeps
+WINDOW = 4  # tokens a step decodes at least, behind the fixed head (RegexConstraint._cut)
 LIMITS = {"pattern characters": MAX_PATTERN, "items in a class": MAX_CLASS_ITEMS, "nested groups": MAX_DEPTH,
           "repetition bound": MAX_REPEAT, "NFA states": MAX_STATES, "DFA states": MAX_DFA_STATES,
           "compile steps": MAX_WORK}  # fmt: skip
@@ -340,6 +341,9 @@ class TokenIndex:
         self.chars = np.full((self.V, L), len(self.alphabet), dtype=np.int32)  # [V, L]
         self.lengths = np.zeros(self.V, dtype=np.int32)  # [V]
         self.valid = np.zeros(self.V, dtype=bool)  # [V]: has a spelling
+        # for the fixed head: does the piece end a word, is it ASCII letters and digits
+        self.word_end = [not p.endswith("@@") for p in pieces]
+        self.plain = [s is not None and s.isascii() and s.isalnum() for s in self.spell]
         groups: dict[tuple, list[int]] = {}
         self.brute: list[int] = []
         for i, s in enumerate(self.spell):
@@ -470,6 +474,7 @@ class RegexConstraint(Constraint):
         self.dfa, self.index = regex.dfa, regex.index
         self._masks: dict[int, np.ndarray] = {}
         self._last: tuple[str, int] = ("", 1)  # (text, its DFA state) of the last step: the next one extends it
+        self._head: tuple[int, list[int], str] = (0, [], "")  # (k, generated[:k], its text): see _cut
 
     def alive(self, state: int) -> np.ndarray:
         """[V] bool: tokens whose spelling, read from `state`, keeps the DFA alive (empty spellings always)."""
@@ -493,9 +498,54 @@ class RegexConstraint(Constraint):
         self._last = (text, st)
         return st
 
+    def _cut(self, generated: list[int]) -> None:
+        """Fix a head generated[:k] whose text no later token changes, so that a step decodes only the tokens
+        after it: decode(G + x) == decode(G[:k]) + " " + decode(G[k:] + x) for every x, when the words on both
+        sides of the cut are ASCII letters and digits (Moses' detokenizer puts one space between two such words,
+        and its `@-@` joins and entities never span them), the first word after it ends before the last token
+        (so no x extends it), and no word before it is a quote (the detokenizer's only state that carries
+        across words: how many of each quote it has seen)."""
+        n, (k, ids, _) = len(generated), self._head
+        if k and generated[:k] != ids:
+            k, self._head = 0, (0, [], "")
+        if n - k <= 3 * WINDOW:
+            return
+        ix, V = self.index, self.index.V
+        plain = [0 <= t < V and ix.plain[t] for t in generated]
+        end = [0 <= t < V and ix.word_end[t] for t in generated]
+        for cut in range(n - WINDOW, k, -1):
+            j = cut - 1  # the word before the cut: plain pieces back to the previous word's end
+            if not (end[j] and plain[j]):
+                continue
+            while j >= 0 and plain[j] and (j == cut - 1 or not end[j]):
+                j -= 1
+            if j >= 0 and not end[j]:
+                continue
+            j = cut  # the word after the cut: plain pieces up to a word end before the last token
+            while j < n - 1 and plain[j] and not end[j]:
+                j += 1
+            if j < n - 1 and plain[j] and end[j]:
+                if self._quote_free(generated[:cut]):
+                    self._head = (cut, generated[:cut], self.tok.decode(generated[:cut]))
+                return
+
+    def _quote_free(self, ids: list[int]) -> bool:
+        """No word of these tokens, as the detokenizer splits them (after its `@-@` joins and unescaping), is
+        an opening or closing quote."""
+        pieces = self.tok.pieces
+        joined = "".join(p[:-2] if p.endswith("@@") else p + " " for p in (pieces[i] for i in ids if i >= 4))
+        text = moses.unescape((" " + " ".join(joined.split()) + " ").replace(" @-@ ", "-"))
+        return not any(moses._IS_OPEN_QUOTE.search(w) for w in text.split())
+
+    def _decode(self, generated: list[int], extra: list[int]) -> str:
+        """tok.decode(generated + extra), decoding only the tokens after the head."""
+        k, _, head = self._head
+        return head + " " + self.tok.decode(generated[k:] + extra) if k else self.tok.decode(generated + extra)
+
     def allowed(self, generated):
         generated = list(generated)
-        text = self.tok.decode(generated)
+        self._cut(generated)
+        text = self._decode(generated, [])
         state = self.state_of(text)
         # the detokenizer puts a space before a new word (and may drop it, before punctuation): try both
         cands = self.alive(state)
@@ -510,7 +560,7 @@ class RegexConstraint(Constraint):
                 continue
             # every token of the group decodes to the same text plus its own spelling
             spelling = self.index.spell[probe]
-            full = self.tok.decode(generated + [probe])
+            full = self._decode(generated, [probe])
             if not full.endswith(spelling):  # never seen; should the detokenizer change, stay exact regardless
                 ok |= self._one_by_one(generated, text, state, np.flatnonzero(mine))
                 continue
@@ -527,7 +577,7 @@ class RegexConstraint(Constraint):
         """[V] bool: which of `ids` keep the DFA alive, each decoded with the text (the reference rule)."""
         ok = np.zeros(self.index.V, dtype=bool)
         for t in ids:
-            full = self.tok.decode(generated + [int(t)])
+            full = self._decode(generated, [int(t)])
             st = self.dfa.run(state, full[len(text) :]) if full.startswith(text) else self.dfa.run(1, full)
             ok[t] = st != 0
         return ok
