@@ -409,9 +409,9 @@ def walk_counts(constraint: RegexConstraint, counter: Counting, steps: int, seed
     """(decodes, new token masks) of each of `steps` allowed() calls along a random allowed walk."""
     rng, gen, out = random.Random(seed), [], []
     for _ in range(steps):
-        d0, m0 = counter.decodes, len(constraint._masks)
+        d0, m0 = counter.decodes, len(constraint.regex.masks)
         allowed = constraint.allowed(gen)
-        out.append((counter.decodes - d0, max(0, len(constraint._masks) - m0)))
+        out.append((counter.decodes - d0, max(0, len(constraint.regex.masks) - m0)))
         nxt = [t for t in allowed if t != 2]
         if not nxt:
             break
@@ -434,7 +434,7 @@ def test_pathological_patterns_cost_bounded_work(demo, pattern, steps):
     assert len(counts) == steps
     assert max(d for d, _ in counts) <= 2 + len(index.groups) + len(index.brute)
     assert max(m for _, m in counts) <= 2 + len(index.groups)
-    assert len(constraint._masks) <= S.MAX_MEMO
+    assert len(constraint.regex.masks) <= S.MAX_MEMO
 
 
 LIMITED = {

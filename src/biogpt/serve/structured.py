@@ -21,6 +21,8 @@ appended to, so a step decodes a handful of times, not once per candidate.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 
 import numpy as np
@@ -42,7 +44,8 @@ MAX_REPEAT = 100  # m and n of {m,n}
 MAX_STATES = 5000  # NFA states (repetitions copy their atom)
 MAX_DFA_STATES = 4000  # DFA states (sets of NFA states a text can reach)
 MAX_WORK = 3_000_000  # NFA edges followed while building the DFA and classifying the vocabulary's characters
-MAX_MEMO = 256  # DFA states whose token masks a constraint keeps
+MAX_MEMO = 64  # DFA states whose token masks a compiled pattern keeps
+CACHE = 16  # compiled patterns a vocabulary keeps (clients repeat their patterns)
 WINDOW = 4  # tokens a step decodes at least, behind the fixed head (RegexConstraint._cut)
 LIMITS = {"pattern characters": MAX_PATTERN, "items in a class": MAX_CLASS_ITEMS, "nested groups": MAX_DEPTH,
           "repetition bound": MAX_REPEAT, "NFA states": MAX_STATES, "DFA states": MAX_DFA_STATES,
@@ -361,6 +364,8 @@ class TokenIndex:
         self.order = np.argsort(-self.lengths, kind="stable")  # [V]
         self.by_length = [int((self.lengths > j).sum()) for j in range(L)]
         self.groups: dict[tuple, tuple[np.ndarray, int]] = {}
+        self.compiled: OrderedDict[str, CompiledRegex] = OrderedDict()  # the last CACHE patterns
+        self.lock = threading.Lock()
         for key, ids in groups.items():
             mask = np.zeros(self.V, dtype=bool)
             mask[ids] = True
@@ -378,7 +383,8 @@ class TokenIndex:
 class DFA:
     """The NFA's subset automaton over classes of characters (characters that every predicate treats alike),
     built in full at compile time within MAX_DFA_STATES and MAX_WORK. State 0 is dead (no NFA state), 1 the
-    start; table[state][class] is the next state; the last column (padding) stays put."""
+    start; table[state * width + class] is the next state (`rows[state][class]` as lists); the last class
+    (padding) stays put."""
 
     def __init__(self, nfa: NFA, alphabet: list[str]):
         self.nfa, self.work = nfa, 0
@@ -396,7 +402,8 @@ class DFA:
         self.rows: list[list[int]] = []
         while len(self.rows) < len(self.sets):
             self.rows.append(self._row(self.sets[len(self.rows)]))
-        self.table = np.array(self.rows, dtype=np.int32)  # [states, classes + 1]
+        self.table = np.array(self.rows, dtype=np.int32).reshape(-1)  # [states * (classes + 1)], row-major
+        self.width = self.pad + 1
         self.accepting = [nfa.accept in s for s in self.sets]
 
     def _spend(self, n: int) -> None:
@@ -451,19 +458,46 @@ class DFA:
 
 
 class CompiledRegex:
-    """A pattern compiled against one vocabulary: its DFA and each token's characters as DFA classes."""
+    """A pattern compiled against one vocabulary: its DFA, each token's characters as DFA classes, and the
+    token masks of the DFA states met so far (shared by the requests that use the pattern)."""
 
     def __init__(self, pattern: str, index: TokenIndex):
         self.pattern, self.index = pattern, index
         self.dfa = DFA(NFA(pattern), index.alphabet)
         to_class = np.array([self.dfa.char_class[c] for c in index.alphabet] + [self.dfa.pad], dtype=np.int32)
-        self.token_classes = to_class[index.chars[index.order]]  # [V, L], rows in index.order
+        self.token_classes = np.ascontiguousarray(to_class[index.chars[index.order]].T)  # [L, V], V in index.order
+        self.masks: dict[int, np.ndarray] = {}
+
+    def alive(self, state: int) -> np.ndarray:
+        """[V] bool: tokens whose spelling, read from `state`, keeps the DFA alive (empty spellings always)."""
+        mask = self.masks.get(state)
+        if mask is None:
+            if len(self.masks) >= MAX_MEMO:
+                self.masks.clear()
+            ix, table, width = self.index, self.dfa.table, self.dfa.width
+            s = np.full(ix.V, state, dtype=np.int32)  # [V], in index.order
+            for j, n in enumerate(ix.by_length):
+                s[:n] = table[s[:n] * width + self.token_classes[j, :n]]
+            mask = np.empty(ix.V, dtype=bool)
+            mask[ix.order] = s != 0
+            mask = self.masks[state] = (mask | (ix.lengths == 0)) & ix.valid
+        return mask
 
 
 def compile_regex(pattern: str, index: TokenIndex) -> CompiledRegex:
     """Compile a request's `regex` (raises RegexError naming the limit or the unsupported construct). Runs in a
-    worker thread: it is bounded (LIMITS) but not instant."""
-    return CompiledRegex(pattern, index)
+    worker thread: it is bounded (LIMITS) but not instant. The last CACHE patterns are kept."""
+    with index.lock:
+        regex = index.compiled.pop(pattern, None)
+        if regex is not None:
+            index.compiled[pattern] = regex
+            return regex
+    regex = CompiledRegex(pattern, index)
+    with index.lock:
+        index.compiled[pattern] = regex
+        while len(index.compiled) > CACHE:
+            index.compiled.popitem(last=False)
+    return regex
 
 
 class RegexConstraint(Constraint):
@@ -472,24 +506,8 @@ class RegexConstraint(Constraint):
     def __init__(self, regex: CompiledRegex, tok: Tokenizer, eos_token_id: int = 2):
         self.regex, self.tok, self.eos = regex, tok, eos_token_id
         self.dfa, self.index = regex.dfa, regex.index
-        self._masks: dict[int, np.ndarray] = {}
         self._last: tuple[str, int] = ("", 1)  # (text, its DFA state) of the last step: the next one extends it
         self._head: tuple[int, list[int], str] = (0, [], "")  # (k, generated[:k], its text): see _cut
-
-    def alive(self, state: int) -> np.ndarray:
-        """[V] bool: tokens whose spelling, read from `state`, keeps the DFA alive (empty spellings always)."""
-        mask = self._masks.get(state)
-        if mask is None:
-            if len(self._masks) >= MAX_MEMO:
-                self._masks.clear()
-            s = np.full(self.index.V, state, dtype=np.int32)  # [V], in index.order
-            table, classes = self.dfa.table, self.regex.token_classes
-            for j, n in enumerate(self.index.by_length):
-                s[:n] = table[s[:n], classes[:n, j]]
-            mask = np.empty(self.index.V, dtype=bool)
-            mask[self.index.order] = s != 0
-            mask = self._masks[state] = (mask | (self.index.lengths == 0)) & self.index.valid
-        return mask
 
     def state_of(self, text: str) -> int:
         """DFA state after `text`, continuing from the last text when this one extends it."""
@@ -548,11 +566,11 @@ class RegexConstraint(Constraint):
         text = self._decode(generated, [])
         state = self.state_of(text)
         # the detokenizer puts a space before a new word (and may drop it, before punctuation): try both
-        cands = self.alive(state)
+        cands = self.regex.alive(state)
         if generated:
             spaced = self.dfa.run(state, " ")
             if spaced:
-                cands = cands | self.alive(spaced)
+                cands = cands | self.regex.alive(spaced)
         ok = np.zeros(self.index.V, dtype=bool)
         for mask, probe in self.index.groups.values():
             mine = cands & mask
@@ -566,7 +584,7 @@ class RegexConstraint(Constraint):
                 continue
             head = full[: -len(spelling)]
             st = self.dfa.run(state, head[len(text) :]) if head.startswith(text) else self.dfa.run(1, head)
-            ok |= mine & self.alive(st)
+            ok |= mine & self.regex.alive(st)
         ok |= self._one_by_one(generated, text, state, [t for t in self.index.brute if cands[t]])
         out = np.flatnonzero(ok).tolist()
         if self.dfa.accepting[state]:
