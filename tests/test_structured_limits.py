@@ -456,6 +456,9 @@ def test_each_limit_is_a_regex_error_naming_it(demo, monkeypatch):
     for pattern in NOT_ASCII_DIGITS:
         with pytest.raises(RegexError, match="ASCII digits"):
             compile_regex(pattern, index)
+    nested = "((" + "[" + "".join(chr(0x4E00 + i) for i in range(250)) + "]{100}){100})"
+    with pytest.raises(RegexError, match="re-reads more than .*compile steps limit"):
+        compile_regex(nested, index)  # copies of copies: parsing is counted too
     monkeypatch.setattr(S, "MAX_WORK", 1000)
     with pytest.raises(RegexError, match="compile steps"):
         compile_regex(r"[a-z]+ (is|was) .{0,30}", index)

@@ -69,7 +69,7 @@ class NFA:
         self.preds: list[Callable[[str], bool]] = []
         self.literal: dict[str, int] = {}  # a single character -> its predicate id
         self._pred_ids: dict[tuple[str, str], int] = {}
-        self.src, self.pos, self.depth = pattern, 0, 0
+        self.src, self.pos, self.depth, self.parsed = pattern, 0, 0, 0
         if len(pattern) > MAX_PATTERN:
             raise RegexError(f"regex of {len(pattern)} characters: the limit is {MAX_PATTERN} pattern characters")
         if pattern.startswith("^"):
@@ -192,6 +192,10 @@ class NFA:
         return s, end
 
     def _reparse(self, atom_src: str) -> tuple[int, int]:
+        self.parsed += len(atom_src)  # copies re-parse their atom: count it against the compile steps
+        if self.parsed > MAX_WORK // 10:
+            self._fail(f"a repetition re-reads more than {MAX_WORK // 10} pattern characters (the compile steps "
+                       "limit)")  # fmt: skip
         saved_src, saved_pos = self.src, self.pos
         self.src, self.pos = atom_src, 0
         frag = self._atom()
