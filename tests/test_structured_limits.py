@@ -3,6 +3,7 @@ the tokens the reference rule allows (below: a trie walk with the NFA, then ever
 and the NFA run over the whole of it), pathological patterns cost bounded, counted work, and every limit is a
 400 envelope that names it."""
 
+import json
 import random
 import re
 from collections.abc import Callable
@@ -314,7 +315,6 @@ def small_tok(demo, tmp_path_factory) -> Tokenizer:
     """A small vocabulary (so that the reference can decode every candidate) with every token kind the
     detokenizer treats apart: the demo's entity, `@-@` and punctuation pieces, a sample of its words and word
     pieces, and tokens the real vocabularies lack (raw quotes, CJK, currency)."""
-    import json
 
     _, tok = demo
     pieces = tok.vocab.pieces
