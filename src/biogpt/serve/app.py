@@ -58,7 +58,7 @@ from biogpt.serve.protocol import (
     TokenizeRequest,
     error_body,
 )
-from biogpt.serve.structured import NFA, RegexConstraint, TokenTrie, choice_constraint
+from biogpt.serve.structured import RegexConstraint, RegexError, TokenIndex, choice_constraint, compile_regex
 from biogpt.text import moses
 from biogpt.text.tokenizer import Tokenizer
 
@@ -118,7 +118,7 @@ class State:
         self.load_error: str | None = None
         self.draining = False
         self.created = int(time.time())
-        self._trie: TokenTrie | None = None
+        self._index: TokenIndex | None = None
         self.metrics = Metrics({
             "biogpt_queue_length": ("gauge", "Sequences waiting for a batch row.",
                                     lambda: self.scheduler.queue_length if self.scheduler else 0),
@@ -158,10 +158,11 @@ class State:
         return self.tok.encode(text) if self.byte_level else self.tok.encode(text, add_eos_prefix=special)
 
     @property
-    def trie(self) -> TokenTrie:
-        if self._trie is None:
-            self._trie = TokenTrie(self.tok)
-        return self._trie
+    def token_index(self) -> TokenIndex:
+        """The vocabulary as regex constraints need it, built on the first regex (in a worker thread)."""
+        if self._index is None:
+            self._index = TokenIndex(self.tok)
+        return self._index
 
 
 class Guard:
@@ -390,7 +391,7 @@ def create_app(
         if req.image is not None:
             raise APIError(400, f"`{state.model_name}` is a text-only model; `image` needs a BiomedGPT (OFA) model",
                            param="image")  # fmt: skip
-        prompts, params = await off_loop(prepare, req, size=input_size(req))
+        prompts, params = await off_loop(prepare, req, size=input_size(req))  # a regex compiles off the loop
         n = req.n
         all_prompts = [p for p in prompts for _ in range(n)]
         all_params = [params(j) for _ in prompts for j in range(n)]
@@ -510,7 +511,10 @@ def create_app(
                 if state.byte_level:
                     raise APIError(400, "structured_outputs.regex needs BioGPT's tokenizer; with a byte-level "
                                    "(GPT-2 family) model use structured_outputs.choice", param="structured_outputs")
-                constraint = RegexConstraint(NFA(so.regex), state.tok, state.trie)
+                try:
+                    constraint = RegexConstraint(compile_regex(so.regex, state.token_index), state.tok)
+                except RegexError as e:
+                    raise APIError(400, str(e), param="structured_outputs") from None
 
         def params(j: int) -> SamplingParams:
             return SamplingParams(

@@ -8,16 +8,28 @@ classes `[a-z0-9_]` / `[^...]`, groups `(...)` / `(?:...)`, alternation `|`, gre
 look-around, lazy quantifiers, `\\b`, flags) is rejected with a clear error rather than half-supported.
 
 A token is allowed when the text decoded with it (BioGPT's detokenizer, exactly) can still be extended to a
-match; `</s>` when the text already matches. Candidates are found by walking a trie of the token spellings
-with the NFA's state set, then checked by decoding.
+match; `</s>` when the text already matches. The candidates are the tokens whose spelling, read from the state
+after the text so far (or after one more space), keeps the automaton alive.
+
+Every step costs a bounded amount of work, whatever the pattern: the NFA is turned into a DFA over classes of
+characters when the request arrives (capped: `LIMITS`), and what each token's spelling does from a DFA state is
+computed once per state, for the whole vocabulary at once (a table walk over a [vocab, letters] array). What
+the detokenizer makes of a token depends on the text before it only through a few properties of the token
+(`TokenIndex`): one decode of a representative token per group gives the text every token of the group is
+appended to, so a step decodes a handful of times, not once per candidate.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
+
+import numpy as np
 
 from biogpt.errors import GenerationError
 from biogpt.generation.constraints import AllowedSequences, Constraint
+from biogpt.text import moses
 from biogpt.text.tokenizer import Tokenizer
 
 CLASSES: dict[str, Callable[[str], bool]] = {
@@ -25,21 +37,41 @@ CLASSES: dict[str, Callable[[str], bool]] = {
     "w": lambda c: c.isalnum() or c == "_",
     "s": str.isspace,
 }
-MAX_REPEAT = 100
-MAX_STATES = 5000
+MAX_PATTERN = 2000  # characters of a pattern
+MAX_CLASS_ITEMS = 256  # characters, ranges and escapes in one [...] class
+MAX_DEPTH = 32  # nested groups
+MAX_REPEAT = 100  # m and n of {m,n}
+MAX_STATES = 5000  # NFA states (repetitions copy their atom)
+MAX_DFA_STATES = 4000  # DFA states (sets of NFA states a text can reach)
+MAX_WORK = 3_000_000  # NFA edges followed while building the DFA and classifying the vocabulary's characters
+MAX_MEMO = 64  # DFA states whose token masks a compiled pattern keeps
+CACHE = 16  # compiled patterns a vocabulary keeps (clients repeat their patterns)
+WINDOW = 4  # tokens a step decodes at least, behind the fixed head (RegexConstraint._cut)
+LIMITS = {"pattern characters": MAX_PATTERN, "items in a class": MAX_CLASS_ITEMS, "nested groups": MAX_DEPTH,
+          "repetition bound": MAX_REPEAT, "NFA states": MAX_STATES, "DFA states": MAX_DFA_STATES,
+          "compile steps": MAX_WORK}  # fmt: skip
+# characters the detokenizer writes that no token spells: spaces, the "-" of " @-@ ", unescaped entities
+DETOK_CHARS = " -" + "".join(c for _, c in moses._UNESCAPE)
+QUOTES = "'\"„“”`"
 
 
 class RegexError(GenerationError):
-    """A regular expression outside the supported subset, or malformed."""
+    """A regular expression outside the supported subset, malformed, or beyond a limit."""
 
 
 class NFA:
-    """States 0..n-1; eps[i]: states reached without a character; edges[i]: (predicate, state)."""
+    """States 0..n-1; eps[i]: states reached without a character; edges[i]: (predicate id, state). Predicates
+    are compiled once per distinct atom (`preds`), however often a repetition copies it."""
 
     def __init__(self, pattern: str):
         self.eps: list[list[int]] = []
-        self.edges: list[list[tuple[Callable[[str], bool], int]]] = []
-        self.src, self.pos = pattern, 0
+        self.edges: list[list[tuple[int, int]]] = []
+        self.preds: list[Callable[[str], bool]] = []
+        self.literal: dict[str, int] = {}  # a single character -> its predicate id
+        self._pred_ids: dict[tuple[str, str], int] = {}
+        self.src, self.pos, self.depth, self.parsed = pattern, 0, 0, 0
+        if len(pattern) > MAX_PATTERN:
+            raise RegexError(f"regex of {len(pattern)} characters: the limit is {MAX_PATTERN} pattern characters")
         if pattern.startswith("^"):
             self.pos = 1
         start, end = self._alternation()
@@ -50,15 +82,25 @@ class NFA:
     # --- parsing: alternation > concatenation > repetition > atom ----------------------------------------
 
     def _fail(self, why: str):
-        raise RegexError(f"regex {self.src!r}: {why} at position {self.pos}; supported: literals, ., \\d \\w \\s "
-                         "(and negations), [classes], (groups), |, * + ? {m,n}")  # fmt: skip
+        raise RegexError(f"regex {self.src[:80]!r}: {why} at position {self.pos}; supported: literals, ., \\d \\w "
+                         "\\s (and negations), [classes], (groups), |, * + ? {m,n}")  # fmt: skip
 
     def _state(self) -> int:
         if len(self.eps) >= MAX_STATES:
-            self._fail(f"more than {MAX_STATES} NFA states (a repetition too large)")
+            self._fail(f"more than {MAX_STATES} NFA states (the limit; a repetition too large)")
         self.eps.append([])
         self.edges.append([])
         return len(self.eps) - 1
+
+    def _pred(self, key: tuple[str, str], make: Callable[[], Callable[[str], bool]]) -> int:
+        """The id of the predicate for this atom (kind, text), made on its first use only."""
+        pid = self._pred_ids.get(key)
+        if pid is None:
+            pid = self._pred_ids[key] = len(self.preds)
+            self.preds.append(make())
+            if key[0] == "=":
+                self.literal[key[1]] = pid
+        return pid
 
     def _peek(self) -> str | None:
         return self.src[self.pos] if self.pos < len(self.src) else None
@@ -87,6 +129,27 @@ class NFA:
             e = fe
         return s, e
 
+    def _bounds(self) -> tuple[int, int | None]:
+        """{m}, {m,} or {m,n} at self.pos: ASCII digits, at most MAX_REPEAT."""
+        close = self.src.find("}", self.pos)
+        body = self.src[self.pos + 1 : close] if close > 0 else ""
+        parts = body.split(",")
+
+        def number(x: str) -> bool:
+            return x.isascii() and x.isdigit()
+
+        if close < 0 or len(parts) > 2 or not number(parts[0]) or (len(parts) == 2 and parts[1] and
+                                                                    not number(parts[1])):  # fmt: skip
+            self._fail("bad {m,n} repetition (m and n are ASCII digits)")
+        if any(len(x) > 3 for x in parts):
+            self._fail(f"repetition bounds must satisfy m <= n <= {MAX_REPEAT} (the repetition bound limit)")
+        lo = int(parts[0])
+        hi = lo if len(parts) == 1 else (int(parts[1]) if parts[1] else None)
+        if (hi is not None and hi < lo) or max(lo, hi or 0) > MAX_REPEAT:
+            self._fail(f"repetition bounds must satisfy m <= n <= {MAX_REPEAT} (the repetition bound limit)")
+        self.pos = close + 1
+        return lo, hi
+
     def _repetition(self) -> tuple[int, int]:
         start = self.pos
         frag = self._atom()
@@ -95,17 +158,7 @@ class NFA:
         if c not in ("*", "+", "?", "{"):
             return frag
         if c == "{":
-            close = self.src.find("}", self.pos)
-            body = self.src[self.pos + 1 : close] if close > 0 else ""
-            parts = body.split(",")
-            if close < 0 or len(parts) > 2 or not parts[0].isdigit() or (len(parts) == 2 and parts[1] and not
-                                                                             parts[1].isdigit()):  # fmt: skip
-                self._fail("bad {m,n} repetition")
-            lo = int(parts[0])
-            hi = lo if len(parts) == 1 else (int(parts[1]) if parts[1] else None)
-            if (hi is not None and hi < lo) or max(lo, hi or 0) > MAX_REPEAT:
-                self._fail(f"repetition bounds must satisfy m <= n <= {MAX_REPEAT}")
-            self.pos = close + 1
+            lo, hi = self._bounds()
         else:
             self.pos += 1
             lo, hi = {"*": (0, None), "+": (1, None), "?": (0, 1)}[c]
@@ -139,6 +192,10 @@ class NFA:
         return s, end
 
     def _reparse(self, atom_src: str) -> tuple[int, int]:
+        self.parsed += len(atom_src)  # copies re-parse their atom: count it against the compile steps
+        if self.parsed > MAX_WORK // 10:
+            self._fail(f"a repetition re-reads more than {MAX_WORK // 10} pattern characters (the compile steps "
+                       "limit)")  # fmt: skip
         saved_src, saved_pos = self.src, self.pos
         self.src, self.pos = atom_src, 0
         frag = self._atom()
@@ -148,6 +205,9 @@ class NFA:
     def _atom(self) -> tuple[int, int]:
         c = self._peek()
         if c == "(":
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                self._fail(f"more than {MAX_DEPTH} nested groups (the nested groups limit)")
             self.pos += 1
             if self.src.startswith("?:", self.pos):
                 self.pos += 2
@@ -157,23 +217,31 @@ class NFA:
             if self._peek() != ")":
                 self._fail("missing ')'")
             self.pos += 1
+            self.depth -= 1
             return frag
         if c in ("*", "+", "?", "{", ")"):
             self._fail(f"nothing to repeat before {c!r}" if c != ")" else "unbalanced ')'")
         if c in ("^", "$"):
             self._fail("anchors are supported only at the very start (^) and end ($)")
+        start = self.pos
         if c == "[":
-            pred = self._class()
+            make = self._class()
+            pid = self._pred(("[", self.src[start : self.pos]), make)
         elif c == "\\":
-            pred = self._escape(in_class=False)
+            key, make = self._escape()
+            pid = self._pred(key, make)
         else:
             self.pos += 1
-            pred = (lambda ch: ch != "\n") if c == "." else (lambda ch, c=c: ch == c)
+            if c == ".":
+                pid = self._pred((".", ""), lambda: lambda ch: ch != "\n")
+            else:
+                pid = self._pred(("=", c), lambda: lambda ch: ch == c)
         s, e = self._state(), self._state()
-        self.edges[s].append((pred, e))
+        self.edges[s].append((pid, e))
         return s, e
 
-    def _escape(self, in_class: bool) -> Callable[[str], bool]:
+    def _escape(self) -> tuple[tuple[str, str], Callable[[], Callable[[str], bool]]]:
+        """(key, maker) of the predicate of the escape at self.pos."""
         self.pos += 1
         c = self._peek()
         if c is None:
@@ -181,21 +249,25 @@ class NFA:
         self.pos += 1
         if c.lower() in CLASSES:
             f = CLASSES[c.lower()]
-            return (lambda ch: not f(ch)) if c.isupper() else f
+            return ("\\", c), (lambda: (lambda ch: not f(ch)) if c.isupper() else f)
         special = {"n": "\n", "t": "\t", "r": "\r"}
         if c in special:
-            return lambda ch, x=special[c]: ch == x
+            x = special[c]
+            return ("=", x), lambda: lambda ch: ch == x
         if c.isalnum():
             self._fail(f"the escape \\{c} is not supported")
-        return lambda ch: ch == c
+        return ("=", c), lambda: lambda ch: ch == c
 
-    def _class(self) -> Callable[[str], bool]:
+    def _class(self) -> Callable[[], Callable[[str], bool]]:
+        """Parse [...] at self.pos; a maker of its predicate (a set of characters, ranges and escapes)."""
         self.pos += 1
         negate = self._peek() == "^"
         if negate:
             self.pos += 1
-        parts: list[Callable[[str], bool]] = []
-        first = True
+        chars: set[str] = set()
+        ranges: list[tuple[str, str]] = []
+        escapes: list[Callable[[str], bool]] = []
+        first, items = True, 0
         while True:
             c = self._peek()
             if c is None:
@@ -203,9 +275,11 @@ class NFA:
             if c == "]" and not first:
                 self.pos += 1
                 break
-            first = False
+            first, items = False, items + 1
+            if items > MAX_CLASS_ITEMS:
+                self._fail(f"more than {MAX_CLASS_ITEMS} items in a class (the limit)")
             if c == "\\":
-                parts.append(self._escape(in_class=True))
+                escapes.append(self._escape()[1]())
                 continue
             self.pos += 1
             if self._peek() == "-" and self.pos + 1 < len(self.src) and self.src[self.pos + 1] != "]":
@@ -213,16 +287,20 @@ class NFA:
                 if hi == "\\" or hi < c:
                     self._fail(f"bad range {c}-{hi}")
                 self.pos += 2
-                parts.append(lambda ch, a=c, b=hi: a <= ch <= b)
+                ranges.append((c, hi))
             else:
-                parts.append(lambda ch, a=c: ch == a)
-        if negate:
-            return lambda ch: not any(p(ch) for p in parts)
-        return lambda ch: any(p(ch) for p in parts)
+                chars.add(c)
+        frozen = frozenset(chars)
 
-    # --- simulation ------------------------------------------------------------------------------------
+        def member(ch: str) -> bool:
+            hit = ch in frozen or any(a <= ch <= b for a, b in ranges) or any(f(ch) for f in escapes)
+            return hit != negate
 
-    def closure(self, states: frozenset[int]) -> frozenset[int]:
+        return lambda: member
+
+    # --- simulation (the reference semantics the DFA is built from) ----------------------------------------
+
+    def closure(self, states) -> frozenset[int]:
         out, todo = set(states), list(states)
         while todo:
             for j in self.eps[todo.pop()]:
@@ -232,10 +310,10 @@ class NFA:
         return frozenset(out)
 
     def step(self, states: frozenset[int], ch: str) -> frozenset[int]:
-        return self.closure(frozenset(j for i in states for pred, j in self.edges[i] if pred(ch)))
+        return self.closure({j for i in states for pid, j in self.edges[i] if self.preds[pid](ch)})
 
     def run(self, text: str, states: frozenset[int] | None = None) -> frozenset[int]:
-        states = self.closure(frozenset([self.start])) if states is None else states
+        states = self.closure([self.start]) if states is None else states
         for ch in text:
             if not states:
                 break
@@ -246,56 +324,285 @@ class NFA:
         return self.accept in self.run(text)
 
 
-class TokenTrie:
-    """The vocabulary's token spellings (without `@@`) in a character trie; ids at the node where each ends.
-    Special and learned prompt tokens are left out: they have no text."""
+class TokenIndex:
+    """What the regex constraints need of a vocabulary, built once per tokenizer.
+
+    spell[i]: token i's spelling (without `@@`; None for the special and prompt tokens, which have no text);
+    chars [V, L]: each spelling's characters as indices into `alphabet` (padded with len(alphabet));
+    lengths [V]; groups: {key: (members mask [V], a representative id)}; brute: ids decoded one by one.
+
+    Tokens in one group are treated alike by the detokenizer whatever precedes them: their spelling has no
+    entity or `@-@` character (`& ; @`), quote or space, and they agree on the properties Moses' detokenizer
+    tests on a word: CJK first letter, all currency/opening brackets, all closing punctuation, and whether `'`
+    before them starts a contraction. So the text decoded with any of them is the same prefix plus its
+    spelling; the few other tokens (`&apos;`, `@-@`, ...) are decoded one by one.
+    """
 
     def __init__(self, tok: Tokenizer):
-        self.root: dict = {}
-        for i, p in enumerate(tok.vocab.pieces):
-            if i < 4:
+        pieces = tok.vocab.pieces
+        self.V = len(pieces)
+        self.spell: list[str | None] = [None] * 4 + [p[:-2] if p.endswith("@@") else p for p in pieces[4:]]
+        self.alphabet = sorted(set("".join(s for s in self.spell if s)) | set(DETOK_CHARS))
+        where = {c: i for i, c in enumerate(self.alphabet)}
+        L = max(len(s) for s in self.spell if s is not None)
+        self.chars = np.full((self.V, L), len(self.alphabet), dtype=np.int32)  # [V, L]
+        self.lengths = np.zeros(self.V, dtype=np.int32)  # [V]
+        self.valid = np.zeros(self.V, dtype=bool)  # [V]: has a spelling
+        # for the fixed head: does the piece end a word, is it ASCII letters and digits
+        self.word_end = [not p.endswith("@@") for p in pieces]
+        self.plain = [s is not None and s.isascii() and s.isalnum() for s in self.spell]
+        groups: dict[tuple, list[int]] = {}
+        self.brute: list[int] = []
+        for i, s in enumerate(self.spell):
+            if s is None:
                 continue
-            node = self.root
-            for ch in p[:-2] if p.endswith("@@") else p:
-                node = node.setdefault(ch, {})
-            node.setdefault(None, []).append(i)
+            self.valid[i] = True
+            self.lengths[i] = len(s)
+            self.chars[i, : len(s)] = [where[c] for c in s]
+            key = self.group_key(s)
+            if key is None:
+                self.brute.append(i)
+            else:
+                groups.setdefault(key, []).append(i)
+        # longest first: column j of the DFA walk only touches the first by_length[j] rows of `order`
+        self.order = np.argsort(-self.lengths, kind="stable")  # [V]
+        self.by_length = [int((self.lengths > j).sum()) for j in range(L)]
+        self.groups: dict[tuple, tuple[np.ndarray, int]] = {}
+        self.compiled: OrderedDict[str, CompiledRegex] = OrderedDict()  # the last CACHE patterns
+        self.lock = threading.Lock()
+        for key, ids in groups.items():
+            mask = np.zeros(self.V, dtype=bool)
+            mask[ids] = True
+            self.groups[key] = (mask, ids[0])
 
-    def walk(self, nfa: NFA, states: frozenset[int]) -> list[int]:
-        """Ids of tokens whose spelling, read from `states`, keeps the NFA alive."""
-        out: list[int] = []
-        todo = [(self.root, states)]
-        while todo:
-            node, st = todo.pop()
-            for ch, child in node.items():
-                if ch is None:
-                    out += child
-                    continue
-                nxt = nfa.step(st, ch)
-                if nxt:
-                    todo.append((child, nxt))
-        return out
+    @staticmethod
+    def group_key(s: str) -> tuple | None:
+        """The detokenizer's view of a spelling (see the class docstring); None: decode this token alone."""
+        if not s or any(c in "&;@" or c in QUOTES or c.isspace() for c in s):
+            return None
+        return (moses._is_cjk(s[0]), bool(moses._IS_CURRENCY.search(s)), bool(moses._IS_PUNCT.search(s)),
+                bool(moses._IS_CONTRACTION.search("'" + s)))  # fmt: skip
+
+
+class DFA:
+    """The NFA's subset automaton over classes of characters (characters that every predicate treats alike),
+    built in full at compile time within MAX_DFA_STATES and MAX_WORK. State 0 is dead (no NFA state), 1 the
+    start; table[state * width + class] is the next state (`rows[state][class]` as lists); the last class
+    (padding) stays put."""
+
+    def __init__(self, nfa: NFA, alphabet: list[str]):
+        self.nfa, self.work = nfa, 0
+        self.sig_class: dict[frozenset[int], int] = {}
+        self.char_class: dict[str, int] = {}
+        self.class_preds: list[frozenset[int]] = []
+        literals = set(nfa.literal.values())
+        self.others = [pid for pid in range(len(nfa.preds)) if pid not in literals]  # classes, `.`, `\\d`...
+        for ch in alphabet:
+            self.char_class[ch] = self._classify(ch)
+        self.pad = len(self.class_preds)
+        start = nfa.closure([nfa.start])
+        self.sets: list[frozenset[int]] = [frozenset(), start]
+        self.index = {self.sets[0]: 0, start: 1}
+        self.rows: list[list[int]] = []
+        while len(self.rows) < len(self.sets):
+            self.rows.append(self._row(self.sets[len(self.rows)]))
+        self.table = np.array(self.rows, dtype=np.int32).reshape(-1)  # [states * (classes + 1)], row-major
+        self.width = self.pad + 1
+        self.accepting = [nfa.accept in s for s in self.sets]
+
+    def _spend(self, n: int) -> None:
+        self.work += n
+        if self.work > MAX_WORK:
+            raise RegexError(f"regex {self.nfa.src[:80]!r} is too complex: compiling it takes more than {MAX_WORK} "
+                             "steps (the compile steps limit)")  # fmt: skip
+
+    def _classify(self, ch: str) -> int:
+        """The class of a character: the set of predicates that accept it (literals looked up, others run)."""
+        lit = self.nfa.literal
+        self._spend(len(self.others))
+        sig = frozenset([pid for pid in self.others if self.nfa.preds[pid](ch)] + ([lit[ch]] if ch in lit else []))
+        cls = self.sig_class.get(sig)
+        if cls is None:
+            cls = self.sig_class[sig] = len(self.class_preds)
+            self.class_preds.append(sig)
+        return cls
+
+    def _row(self, states: frozenset[int]) -> list[int]:
+        """Next states of one DFA state for every class, adding the new ones."""
+        moves: dict[int, list[int]] = {}
+        for i in states:
+            for pid, j in self.nfa.edges[i]:
+                moves.setdefault(pid, []).append(j)
+        self._spend(len(states) + len(self.class_preds))
+        row = []
+        for preds in self.class_preds:
+            targets = [j for pid in preds if pid in moves for j in moves[pid]]
+            nxt = self.nfa.closure(targets) if targets else self.sets[0]
+            self._spend(len(nxt))
+            k = self.index.get(nxt)
+            if k is None:
+                if len(self.sets) >= MAX_DFA_STATES:
+                    raise RegexError(f"regex {self.nfa.src[:80]!r} needs more than {MAX_DFA_STATES} DFA states "
+                                     "(the limit)")  # fmt: skip
+                k = self.index[nxt] = len(self.sets)
+                self.sets.append(nxt)
+            row.append(k)
+        row.append(len(self.rows))  # padding: stay
+        return row
+
+    def run(self, state: int, text: str) -> int:
+        rows, classes = self.rows, self.char_class
+        for ch in text:
+            if not state:
+                return 0
+            cls = classes.get(ch)
+            # decoded text only holds the vocabulary's characters and DETOK_CHARS; anything else matches no class
+            state = rows[state][cls] if cls is not None else 0
+        return state
+
+
+class CompiledRegex:
+    """A pattern compiled against one vocabulary: its DFA, each token's characters as DFA classes, and the
+    token masks of the DFA states met so far (shared by the requests that use the pattern)."""
+
+    def __init__(self, pattern: str, index: TokenIndex):
+        self.pattern, self.index = pattern, index
+        self.dfa = DFA(NFA(pattern), index.alphabet)
+        to_class = np.array([self.dfa.char_class[c] for c in index.alphabet] + [self.dfa.pad], dtype=np.int32)
+        self.token_classes = np.ascontiguousarray(to_class[index.chars[index.order]].T)  # [L, V], V in index.order
+        self.masks: dict[int, np.ndarray] = {}
+
+    def alive(self, state: int) -> np.ndarray:
+        """[V] bool: tokens whose spelling, read from `state`, keeps the DFA alive (empty spellings always)."""
+        mask = self.masks.get(state)
+        if mask is None:
+            if len(self.masks) >= MAX_MEMO:
+                self.masks.clear()
+            ix, table, width = self.index, self.dfa.table, self.dfa.width
+            s = np.full(ix.V, state, dtype=np.int32)  # [V], in index.order
+            for j, n in enumerate(ix.by_length):
+                s[:n] = table[s[:n] * width + self.token_classes[j, :n]]
+            mask = np.empty(ix.V, dtype=bool)
+            mask[ix.order] = s != 0
+            mask = self.masks[state] = (mask | (ix.lengths == 0)) & ix.valid
+        return mask
+
+
+def compile_regex(pattern: str, index: TokenIndex) -> CompiledRegex:
+    """Compile a request's `regex` (raises RegexError naming the limit or the unsupported construct). Runs in a
+    worker thread: it is bounded (LIMITS) but not instant. The last CACHE patterns are kept."""
+    with index.lock:
+        regex = index.compiled.pop(pattern, None)
+        if regex is not None:
+            index.compiled[pattern] = regex
+            return regex
+    regex = CompiledRegex(pattern, index)
+    with index.lock:
+        index.compiled[pattern] = regex
+        while len(index.compiled) > CACHE:
+            index.compiled.popitem(last=False)
+    return regex
 
 
 class RegexConstraint(Constraint):
     """The decoded output must match `pattern` as a whole, then `</s>`."""
 
-    def __init__(self, nfa: NFA, tok: Tokenizer, trie: TokenTrie, eos_token_id: int = 2):
-        self.nfa, self.tok, self.trie, self.eos = nfa, tok, trie, eos_token_id
+    def __init__(self, regex: CompiledRegex, tok: Tokenizer, eos_token_id: int = 2):
+        self.regex, self.tok, self.eos = regex, tok, eos_token_id
+        self.dfa, self.index = regex.dfa, regex.index
+        self._last: tuple[str, int] = ("", 1)  # (text, its DFA state) of the last step: the next one extends it
+        self._head: tuple[int, list[int], str] = (0, [], "")  # (k, generated[:k], its text): see _cut
+
+    def state_of(self, text: str) -> int:
+        """DFA state after `text`, continuing from the last text when this one extends it."""
+        last, st = self._last
+        st = self.dfa.run(st, text[len(last) :]) if text.startswith(last) else self.dfa.run(1, text)
+        self._last = (text, st)
+        return st
+
+    def _cut(self, generated: list[int]) -> None:
+        """Fix a head generated[:k] whose text no later token changes, so that a step decodes only the tokens
+        after it: decode(G + x) == decode(G[:k]) + " " + decode(G[k:] + x) for every x, when the words on both
+        sides of the cut are ASCII letters and digits (Moses' detokenizer puts one space between two such words,
+        and its `@-@` joins and entities never span them), the first word after it ends before the last token
+        (so no x extends it), and no word before it is a quote (the detokenizer's only state that carries
+        across words: how many of each quote it has seen)."""
+        n, (k, ids, _) = len(generated), self._head
+        if k and generated[:k] != ids:
+            k, self._head = 0, (0, [], "")
+        if n - k <= 3 * WINDOW:
+            return
+        ix, V = self.index, self.index.V
+        plain = [0 <= t < V and ix.plain[t] for t in generated]
+        end = [0 <= t < V and ix.word_end[t] for t in generated]
+        for cut in range(n - WINDOW, k, -1):
+            j = cut - 1  # the word before the cut: plain pieces back to the previous word's end
+            if not (end[j] and plain[j]):
+                continue
+            while j >= 0 and plain[j] and (j == cut - 1 or not end[j]):
+                j -= 1
+            if j >= 0 and not end[j]:
+                continue
+            j = cut  # the word after the cut: plain pieces up to a word end before the last token
+            while j < n - 1 and plain[j] and not end[j]:
+                j += 1
+            if j < n - 1 and plain[j] and end[j]:
+                if self._quote_free(generated[:cut]):
+                    self._head = (cut, generated[:cut], self.tok.decode(generated[:cut]))
+                return
+
+    def _quote_free(self, ids: list[int]) -> bool:
+        """No word of these tokens, as the detokenizer splits them (after its `@-@` joins and unescaping), is
+        an opening or closing quote."""
+        pieces = self.tok.pieces
+        joined = "".join(p[:-2] if p.endswith("@@") else p + " " for p in (pieces[i] for i in ids if i >= 4))
+        text = moses.unescape((" " + " ".join(joined.split()) + " ").replace(" @-@ ", "-"))
+        return not any(moses._IS_OPEN_QUOTE.search(w) for w in text.split())
+
+    def _decode(self, generated: list[int], extra: list[int]) -> str:
+        """tok.decode(generated + extra), decoding only the tokens after the head."""
+        k, _, head = self._head
+        return head + " " + self.tok.decode(generated[k:] + extra) if k else self.tok.decode(generated + extra)
 
     def allowed(self, generated):
-        generated = [t for t in generated]
-        text = self.tok.decode(generated)
-        states = self.nfa.run(text)
+        generated = list(generated)
+        self._cut(generated)
+        text = self._decode(generated, [])
+        state = self.state_of(text)
         # the detokenizer puts a space before a new word (and may drop it, before punctuation): try both
-        cands = set(self.trie.walk(self.nfa, states))
+        cands = self.regex.alive(state)
         if generated:
-            spaced = self.nfa.run(" ", states)
+            spaced = self.dfa.run(state, " ")
             if spaced:
-                cands.update(self.trie.walk(self.nfa, spaced))
-        ok = sorted(t for t in cands if self.nfa.run(self.tok.decode(generated + [t])))
-        if self.nfa.accept in states:
-            ok.append(self.eos)
-        return ok or [self.eos]
+                cands = cands | self.regex.alive(spaced)
+        ok = np.zeros(self.index.V, dtype=bool)
+        for mask, probe in self.index.groups.values():
+            mine = cands & mask
+            if not mine.any():
+                continue
+            # every token of the group decodes to the same text plus its own spelling
+            spelling = self.index.spell[probe]
+            full = self._decode(generated, [probe])
+            if not full.endswith(spelling):  # never seen; should the detokenizer change, stay exact regardless
+                ok |= self._one_by_one(generated, text, state, np.flatnonzero(mine))
+                continue
+            head = full[: -len(spelling)]
+            st = self.dfa.run(state, head[len(text) :]) if head.startswith(text) else self.dfa.run(1, head)
+            ok |= mine & self.regex.alive(st)
+        ok |= self._one_by_one(generated, text, state, [t for t in self.index.brute if cands[t]])
+        out = np.flatnonzero(ok).tolist()
+        if self.dfa.accepting[state]:
+            out.append(self.eos)
+        return out or [self.eos]
+
+    def _one_by_one(self, generated: list[int], text: str, state: int, ids) -> np.ndarray:
+        """[V] bool: which of `ids` keep the DFA alive, each decoded with the text (the reference rule)."""
+        ok = np.zeros(self.index.V, dtype=bool)
+        for t in ids:
+            full = self._decode(generated, [int(t)])
+            st = self.dfa.run(state, full[len(text) :]) if full.startswith(text) else self.dfa.run(1, full)
+            ok[t] = st != 0
+        return ok
 
 
 def choice_constraint(seqs: list[list[int]], eos_token_id: int = 2) -> AllowedSequences:
