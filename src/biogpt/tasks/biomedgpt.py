@@ -4,7 +4,7 @@ Every task is one sequence-to-sequence instruction (taokz/BiomedGPT `data/*`, `s
 
 | task | encoder text (after <s>, before </s>) | decoding | metric |
 |---|---|---|---|
-| vqa | " {question}?" + image | beam 1, unnormalised, answer-set trie | accuracy: overall, closed (yes/no), open |
+| vqa | " {question}?" + image | beam 1, unnormalised, answer trie, longest + 1 steps | accuracy: all, closed, open |
 | caption | " what does the image describe?" + image | beam 10, max_len_b 32, no-repeat 3 | ROUGE-L, CIDEr-D |
 | classify | " what does the image describe?" + image | all candidates ranked exactly | accuracy |
 | summarize | ' what is the summary of article " {text} "?' | beam 5, lenpen 0.7, max_len_b 128, no-repeat 3 | ROUGE-L |
@@ -62,6 +62,12 @@ DECODING = {
     "caption": Decoding(beam_size=10, max_len_b=32, no_repeat_ngram_size=3),
     "summarize": Decoding(beam_size=5, len_penalty=0.7, max_len_b=128, no_repeat_ngram_size=3),
 }
+
+
+def for_answers(decoding: Decoding, trie: AnswerTrie) -> Decoding:
+    """The decoding of an answer-set task with its length bound taken from the answer set (the longest answer + 1
+    steps): a fixed bound shorter than an answer leaves any search that enters it with no finished hypothesis."""
+    return Decoding(**{**decoding.kwargs(), "max_len_a": 0.0, "max_len_b": trie.longest + 1})
 
 
 # --- inputs -------------------------------------------------------------------------------------------
@@ -179,8 +185,11 @@ def generate_text(
     batch_size: int = 8, text_only: bool = True,
 ) -> list[str]:  # fmt: skip
     """The best hypothesis of each record, as text. `text_only` bans image-code and box ids (their range starts
-    at the tokenizer's <code_0>) unless a trie constrains the output."""
+    at the tokenizer's <code_0>) unless a trie constrains the output; with a trie, the length bound is the answer
+    set's (`for_answers`)."""
     crange = (4, tok.code_start) if text_only and trie is None else None  # keep ids 0..3 and 4..<code_0>
+    if trie is not None:
+        decoding = for_answers(decoding, trie)
     size = model.config.image_size
     out = []
     for i in range(0, len(records), batch_size):

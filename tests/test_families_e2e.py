@@ -1,0 +1,123 @@
+"""BioMedLM (GPT-2 family) and BiomedGPT (OFA) as a user meets them: every documented command on tiny random models
+of each family, with the answer each should give (answer-set lengths, per-prompt decoding, conversion into a used
+folder, tokenizing with the model's own vocabulary, saved outputs that score again, settings that are honoured,
+warnings for truncated generation, data files of the wrong layout, and the counts the tools report)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import biogpt
+from biogpt.checkpoints.ofa import save_ofa
+from biogpt.cli import main
+from biogpt.generation.seq2seq import AnswerTrie, beam_search, load_answer_set
+from biogpt.models.ofa import EOS_ID
+from biogpt.tasks import biomedgpt as bt
+from biogpt.text.ofa import OFATokenizer
+
+from .conftest import SHARED
+from .test_ofa_cli import BPE, png_bytes, tiny_ofa
+
+ANSWER_SETS = SHARED / "data" / "biomedgpt" / "tasks"
+
+
+@pytest.fixture(scope="module")
+def ofa_tok():
+    return OFATokenizer.from_pretrained(BPE)
+
+
+@pytest.fixture(scope="module")
+def ofa_dir(tmp_path_factory, ofa_tok):
+    d = tmp_path_factory.mktemp("ofa")
+    save_ofa(tiny_ofa(), ofa_tok, d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def ofa_loaded(ofa_dir):
+    return biogpt.load(ofa_dir)
+
+
+def run(argv, capsys) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of one CLI call; a failure is one `error:` line."""
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    if code != 0:
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return code, out, err
+
+
+# --- 1. answer sets: every answer can be produced -------------------------------------------------------
+
+
+class _Forced:
+    """A stand-in encoder-decoder whose next-token logits point at each row's target (its "source" ids, then
+    </s>), so a search that is allowed enough steps reproduces the target; the state travels with the rows as
+    the search reorders them."""
+
+    def __init__(self, vocab_size: int):
+        self.config = SimpleNamespace(vocab_size=vocab_size, max_positions=1024)
+
+    def encode(self, ids, images=None, masks=None):
+        return _Rows(ids)
+
+    def new_cache(self, rows, length):
+        return SimpleNamespace(step=0, reorder=lambda order: None)
+
+    def decode(self, prev, enc, cache):
+        logits = torch.zeros(prev.size(0), 1, self.config.vocab_size)  # [rows, 1, V]
+        target = enc.targets[:, min(cache.step, enc.targets.size(1) - 1)]
+        logits[torch.arange(prev.size(0)), 0, target] = 20.0
+        cache.step += 1
+        return logits
+
+
+class _Rows:
+    def __init__(self, targets):
+        self.targets = targets  # [rows, L]: answer ids then </s>
+
+    def index_select(self, order):
+        return _Rows(self.targets[order])
+
+
+@pytest.mark.parametrize("name", ["vqa-rad/trainval_ans2label.json", "PathVQA/trainval_ans2label.json",
+                                  *[f"MedMNIST/{n}_class2label.json" for n in
+                                    ("bloodmnist", "breastmnist", "dermamnist", "octmnist", "organcmnist",
+                                     "pathmnist", "pneumoniamnist")]])  # fmt: skip
+def test_every_shipped_answer_can_be_predicted(name, ofa_tok):
+    answers = load_answer_set(ANSWER_SETS / name)
+    encoded = [ofa_tok.encode(" " + a) for a in answers]
+    assert bt.for_answers(bt.DECODING["vqa"], AnswerTrie(encoded)).max_len_b == max(map(len, encoded)) + 1
+    # the search sees only the ids the answers use, renumbered densely after the 4 special ids (a small vocabulary)
+    dense = {t: i + 4 for i, t in enumerate(sorted({t for ids in encoded for t in ids}))}
+    seqs = [[dense[t] for t in ids] for ids in encoded]
+    trie = AnswerTrie(seqs)
+    dec = bt.for_answers(bt.DECODING["vqa"], trie)
+    model = _Forced(len(dense) + 4)
+    for i in range(0, len(seqs), 1024):
+        part = [ids + [EOS_ID] for ids in seqs[i : i + 1024]]
+        targets = torch.full((len(part), max(map(len, part))), EOS_ID)
+        for r, ids in enumerate(part):
+            targets[r, : len(ids)] = torch.tensor(ids)
+        hyps = beam_search(model, targets, constraint_trie=trie, **dec.kwargs())
+        assert [h[0].tokens if h else [] for h in hyps] == part
+
+
+def test_vqa_eval_decodes_with_the_answer_sets_bound(ofa_dir, tmp_path, capsys, monkeypatch):
+    long_answer = "the large opacity in the lower lobe of the right lung seen on the posterior anterior film view"
+    (tmp_path / "ans.json").write_text(json.dumps({"yes": 0, long_answer: 1}))
+    b64 = base64.b64encode(png_bytes()).decode()
+    (tmp_path / "test.tsv").write_text(f"1\t{b64}\twhat is seen?\t1.0|!+yes\tobj\n")
+    seen = []
+    real = bt.beam_search
+    monkeypatch.setattr(bt, "beam_search", lambda *a, **k: seen.append(k["max_len_b"]) or real(*a, **k))
+    code, _, _ = run(["eval-biomedgpt", "vqa", "--model", ofa_dir, "--data", tmp_path / "test.tsv",
+                      "--answers", tmp_path / "ans.json"], capsys)  # fmt: skip
+    tok = OFATokenizer.from_pretrained(BPE)
+    assert code == 0 and seen == [len(tok.encode(" " + long_answer)) + 1]
