@@ -121,3 +121,53 @@ def test_vqa_eval_decodes_with_the_answer_sets_bound(ofa_dir, tmp_path, capsys, 
                       "--answers", tmp_path / "ans.json"], capsys)  # fmt: skip
     tok = OFATokenizer.from_pretrained(BPE)
     assert code == 0 and seen == [len(tok.encode(" " + long_answer)) + 1]
+
+
+# --- 2. each prompt with its own task's decoding ---------------------------------------------------------
+
+
+def test_generate_decodes_each_prompt_as_alone(ofa_dir, tmp_path, capsys):
+    img = tmp_path / "x.png"
+    img.write_bytes(png_bytes())
+    prompts = ["is there a pneumothorax?", "what does the image describe?"]
+    alone = []
+    for p in prompts:
+        code, out, _ = run(["generate", "--model", ofa_dir, "--max-new-tokens", 8, "--image", img, p], capsys)
+        assert code == 0
+        alone.append(out.rstrip("\n"))
+    code, out, _ = run(["generate", "--model", ofa_dir, "--max-new-tokens", 8, "--image", img, *prompts], capsys)
+    assert code == 0 and out.rstrip("\n").split("\n") == alone
+
+
+def test_server_decodes_each_prompt_as_alone_and_counts_generated_tokens(ofa_dir, ofa_loaded):
+    import argparse
+
+    from biogpt.cli.biomedgpt import load_model
+    from biogpt.generation.seq2seq import right_pad
+    from biogpt.images import patch_images
+    from biogpt.serve import create_app
+
+    from .test_ofa_serve import serve
+
+    model, tok = ofa_loaded
+    b64 = base64.b64encode(png_bytes()).decode()
+    prompts = ["is there a pneumothorax?", "what does the image describe?"]
+    want_tokens = 0
+    for p, task in zip(prompts, ("vqa", "caption")):
+        src = right_pad([tok.encode_source(bt.vqa_text(p))])
+        (hyps,) = beam_search(model, src, patch_images([png_bytes()], model.config.image_size),
+                              torch.ones(1, dtype=torch.bool), constraint_range=(4, tok.code_start),
+                              **{**bt.DECODING[task].kwargs(), "max_len_b": 4})  # fmt: skip
+        want_tokens += len(hyps[0].tokens) - 1  # </s> ends the output; it is not generated text
+    args = argparse.Namespace(model=str(ofa_dir), vocab=None, dtype="fp32", threads=None)
+    app = create_app(loader=lambda: load_model(args), model_name="m")
+
+    async def go(http, client):
+        ask = dict(model="m", max_tokens=4, extra_body={"image": b64})
+        alone = [await client.completions.create(prompt=p, **ask) for p in prompts]
+        mixed = await client.completions.create(prompt=prompts, **ask)
+        return alone, mixed
+
+    alone, mixed = serve(app, go)
+    assert [c.text for c in mixed.choices] == [a.choices[0].text for a in alone]
+    assert mixed.usage.completion_tokens == want_tokens

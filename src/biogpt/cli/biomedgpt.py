@@ -63,15 +63,11 @@ UNSUPPORTED = (("do_sample", False), ("num_return_sequences", 1), ("early_stoppi
                ("repetition_penalty", 1.0), ("temperature", 1.0), ("top_p", 1.0), ("seed", None))  # fmt: skip
 
 
-def decoding_for(args: argparse.Namespace, has_image: bool):
-    """The task's decoding settings as the original evaluates it: an image with the caption instruction ->
-    captioning, another question about an image -> VQA, text alone -> summarisation; then the options given."""
-    from biogpt.tasks.biomedgpt import CAPTION_PROMPT, DECODING, vqa_text
+def decoding_for(args: argparse.Namespace, task: str):
+    """One task's decoding settings as the original evaluates it (see `tasks.biomedgpt.task_of`), then the
+    options given."""
+    from biogpt.tasks.biomedgpt import DECODING
 
-    if has_image:
-        task = "caption" if all(vqa_text(p) == CAPTION_PROMPT for p in args.prompt) else "vqa"
-    else:
-        task = "summarize"
     d = DECODING[task]
     d = type(d)(**d.kwargs())  # a copy: the table is shared
     if args.num_beams is not None:
@@ -90,9 +86,10 @@ def decoding_for(args: argparse.Namespace, has_image: bool):
 def generate_ofa(args: argparse.Namespace, model, tok) -> list[str]:
     """`biogpt generate` for a BiomedGPT model: each prompt an instruction (with --image: a question about the
     image, normalised as OFA's datasets do; alone: lower-cased, as the text tasks' templates are), decoded by beam
-    search with the task's settings (see `decoding_for`)."""
+    search with its own task's settings (see `decoding_for`): a batch that mixes a caption request and a question
+    is decoded as two batches, each as it would be alone."""
     from biogpt.images import open_image
-    from biogpt.tasks.biomedgpt import Record, generate_text, vqa_text
+    from biogpt.tasks.biomedgpt import Record, generate_text, group_by_task, vqa_text
 
     for name, off in UNSUPPORTED:
         if getattr(args, name, off) != off:
@@ -107,7 +104,11 @@ def generate_ofa(args: argparse.Namespace, model, tok) -> list[str]:
         image = Path(args.image).read_bytes()
     texts = [vqa_text(p) if image is not None else " " + p.strip().lower() for p in args.prompt]
     records = [Record(str(i), t, image) for i, t in enumerate(texts)]
-    return generate_text(model, tok, records, decoding_for(args, image is not None))
+    out = [""] * len(records)
+    for task, rows in group_by_task(texts, image is not None).items():  # each prompt with its own task's settings
+        for i, text in zip(rows, generate_text(model, tok, [records[i] for i in rows], decoding_for(args, task))):
+            out[i] = text
+    return out
 
 
 # --- biogpt eval-biomedgpt ----------------------------------------------------------------------------------

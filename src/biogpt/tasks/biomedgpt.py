@@ -70,6 +70,22 @@ def for_answers(decoding: Decoding, trie: AnswerTrie) -> Decoding:
     return Decoding(**{**decoding.kwargs(), "max_len_a": 0.0, "max_len_b": trie.longest + 1})
 
 
+def task_of(text: str, with_image: bool) -> str:
+    """The task an instruction asks for, as its decoding settings are keyed: with an image, the caption
+    instruction -> "caption", any other question -> "vqa"; text alone -> "summarize"."""
+    if not with_image:
+        return "summarize"
+    return "caption" if text == CAPTION_PROMPT else "vqa"
+
+
+def group_by_task(texts: Sequence[str], with_image: bool) -> dict[str, list[int]]:
+    """The indices of `texts` by task (`task_of`), in order: each group is decoded with its own settings."""
+    groups: dict[str, list[int]] = {}
+    for i, t in enumerate(texts):
+        groups.setdefault(task_of(t, with_image), []).append(i)
+    return groups
+
+
 # --- inputs -------------------------------------------------------------------------------------------
 
 
