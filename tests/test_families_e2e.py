@@ -171,3 +171,22 @@ def test_server_decodes_each_prompt_as_alone_and_counts_generated_tokens(ofa_dir
     alone, mixed = serve(app, go)
     assert [c.text for c in mixed.choices] == [a.choices[0].text for a in alone]
     assert mixed.usage.completion_tokens == want_tokens
+
+
+# --- 3. convert never mixes two models in one folder -----------------------------------------------------
+
+
+def test_convert_refuses_a_used_folder_and_replaces_it_whole(ofa_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        (out / name).write_text("{}")  # what another family's conversion left there
+    code, _, err = run(["convert", ofa_dir, out], capsys)
+    assert code == 2 and "is not empty" in err and "--overwrite" in err
+    assert sorted(p.name for p in out.iterdir()) == ["generation_config.json", "tokenizer.json",
+                                                     "tokenizer_config.json"]  # fmt: skip
+    code, _, _ = run(["convert", ofa_dir, out, "--overwrite"], capsys)
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in ofa_dir.iterdir())
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left behind
+    assert biogpt.api.family(out) == "ofa"

@@ -6,6 +6,8 @@ one place.
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -105,14 +107,39 @@ def is_demo(path: str | Path | None) -> bool:
     return path is not None and (str(path) == DEMO or Path(path).resolve() == DEMO_DIR)
 
 
-def convert(src: str | Path, dst: str | Path, ema: bool = False) -> None:
+def convert(src: str | Path, dst: str | Path, ema: bool = False, overwrite: bool = False) -> None:
     """Any supported checkpoint -> a Hugging Face directory (weights, config, tokenizer, prompt-token count); a
     BiomedGPT checkpoint -> biogpt's BiomedGPT directory (config.json, model.safetensors, vocab.json + merges.txt).
-    `ema`: convert a BiomedGPT fairseq checkpoint's EMA weights."""
+    `ema`: convert a BiomedGPT fairseq checkpoint's EMA weights.
+
+    A non-empty `dst` is refused unless `overwrite`, and then replaced whole: the files of an earlier model (its
+    tokenizer.json, generation_config.json, ...) left beside the new ones would make the folder load as a mix of
+    two models. The new folder is written under a temporary name beside `dst` and renamed."""
+    out = Path(dst)
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise CheckpointError(f"{out} is not empty; choose a new folder, or pass --overwrite (overwrite=True) to "
+                              "replace it whole")  # fmt: skip
     model, tok = load(src, ema=ema)
-    if isinstance(model, OFA):
-        ofa_checkpoints.save_ofa(model, tok, dst)
-    elif isinstance(model, GPT2):
-        gpt2_checkpoints.save_hf(model, tok, dst)
-    else:
-        save_hf(model, tok, dst)
+    tmp = out.parent / f".{out.name}.converting-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        if isinstance(model, OFA):
+            ofa_checkpoints.save_ofa(model, tok, tmp)
+        elif isinstance(model, GPT2):
+            gpt2_checkpoints.save_hf(model, tok, tmp)
+        else:
+            save_hf(model, tok, tmp)
+        _replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replace_dir(new: Path, dst: Path) -> None:
+    """Put folder `new` at `dst`, the old `dst` (if any) moved aside first and deleted after the rename."""
+    old = dst.parent / f".{dst.name}.old-{os.getpid()}"
+    if dst.exists():
+        dst.rename(old)
+    new.rename(dst)
+    shutil.rmtree(old, ignore_errors=True)

@@ -161,7 +161,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     ofa = family(args.src) == "ofa"
     if args.ema and not ofa:
         raise BioGPTError(f"--ema applies to BiomedGPT fairseq checkpoints; {args.src} is not one")
-    convert(args.src, args.dst, ema=args.ema)
+    convert(args.src, args.dst, ema=args.ema, overwrite=args.overwrite)
     print(f"wrote a {'BiomedGPT' if ofa else 'Hugging Face'} directory to {args.dst}")
     return 0
 
@@ -206,4 +206,6 @@ def add_parsers(sub) -> None:
                                "or an OFA-port directory)")  # fmt: skip
     p.add_argument("dst", help="output folder")
     p.add_argument("--ema", action="store_true", help="BiomedGPT fairseq checkpoints: convert the EMA weights")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder whole (without it, "
+                                                            "a non-empty folder is refused)")  # fmt: skip
     p.set_defaults(func=cmd_convert)
