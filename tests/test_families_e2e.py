@@ -20,7 +20,7 @@ from biogpt.models.ofa import EOS_ID
 from biogpt.tasks import biomedgpt as bt
 from biogpt.text.ofa import OFATokenizer
 
-from .conftest import SHARED
+from .conftest import SHARED, TASKS
 from .test_ofa_cli import BPE, png_bytes, tiny_ofa
 
 ANSWER_SETS = SHARED / "data" / "biomedgpt" / "tasks"
@@ -190,3 +190,119 @@ def test_convert_refuses_a_used_folder_and_replaces_it_whole(ofa_dir, tmp_path, 
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in ofa_dir.iterdir())
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left behind
     assert biogpt.api.family(out) == "ofa"
+
+
+# --- 4. tokenize with the folder's own tokenizer ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gpt2_model(tmp_path_factory):
+    """A tiny GPT2LMHeadModel (64 positions) saved by transformers with a byte-level BPE trained by BioMedLM's
+    recipe: (its folder, the transformers model)."""
+    from .test_gpt2 import hf_dir
+
+    d = tmp_path_factory.mktemp("gpt2") / "m"
+    return d, hf_dir(d)
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(gpt2_model):
+    return gpt2_model[0]
+
+
+def tokenize(argv, text, capsys, monkeypatch) -> tuple[int, str, str]:
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(text.encode("utf-8"))))
+    return run(["tokenize", *argv], capsys)
+
+
+def test_tokenize_uses_each_familys_own_tokenizer(gpt2_dir, ofa_dir, capsys, monkeypatch):
+    from tokenizers import Tokenizer, processors
+
+    text = "Aspirin lowers fever."
+    ref_tok = Tokenizer.from_file(str(gpt2_dir.parent / "m-bpe" / "tokenizer.json"))
+    ref_tok.post_processor = processors.ByteLevel(trim_offsets=False)  # spans keep a token's leading space
+    ref = ref_tok.encode(text)
+    code, out, _ = tokenize(["--vocab", gpt2_dir], text, capsys, monkeypatch)
+    assert code == 0 and out.split() == [str(i) for i in ref.ids]
+    code, out, _ = tokenize(["--vocab", gpt2_dir, "--tokens"], text, capsys, monkeypatch)
+    assert out.split() == ref.tokens
+    code, out, _ = tokenize(["--vocab", gpt2_dir, "--offsets"], text, capsys, monkeypatch)
+    assert out.split() == [f"{i}:{a}-{b}" for i, (a, b) in zip(ref.ids, ref.offsets)]
+    code, out, _ = tokenize(["--vocab", gpt2_dir, "--decode"], " ".join(map(str, ref.ids)), capsys, monkeypatch)
+    assert out == text + "\n"
+
+    _, tok = biogpt.load(ofa_dir)
+    want = tok.encode_source(" what is aspirin?")  # <s> ... </s>, as the encoder is fed
+    for vocab in (ofa_dir, BPE):  # BiomedGPT's directory, and its original encoder.json + vocab.bpe + dict.txt
+        code, out, _ = tokenize(["--vocab", vocab], " what is aspirin?", capsys, monkeypatch)
+        assert code == 0 and out.split() == [str(i) for i in want] and want[0] == 0 and want[-1] == 2
+    code, out, _ = tokenize(["--vocab", ofa_dir, "--offsets"], " what is aspirin?", capsys, monkeypatch)
+    assert out.split()[0] == "0:0-0" and out.split()[-1] == "2:17-17" and out.split()[1] == f"{want[1]}:0-5"
+    code, out, _ = tokenize(["--vocab", BPE, "--decode"], " ".join(map(str, want)), capsys, monkeypatch)
+    assert out == " what is aspirin?\n"
+    code, _, err = tokenize(["--vocab", BPE, "--decode"], "0 99999999", capsys, monkeypatch)
+    assert code == 2 and f"id 99999999 is outside the vocabulary (ids 0..{tok.vocab_size - 1})" in err
+
+
+# --- 5. what eval saves, eval scores; 6. settings that are accepted are honoured --------------------------
+
+
+def test_gpt2_saved_outputs_score_again(gpt2_dir, tmp_path, capsys):
+    saved, report = tmp_path / "o.txt", tmp_path / "r.json"
+    code, out, _ = run(["eval", "pubmedqa", "--model", gpt2_dir, "--data", TASKS, "--limit", 4, "--save-outputs",
+                        saved, "--json", "--output", report], capsys)  # fmt: skip
+    assert code == 0 and json.loads(out) == json.loads(report.read_text())  # --json prints JSON with --output too
+    first = json.loads(out)["metrics"]
+    code, out, _ = run(["eval", "pubmedqa", "--predictions", saved, "--data", TASKS, "--limit", 4, "--json"], capsys)
+    assert code == 0 and json.loads(out)["metrics"] == first == {"accuracy": first["accuracy"], "parse_rate": 1.0}
+
+
+def test_gpt2_pubmedqa_settings(gpt2_model, tmp_path, capsys):
+    from biogpt.tasks import pubmedqa_gpt2 as qa
+
+    from .test_gpt2_tasks import reference_answer
+
+    d, hf = gpt2_model
+    _, tok = biogpt.load(d)
+    items = json.loads((TASKS / "PubMedQA" / "ori_pqal.json").read_text())
+    for setting in ("reasoning-required", "reasoning-free"):
+        exs = qa.examples(TASKS, "test", setting)[:3]
+        for ex in exs:
+            it = items[ex.id]
+            ctx = " ".join(it["CONTEXTS"]) + (" " + it["LONG_ANSWER"] if setting == "reasoning-free" else "")
+            assert ex.source == f"question: {' '.join(it['QUESTION'].split())} context: {' '.join(ctx.split())}"
+        want = [reference_answer(hf, tok, qa.prompt_ids(tok, ex.source, 64 - qa.ANSWER_ROOM))[0] for ex in exs]
+        saved = tmp_path / f"{setting}.txt"
+        code, out, _ = run(["eval", "pubmedqa", "--model", d, "--data", TASKS, "--limit", 3, "--setting", setting,
+                            "--json", "--save-outputs", saved], capsys)  # fmt: skip
+        assert code == 0 and json.loads(out)["setting"] == setting and saved.read_text().split() == want
+    code, _, err = run(["eval", "hoc", "--model", d, "--data", TASKS, "--setting", "reasoning-free"], capsys)
+    assert code == 2 and "--setting applies to pubmedqa" in err
+
+
+def test_biomedgpt_saved_outputs_score_again(ofa_dir, tmp_path, capsys):
+    answers = ["yes", "no", "chest"]
+    (tmp_path / "ans.json").write_text(json.dumps({a: i for i, a in enumerate(answers)}))
+    b64 = base64.b64encode(png_bytes()).decode()
+    (tmp_path / "vqa.tsv").write_text(f"q1\t{b64}\tis it normal?\t1.0|!+yes\tobj\n"
+                                      f"q2\t{b64}\twhich organ?\t1.0|!+chest\tobj\n")  # fmt: skip
+    (tmp_path / "nli.tsv").write_text("No fever.\tThe patient is afebrile.\tentailment\nA rash.\tNo rash.\tneutral\n")
+    for task, data in (("vqa", tmp_path / "vqa.tsv"), ("nli", tmp_path / "nli.tsv")):
+        extra = ["--answers", tmp_path / "ans.json"] if task == "vqa" else []
+        saved = tmp_path / f"{task}.jsonl"
+        code, out, _ = run(["eval-biomedgpt", task, "--model", ofa_dir, "--data", data, *extra,
+                            "--save-outputs", saved], capsys)  # fmt: skip
+        assert code == 0
+        code, again, _ = run(["eval-biomedgpt", task, "--predictions", saved, "--data", data], capsys)
+        assert code == 0 and json.loads(again) == json.loads(out)
+    code, _, err = run(["eval-biomedgpt", "vqa", "--predictions", tmp_path / "nli.jsonl", "--data",
+                        tmp_path / "vqa.tsv"], capsys)  # fmt: skip
+    assert code == 2 and "example 'q1' has no prediction" in err
+
+
+def test_biomedgpt_help_lists_only_what_works(capsys):
+    assert main(["eval-biomedgpt", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "{fp32,bf16,auto}" in text and "int8" not in text and "demo" not in text
