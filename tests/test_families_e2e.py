@@ -306,3 +306,17 @@ def test_biomedgpt_help_lists_only_what_works(capsys):
     assert main(["eval-biomedgpt", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "{fp32,bf16,auto}" in text and "int8" not in text and "demo" not in text
+
+
+# --- 7. no silent truncation -----------------------------------------------------------------------------
+
+
+def test_generate_warns_when_the_positions_leave_fewer_tokens(gpt2_dir, capsys):
+    _, tok = biogpt.load(gpt2_dir)
+    words = "aspirin lowers fever and pain in many patients " * 20
+    prompt = tok.decode(tok.encode(words)[:60])
+    n = len(tok.encode(prompt))
+    code, out, err = run(["generate", "--model", gpt2_dir, prompt, "--max-new-tokens", 10], capsys)
+    assert code == 0 and f"at most {64 - n} new tokens are generated, not --max-new-tokens 10" in err
+    code, out, err = run(["generate", "--model", gpt2_dir, "aspirin", "--max-new-tokens", 10], capsys)
+    assert code == 0 and "warning" not in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from biogpt.cli.args import (
     add_model_options,
@@ -39,6 +40,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if getattr(args, name) is None:
             setattr(args, name, default)
     prompts = [tok.encode(p) for p in args.prompt]
+    warn_room(prompts, args.max_new_tokens, model.config.max_positions)
     out = generate(
         model,
         prompts,
@@ -60,6 +62,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     for row in out.sequences.tolist():
         print(tok.decode(row))
     return 0
+
+
+def warn_room(prompts: list[list[int]], max_new_tokens: int, max_positions: int) -> None:
+    """A warning on stderr when the model's positions leave fewer new tokens than asked: the batch is generated
+    up to the longest prompt's room, so outputs are shorter than --max-new-tokens without that line."""
+    longest = max(len(p) for p in prompts)
+    room = max_positions - longest
+    if 0 < room < max_new_tokens:
+        print(f"warning: the longest prompt has {longest} tokens and the model {max_positions} positions, so at most "
+              f"{room} new tokens are generated, not --max-new-tokens {max_new_tokens}", file=sys.stderr)  # fmt: skip
 
 
 def _special_ids(model) -> dict:
