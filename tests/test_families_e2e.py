@@ -320,3 +320,132 @@ def test_generate_warns_when_the_positions_leave_fewer_tokens(gpt2_dir, capsys):
     assert code == 0 and f"at most {64 - n} new tokens are generated, not --max-new-tokens 10" in err
     code, out, err = run(["generate", "--model", gpt2_dir, "aspirin", "--max-new-tokens", 10], capsys)
     assert code == 0 and "warning" not in err
+
+
+# --- 8. data files of another task are refused -----------------------------------------------------------
+
+
+def test_data_files_of_another_layout_are_one_error(ofa_dir, tmp_path, capsys):
+    b64 = base64.b64encode(png_bytes()).decode()
+    vqa = tmp_path / "vqa_test.tsv"
+    vqa.write_text(f"1\t{b64}\tis it normal?\t1.0|!+yes\tobj\n")
+    (tmp_path / "cls.json").write_text('{"normal": 0, "pneumonia": 1}')
+    code, _, err = run(["eval-biomedgpt", "medmnist", "--model", ofa_dir, "--data", vqa, "--answers",
+                        tmp_path / "cls.json"], capsys)  # fmt: skip
+    assert code == 2 and "vqa_test.tsv:1: 5 tab-separated columns, expected 3 (a caption or classification" in err
+    code, _, err = run(["finetune-biomedgpt", "meqsum", "--model", ofa_dir, "--data", vqa, "--output",
+                        tmp_path / "ft"], capsys)  # fmt: skip
+    assert code == 2 and "expected 2 (a MeQSum file has question<TAB>summary)" in err
+    mnist = tmp_path / "mnist.tsv"
+    mnist.write_text(f"1\t{b64}\tnormal\n2\t{b64}\tis it normal?\n")
+    code, _, err = run(["eval-biomedgpt", "medmnist", "--model", ofa_dir, "--data", mnist, "--answers",
+                        tmp_path / "cls.json"], capsys)  # fmt: skip
+    assert code == 2 and "mnist.tsv:2: label 'is it normal?' is not in the answer set" in err
+    mnist.write_text("1\tthe lungs are clear\tnormal\n")
+    code, _, err = run(["eval-biomedgpt", "medmnist", "--model", ofa_dir, "--data", mnist, "--answers",
+                        tmp_path / "cls.json"], capsys)  # fmt: skip
+    assert code == 2 and "mnist.tsv:1: its image column: not an image" in err
+    vqa.write_text("1\tsome text\tis it normal?\t1.0|!+yes\tobj\n")
+    code, _, err = run(["eval-biomedgpt", "vqa", "--model", ofa_dir, "--data", vqa, "--answers",
+                        tmp_path / "cls.json"], capsys)  # fmt: skip
+    assert code == 2 and "its image column: not an image" in err and "a VQA file has" in err
+
+
+# --- images: formats, pixel cap, decompression bombs, decoded once ---------------------------------------
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height pixels (a decompression bomb's shape), with one empty IDAT."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+
+
+def test_images_outside_the_formats_or_the_pixel_cap_are_refused(ofa_dir, tmp_path, capsys):
+    import io
+
+    from PIL import Image
+
+    from biogpt.errors import InputError
+    from biogpt.images import MAX_PIXELS, open_image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="PPM")
+    with pytest.raises(InputError, match="give a PNG, JPEG, BMP, TIFF, GIF image"):
+        open_image(buf.getvalue())
+    for w, h in ((7_000, 7_000), (100_000, 100_000)):  # over the cap; over Pillow's own bomb limit too
+        with pytest.raises(InputError, match="pixels, over the limit|decompression bomb"):
+            open_image(png_header_only(w, h))
+    assert MAX_PIXELS == 40_000_000
+    with pytest.raises(InputError, match="8 x 8 = 64 pixels, over the limit of 63"):
+        open_image(png_bytes(size=(8, 8)), max_pixels=63)
+    (tmp_path / "bomb.png").write_bytes(png_header_only(100_000, 100_000))
+    code, _, err = run(["generate", "--model", ofa_dir, "--image", tmp_path / "bomb.png", "what is it?"], capsys)
+    assert code == 2 and "bomb.png" in err
+
+
+def test_server_refuses_bombs_with_400_and_decodes_once(ofa_dir, monkeypatch):
+    import argparse
+
+    import biogpt.images as images
+    from biogpt.cli.biomedgpt import load_model
+    from biogpt.serve import create_app
+
+    from .test_ofa_serve import serve
+
+    decodes = []
+    real = images._decode
+    monkeypatch.setattr(images, "_decode", lambda *a, **k: decodes.append(k.get("load", True)) or real(*a, **k))
+    args = argparse.Namespace(model=str(ofa_dir), vocab=None, dtype="fp32", threads=None)
+    app = create_app(loader=lambda: load_model(args), model_name="m")
+    bomb = base64.b64encode(png_header_only(100_000, 100_000)).decode()
+    good = base64.b64encode(png_bytes()).decode()
+
+    async def go(http, client):
+        body = {"model": "m", "prompt": "what is it?", "max_tokens": 2}
+        return [await http.post("/v1/completions", json={**body, "image": im}) for im in (bomb, good)]
+
+    bad, ok = serve(app, go)
+    assert bad.status_code == 400 and "the request's image" in bad.json()["error"]["message"]
+    assert ok.status_code == 200 and decodes == [True, True]  # one decode per request
+
+
+# --- 9. the README's request for an image of any size ----------------------------------------------------
+
+
+def test_readme_image_request_works_for_large_images(ofa_dir, tmp_path):
+    import argparse
+    import shlex
+    import subprocess
+
+    from biogpt.cli.biomedgpt import load_model
+    from biogpt.serve import create_app
+
+    from .conftest import ROOT
+    from .test_ofa_serve import serve
+
+    line = next(x for x in (ROOT / "README.md").read_text().splitlines() if x.startswith("python -c 'import base64"))
+    big = tmp_path / "chest.png"
+    big.write_bytes(png_bytes(size=(600, 600)))  # about 1 MB: far over a command line's ~96 kB of base64
+    assert big.stat().st_size > 1_000_000
+    subprocess.run(["bash", "-c", line], cwd=tmp_path, check=True)
+    body = (tmp_path / "request.json").read_bytes()
+    assert json.loads(body)["image"] == base64.b64encode(big.read_bytes()).decode()
+    args = argparse.Namespace(model=str(ofa_dir), vocab=None, dtype="fp32", threads=None)
+
+    async def post(http, client):
+        return await http.post("/v1/completions", content=body, headers={"Content-Type": "application/json"})
+
+    small = serve(create_app(loader=lambda: load_model(args), model_name="biomedgpt"), post)
+    assert small.status_code == 413 and "--max-body-mb" in small.json()["error"]["message"]
+    words = shlex.split(next(x for x in (ROOT / "README.md").read_text().splitlines()
+                             if x.startswith("biogpt serve --model biomedgpt-base/")), comments=True)  # fmt: skip
+    mb = int(words[words.index("--max-body-mb") + 1])
+    app = create_app(loader=lambda: load_model(args), model_name="biomedgpt", max_body=mb << 20)
+    ok = serve(app, post)
+    assert ok.status_code == 200 and ok.json()["choices"][0]["finish_reason"] in ("stop", "length")

@@ -236,7 +236,7 @@ def _records(args: argparse.Namespace, head):
     elif args.task == "caption":
         recs = head(bt.read_report_captions(_split_file(args.data or "", args.split)))
     elif args.task == "medmnist":
-        recs = head(bt.read_captions(_split_file(args.data or "", args.split)))
+        recs = head(bt.read_captions(_split_file(args.data or "", args.split), labels=_answers(args)))
     else:
         pairs, golds = read_nli(_split_file(args.data or "", args.split))
         return [bt.Record(str(i), "") for i in range(len(head(pairs)))], head(golds)

@@ -2,13 +2,15 @@
 the encoder-decoder's beam search (generation/seq2seq.py), not the decoder-only scheduler.
 
 Requests are served one at a time: a lock around the search, run in a worker thread so the event loop keeps
-answering /health and /metrics. The prompts of one request are one batch. A prompt is an instruction as BiomedGPT
-reads it: with an image, a question about it (normalised as OFA's datasets do: " what does the image describe?"
-asks for a caption); without, lower-cased text (e.g. ' what is the summary of article " ... "?'). Decoding is the
-task's, as the original evaluates it (captions: beam 10, no-repeat 3; VQA: beam 1; text: beam 5, length penalty
-0.7, no-repeat 3), with `max_tokens`, `num_beams`, `length_penalty`, `min_tokens` and `temperature` applied when the
-request sets them. `n` returns the n best finished hypotheses (at most the beam). Streaming, logprobs, stop
-strings, structured outputs and sampling settings are refused with a 400 naming the field.
+answering /health and /metrics. The prompts of one request that ask for the same task are one batch. A prompt is an
+instruction as BiomedGPT reads it: with an image, a question about it (normalised as OFA's datasets do: " what does
+the image describe?" asks for a caption); without, lower-cased text (e.g. ' what is the summary of article " ...
+"?'). Decoding is the task's, as the original evaluates it (captions: beam 10, no-repeat 3; VQA: beam 1; text: beam
+5, length penalty 0.7, no-repeat 3), with `max_tokens`, `num_beams`, `length_penalty`, `min_tokens` and
+`temperature` applied when the request sets them. `n` returns the n best finished hypotheses (at most the beam). An
+image must be PNG, JPEG, BMP, TIFF or GIF of at most `images.MAX_PIXELS` pixels (checked from its header); it is
+decoded once, at most `DECODERS` at a time. Streaming, logprobs, stop strings, structured outputs and sampling
+settings are refused with a 400 naming the field.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from biogpt.text.ofa import OFATokenizer
 UNSUPPORTED = (("stream", False), ("logprobs", None), ("echo", False), ("stop", None), ("stop_token_ids", None),
                ("structured_outputs", None), ("ignore_eos", False), ("repetition_penalty", 1.0), ("top_p", 1.0),
                ("seed", None))  # fmt: skip
+
+
+DECODERS = 2  # images decoded at once (each up to images.MAX_PIXELS pixels in memory)
 
 
 class UnsupportedField(InputError):
@@ -65,6 +70,7 @@ class OFACompletions:
     def __init__(self, model: OFA, tok: OFATokenizer):
         self.model, self.tok = model, tok
         self.lock = threading.Lock()
+        self.decoding = threading.BoundedSemaphore(DECODERS)
 
     def check(self, req: CompletionRequest) -> None:
         for name, off in UNSUPPORTED:
@@ -88,9 +94,9 @@ class OFACompletions:
             raise UnsupportedField("prompt is empty", "prompt")
         image = None
         if req.image is not None:
-            raw = decode_base64(req.image)
-            open_image(raw, "the request's image")  # one clear error if it is not an image we read
-            image = patch_images([raw], self.model.config.image_size)
+            with self.decoding:  # decoded once, a few at a time: each decode holds a full-size image in memory
+                pil = open_image(decode_base64(req.image), "the request's image")
+                image = patch_images([pil], self.model.config.image_size)
         texts = [instruction(p, image is not None) for p in prompts]
         groups = {task: (rows, decoding(req, task)) for task, rows in group_by_task(texts, image is not None).items()}
         for _, dec in groups.values():
