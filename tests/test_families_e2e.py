@@ -449,3 +449,78 @@ def test_readme_image_request_works_for_large_images(ofa_dir, tmp_path):
     app = create_app(loader=lambda: load_model(args), model_name="biomedgpt", max_body=mb << 20)
     ok = serve(app, post)
     assert ok.status_code == 200 and ok.json()["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+# --- 10. counting and small truths -----------------------------------------------------------------------
+
+
+def test_info_counts_learned_parameters_only(ofa_dir, ofa_loaded, capsys):
+    model, _ = ofa_loaded
+    learned = sum(p.numel() for p in model.parameters())
+    stats = sum(b.numel() for n, b in model.named_buffers() if n.endswith(("running_mean", "running_var",
+                                                                           "num_batches_tracked")))  # fmt: skip
+    code, out, _ = run(["info", ofa_dir], capsys)
+    assert code == 0 and stats > 0
+    assert f"parameters: {learned:,} (" in out and f"plus {stats:,} BatchNorm running statistics" in out
+
+
+def test_generate_takes_ema_and_image_size(ofa_dir, ofa_loaded, tmp_path, capsys):
+    from .test_ofa import FAIRSEQ_ARGS, random_reference, with_bpe, write_fairseq
+
+    ref, ema = random_reference(seed=31, vocab_size=59457), random_reference(seed=32, vocab_size=59457)
+    src = write_fairseq(with_bpe(tmp_path / "src") / "checkpoint_best.pt", ref, ema_ref=ema, args=FAIRSEQ_ARGS)
+    assert run(["convert", src, tmp_path / "ema", "--ema"], capsys)[0] == 0
+    ask = ["--max-new-tokens", 3, "what is aspirin?"]
+    code, with_ema, _ = run(["generate", "--model", src, "--ema", *ask], capsys)
+    assert code == 0 and with_ema == run(["generate", "--model", tmp_path / "ema", *ask], capsys)[1]
+    code, _, err = run(["generate", "--ema", *ask], capsys)
+    assert code == 2 and "--ema applies to BiomedGPT fairseq checkpoints" in err
+
+    model, tok = ofa_loaded
+    img = tmp_path / "x.png"
+    img.write_bytes(png_bytes())
+    before, model.config.image_size = model.config.image_size, 48
+    try:
+        (want,) = bt.generate_text(model, tok, [bt.Record("0", bt.vqa_text("is it normal?"), img.read_bytes())],
+                                   bt.Decoding(**{**bt.DECODING["vqa"].kwargs(), "max_len_b": 3}))  # fmt: skip
+    finally:
+        model.config.image_size = before
+    assert before == 32
+    code, out, _ = run(["generate", "--model", ofa_dir, "--image", img, "--image-size", 48, "--max-new-tokens", 3,
+                        "is it normal?"], capsys)  # fmt: skip
+    assert code == 0 and out == want + "\n"
+
+
+def test_port_config_image_size():
+    from biogpt.checkpoints.ofa import REQUIRED_HF, config_from_hf
+
+    hf = {**REQUIRED_HF, "vocab_size": 100, "d_model": 768, "encoder_layers": 1, "decoder_layers": 1,
+          "encoder_attention_heads": 4, "decoder_attention_heads": 4, "encoder_ffn_dim": 8,
+          "decoder_ffn_dim": 8}  # fmt: skip
+    assert config_from_hf(hf, "c").image_size == 384
+    assert config_from_hf({**hf, "d_model": 512}, "c").image_size == 256  # BiomedGPT-M's width
+    assert config_from_hf({**hf, "patch_image_size": 480}, "c").image_size == 480
+
+
+def test_mistyped_local_path_is_no_such_file(tmp_path, capsys, monkeypatch):
+    (tmp_path / "models").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for path in ("models/biomedgpt", "./biomedgpt", "biomedgpt/vqa_rad.pt"):
+        code, _, err = run(["info", path], capsys)
+        assert code == 2 and f"{path}: no such file or directory" in err and "Hub" not in err
+
+
+def test_finetune_log_keeps_small_learning_rates(ofa_dir, tmp_path, capsys):
+    code, out, _ = run(["finetune-biomedgpt", "meqsum", "--model", ofa_dir, "--output", tmp_path / "ft",
+                        "--max-updates", 1, "--lr", 4e-5, "--warmup", 100, "--limit", 2, "--batch-size", 2,
+                        "--update-freq", 1], capsys)  # fmt: skip
+    logged = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    # update 1 of 100 warm-up updates from fairseq's warmup_init_lr 1e-7: 1e-7 + (4e-5 - 1e-7) / 100 (rounded to
+    # 0.0 when the log kept 6 decimals)
+    assert code == 0 and logged[0]["lr"] == pytest.approx(1e-7 + (4e-5 - 1e-7) / 100, rel=1e-5)
+
+
+def test_length_messages_name_the_options(ofa_dir, capsys):
+    code, _, err = run(["generate", "--model", ofa_dir, "--min-new-tokens", 5, "--max-new-tokens", 3, "hi"], capsys)
+    assert code == 2 and "--min-new-tokens 5 exceeds the 3 new tokens allowed (--max-new-tokens)" in err
+    assert "min_len" not in err and "max_len" not in err

@@ -43,6 +43,7 @@ def load(
     device: str | torch.device = "cpu",
     vocab: str | Path | None = None,
     ema: bool = False,
+    image_size: int | None = None,
 ) -> tuple[BioGPT | GPT2 | OFA, Tokenizer | ByteLevelTokenizer | OFATokenizer | None]:
     """The model (eval mode) and its tokenizer from a Hugging Face directory, a fairseq checkpoint (file, or
     directory with checkpoint.pt), a hub id, or "demo" (the small model embedded in the package).
@@ -57,7 +58,8 @@ def load(
     A BiomedGPT (OFA) checkpoint (a fairseq .pt of BiomedGPT or its folder, a Hugging Face OFA-port directory, or
     one `convert` wrote) gives an OFA encoder-decoder and its OFATokenizer (encoder.json + vocab.bpe + dict.txt, or
     vocab.json + merges.txt, beside the weights or in `vocab`). `ema=True` takes the EMA weights of a BiomedGPT
-    fairseq checkpoint (extra_state["ema"]), which the original evaluation uses.
+    fairseq checkpoint (extra_state["ema"]), which the original evaluation uses. `image_size` sets the side images
+    are resized to (default: the checkpoint's `patch_image_size`, else 256 for BiomedGPT-S/-M and 384 for -B).
     """
     if isinstance(dtype, str):
         if dtype not in DTYPES:
@@ -65,7 +67,12 @@ def load(
         dtype = DTYPES[dtype]
     kind = family(path)
     if kind == "ofa":
-        return ofa_checkpoints.load_ofa(resolve(path), dtype, device, ema=ema, bpe_dir=vocab)
+        model, otok = ofa_checkpoints.load_ofa(resolve(path), dtype, device, ema=ema, bpe_dir=vocab)
+        if image_size is not None:
+            model.config.image_size = int(image_size)  # only the preprocessing reads it
+        return model, otok
+    if image_size is not None:
+        raise CheckpointError(f"{path}: image_size applies to BiomedGPT models; this one reads no images")
     if ema:
         raise CheckpointError(f"{path}: ema=True applies to BiomedGPT fairseq checkpoints; load this one without it")
     if kind == "gpt2":

@@ -53,7 +53,8 @@ def load_model(args: argparse.Namespace):
     if args.dtype == "int8":
         raise BioGPTError("--dtype int8 applies to BioGPT and GPT-2 models; run BiomedGPT with fp32, bf16 or auto")
     dtype = torch.bfloat16 if args.dtype == "bf16" or (args.dtype == "auto" and native_bf16()) else None
-    return load(args.model, dtype=dtype, vocab=args.vocab, ema=getattr(args, "ema", False))
+    return load(args.model, dtype=dtype, vocab=args.vocab, ema=getattr(args, "ema", False),
+                image_size=getattr(args, "image_size", None))  # fmt: skip
 
 
 # --- biogpt generate with a BiomedGPT model --------------------------------------------------------------
@@ -80,6 +81,10 @@ def decoding_for(args: argparse.Namespace, task: str):
         d.len_penalty = args.length_penalty
     if args.no_repeat_ngram_size is not None:
         d.no_repeat_ngram_size = args.no_repeat_ngram_size
+    if d.min_len > d.max_len_b:
+        raise BioGPTError(f"--min-new-tokens {d.min_len} exceeds the {d.max_len_b} new tokens allowed ("
+                          f"{'--max-new-tokens' if args.max_new_tokens is not None else 'the task default'}); "
+                          "lower it or raise --max-new-tokens")  # fmt: skip
     return d
 
 
@@ -318,6 +323,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     add_model_options(p, biomedgpt=True)
     p.add_argument("--ema", action="store_true", help="use a fairseq checkpoint's EMA weights, as the original "
                                                       "evaluation does")  # fmt: skip
+    p.add_argument("--image-size", type=positive_int,
+                   help="resize images to this side (default: the checkpoint's, else 256 for -S/-M, 384 for -B)")
     p.add_argument("--predictions", help="score these saved outputs instead of running a model (what "
                                          "--save-outputs wrote: JSON lines of id, prediction)")  # fmt: skip
     p.add_argument("--data", help=f"the split file, or a folder with SPLIT.tsv (meqsum default: {DEFAULT_MEQSUM}); "

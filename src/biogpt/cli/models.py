@@ -32,6 +32,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         for text in generate_ofa(args, model, tok):
             print(text)
         return 0
+    if args.image_size is not None:
+        raise BioGPTError("--image-size applies to BiomedGPT models; this one reads no images")
+    if args.ema:
+        raise BioGPTError(f"--ema applies to BiomedGPT fairseq checkpoints; {args.model or 'the demo model'} is not "
+                          "one")  # fmt: skip
     if args.image is not None:
         raise BioGPTError(f"--image needs a BiomedGPT (OFA) model; {args.model or 'the demo model'} is a text-only "
                           "model: pass --model with a BiomedGPT checkpoint, or drop --image")  # fmt: skip
@@ -151,11 +156,14 @@ def _info_ofa(args: argparse.Namespace) -> int:
     from biogpt.checkpoints.ofa import load_tokenizer, read_state
 
     cfg, sd, where = read_state(args.model)
-    n = sum(v.numel() for v in sd.values())
+    stats = (".running_mean", ".running_var", ".num_batches_tracked")  # BatchNorm buffers: not learned weights
+    n = sum(v.numel() for k, v in sd.items() if not k.endswith(stats))
+    m = sum(v.numel() for k, v in sd.items() if k.endswith(stats))
     print(f"model: {args.model} (BiomedGPT / OFA encoder-decoder, {ofa_size(cfg)})")
     for k, v in cfg.to_dict().items():
         print(f"  {k}: {v}")
-    print(f"parameters: {n:,} ({n / 1e6:.1f}M; one token embedding shared by encoder, decoder and output head)")
+    print(f"parameters: {n:,} ({n / 1e6:.1f}M; one token embedding shared by encoder, decoder and output head; "
+          f"plus {m:,} BatchNorm running statistics)")  # fmt: skip
     print(f"dtype: {next(iter(sd.values())).dtype}")
     try:
         tok = load_tokenizer(where, cfg)
@@ -182,7 +190,12 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("generate", help="continue one or more prompts (BiomedGPT: answer instructions, --image)")
     p.add_argument("prompt", nargs="+", help="prompt text(s); several are batched")
     add_model_options(p)
-    p.add_argument("--image", help="an image file (PNG, JPEG, ...) the prompts ask about; BiomedGPT models only")
+    p.add_argument("--image", help="an image file (PNG, JPEG, BMP, TIFF or GIF) the prompts ask about; BiomedGPT "
+                                   "models only")  # fmt: skip
+    p.add_argument("--ema", action="store_true", help="BiomedGPT fairseq checkpoints: use the EMA weights, as the "
+                                                      "original evaluation does")  # fmt: skip
+    p.add_argument("--image-size", type=positive_int, help="BiomedGPT: resize --image to this side (default: the "
+                                                           "checkpoint's, else 256 for -S/-M, 384 for -B)")  # fmt: skip
     p.add_argument("--max-new-tokens", type=positive_int,
                    help="tokens to generate (default: 50); BiomedGPT: its task's maximum")  # fmt: skip
     p.add_argument("--min-new-tokens", type=nonneg_int,

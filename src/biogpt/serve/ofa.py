@@ -61,6 +61,9 @@ def decoding(req: CompletionRequest, task: str) -> Decoding:
         d.len_penalty = req.length_penalty
     if "min_tokens" in given:
         d.min_len = max(1, req.min_tokens)
+    if d.min_len > d.max_len_b:
+        raise UnsupportedField(f"min_tokens {d.min_len} exceeds the {d.max_len_b} tokens allowed (max_tokens)",
+                               "min_tokens")  # fmt: skip
     return d
 
 
