@@ -105,8 +105,7 @@ def generate_ofa(args: argparse.Namespace, model, tok) -> list[str]:
     image = None
     if args.image is not None:
         input_files([args.image])
-        open_image(args.image)  # one clear error naming the file if it is not an image we read
-        image = Path(args.image).read_bytes()
+        image = open_image(args.image)  # decoded once; one clear error naming the file if it is not an image we read
     texts = [vqa_text(p) if image is not None else " " + p.strip().lower() for p in args.prompt]
     records = [Record(str(i), t, image) for i, t in enumerate(texts)]
     out = [""] * len(records)

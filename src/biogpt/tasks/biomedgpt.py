@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from biogpt.errors import InputError, TaskError
 from biogpt.generation.seq2seq import AnswerTrie, beam_search, rank_candidates, right_pad
-from biogpt.images import decode_base64, open_image, patch_images, probe_image
+from biogpt.images import ImageSource, decode_base64, open_image, patch_images, probe_image
 from biogpt.models.ofa import OFA, PAD_ID
 from biogpt.text.ofa import OFATokenizer, normalize_caption, normalize_question
 
@@ -107,7 +107,7 @@ def nli_text(premise: str, hypothesis: str, max_words: int = 512) -> str:
 class Record:
     id: str
     text: str  # the encoder text (template applied)
-    image: bytes | None = None
+    image: ImageSource | None = None  # encoded bytes as the data files hold them, or an image decoded once
     refs: dict[str, float] = field(default_factory=dict)  # gold answers/captions (VQA: answer -> confidence)
 
 
