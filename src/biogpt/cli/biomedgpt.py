@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from biogpt.cli.args import (
     add_model_options,
@@ -23,6 +24,9 @@ from biogpt.cli.args import (
     writable_file,
 )
 from biogpt.errors import BioGPTError
+
+if TYPE_CHECKING:
+    from biogpt.tasks.biomedgpt import Decoding
 
 DEFAULT_MEQSUM = "../shared/data/biomedgpt/tasks/MeQSum"  # the project's layout: shared data beside the repo
 TASKS = ("meqsum", "vqa", "nli", "medmnist", "caption")
@@ -64,7 +68,7 @@ UNSUPPORTED = (("do_sample", False), ("num_return_sequences", 1), ("early_stoppi
                ("repetition_penalty", 1.0), ("temperature", 1.0), ("top_p", 1.0), ("seed", None))  # fmt: skip
 
 
-def decoding_for(args: argparse.Namespace, task: str):
+def decoding_for(args: argparse.Namespace, task: str) -> Decoding:
     """One task's decoding settings as the original evaluates it (see `tasks.biomedgpt.task_of`), then the
     options given."""
     from biogpt.tasks.biomedgpt import DECODING

@@ -22,7 +22,7 @@ def _stdin_lines():
                               "convert it first (e.g. iconv -t utf-8)") from None  # fmt: skip
 
 
-def family_tokenizer(path: str, lowercase: bool = False):
+def family_tokenizer(path: str, lowercase: bool = False) -> tuple[str, object]:
     """(family, tokenizer) of a model or vocabulary folder, whatever the family: a model folder's config.json
     names it; a bare vocabulary is told by its files (dict.txt + bpecodes: BioGPT; encoder.json + vocab.bpe +
     dict.txt: BiomedGPT; tokenizer.json or encoder.json + vocab.bpe: GPT-2 byte-level BPE; vocab.json + merges.txt:
