@@ -68,7 +68,7 @@ def test_eval_pubmedqa_generative_matches_transformers(gpt2_dir, tmp_path, capsy
     assert saved.read_text().splitlines() == expected
     assert all(p in ("yes", "no", "maybe") for p in expected)
     accuracy = sum(p == ex.gold for p, ex in zip(expected, items)) / 6
-    assert report["n"] == 6 and report["setting"] == "generative"
+    assert report["n"] == 6 and report["setting"] == "reasoning-required"
     assert report["metrics"] == {"accuracy": accuracy, "parse_rate": 1.0}
     assert report["settings"]["max_prompt_tokens"] == 56
 

@@ -6,6 +6,8 @@ one place.
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,6 +43,7 @@ def load(
     device: str | torch.device = "cpu",
     vocab: str | Path | None = None,
     ema: bool = False,
+    image_size: int | None = None,
 ) -> tuple[BioGPT | GPT2 | OFA, Tokenizer | ByteLevelTokenizer | OFATokenizer | None]:
     """The model (eval mode) and its tokenizer from a Hugging Face directory, a fairseq checkpoint (file, or
     directory with checkpoint.pt), a hub id, or "demo" (the small model embedded in the package).
@@ -55,7 +58,8 @@ def load(
     A BiomedGPT (OFA) checkpoint (a fairseq .pt of BiomedGPT or its folder, a Hugging Face OFA-port directory, or
     one `convert` wrote) gives an OFA encoder-decoder and its OFATokenizer (encoder.json + vocab.bpe + dict.txt, or
     vocab.json + merges.txt, beside the weights or in `vocab`). `ema=True` takes the EMA weights of a BiomedGPT
-    fairseq checkpoint (extra_state["ema"]), which the original evaluation uses.
+    fairseq checkpoint (extra_state["ema"]), which the original evaluation uses. `image_size` sets the side images
+    are resized to (default: the checkpoint's `patch_image_size`, else 256 for BiomedGPT-S/-M and 384 for -B).
     """
     if isinstance(dtype, str):
         if dtype not in DTYPES:
@@ -63,7 +67,12 @@ def load(
         dtype = DTYPES[dtype]
     kind = family(path)
     if kind == "ofa":
-        return ofa_checkpoints.load_ofa(resolve(path), dtype, device, ema=ema, bpe_dir=vocab)
+        model, otok = ofa_checkpoints.load_ofa(resolve(path), dtype, device, ema=ema, bpe_dir=vocab)
+        if image_size is not None:
+            model.config.image_size = int(image_size)  # only the preprocessing reads it
+        return model, otok
+    if image_size is not None:
+        raise CheckpointError(f"{path}: image_size applies to BiomedGPT models; this one reads no images")
     if ema:
         raise CheckpointError(f"{path}: ema=True applies to BiomedGPT fairseq checkpoints; load this one without it")
     if kind == "gpt2":
@@ -105,14 +114,39 @@ def is_demo(path: str | Path | None) -> bool:
     return path is not None and (str(path) == DEMO or Path(path).resolve() == DEMO_DIR)
 
 
-def convert(src: str | Path, dst: str | Path, ema: bool = False) -> None:
+def convert(src: str | Path, dst: str | Path, ema: bool = False, overwrite: bool = False) -> None:
     """Any supported checkpoint -> a Hugging Face directory (weights, config, tokenizer, prompt-token count); a
     BiomedGPT checkpoint -> biogpt's BiomedGPT directory (config.json, model.safetensors, vocab.json + merges.txt).
-    `ema`: convert a BiomedGPT fairseq checkpoint's EMA weights."""
+    `ema`: convert a BiomedGPT fairseq checkpoint's EMA weights.
+
+    A non-empty `dst` is refused unless `overwrite`, and then replaced whole: the files of an earlier model (its
+    tokenizer.json, generation_config.json, ...) left beside the new ones would make the folder load as a mix of
+    two models. The new folder is written under a temporary name beside `dst` and renamed."""
+    out = Path(dst)
+    if out.exists() and not out.is_dir():
+        raise CheckpointError(f"{out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise CheckpointError(f"{out} is not empty; choose a new folder, or pass --overwrite (overwrite=True) to "
+                              "replace it whole")  # fmt: skip
     model, tok = load(src, ema=ema)
-    if isinstance(model, OFA):
-        ofa_checkpoints.save_ofa(model, tok, dst)
-    elif isinstance(model, GPT2):
-        gpt2_checkpoints.save_hf(model, tok, dst)
-    else:
-        save_hf(model, tok, dst)
+    tmp = out.parent / f".{out.name}.converting-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        if isinstance(model, OFA):
+            ofa_checkpoints.save_ofa(model, tok, tmp)
+        elif isinstance(model, GPT2):
+            gpt2_checkpoints.save_hf(model, tok, tmp)
+        else:
+            save_hf(model, tok, tmp)
+        _replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _replace_dir(new: Path, dst: Path) -> None:
+    """Put folder `new` at `dst`, the old `dst` (if any) moved aside first and deleted after the rename."""
+    old = dst.parent / f".{dst.name}.old-{os.getpid()}"
+    if dst.exists():
+        dst.rename(old)
+    new.rename(dst)
+    shutil.rmtree(old, ignore_errors=True)

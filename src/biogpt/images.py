@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from PIL import Image, UnidentifiedImageError
 from biogpt.errors import InputError
 
 MEAN, STD = 0.5, 0.5
+FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "BMP": "BMP", "TIFF": "TIFF", "GIF": "GIF"}  # what the tasks' data use
+MAX_PIXELS = 40_000_000  # a cap far above any medical image the tasks use (a 6,000 x 6,000 scan is 36M)
 CONVERTIBLE = {"RGB", "RGBA", "RGBX", "L", "LA", "1", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"}
 WIDE = {"I", "F", "I;16", "I;16B", "I;16L", "I;16N"}
 
@@ -44,23 +47,12 @@ def decode_base64(data: str) -> bytes:
         raise InputError(f"an image given as base64 cannot be decoded ({e})") from None
 
 
-def open_image(src: ImageSource, what: str | None = None) -> Image.Image:
-    """An RGB PIL image from a path, encoded bytes or a PIL image; one InputError for anything else."""
+def open_image(src: ImageSource, what: str | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """An RGB PIL image from a path, encoded bytes or a PIL image; one InputError for anything else: a format
+    other than PNG, JPEG, BMP, TIFF or GIF, or more than `max_pixels` pixels (a decompression bomb is refused from
+    its header, before it is decoded)."""
     name = what or (str(src) if isinstance(src, str | Path) else "the image")
-    if isinstance(src, Image.Image):
-        img = src
-    else:
-        try:
-            raw = Path(src).read_bytes() if isinstance(src, str | Path) else bytes(src)
-        except OSError as e:
-            raise InputError(f"{name}: cannot read ({e.strerror})") from None
-        try:
-            img = Image.open(io.BytesIO(raw))
-            img.load()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise InputError(
-                f"{name}: not an image Pillow can read ({e}); give a PNG, JPEG, BMP, TIFF or GIF"
-            ) from None
+    img = src if isinstance(src, Image.Image) else _decode(src, name, max_pixels)
     if img.mode in WIDE:
         raise InputError(
             f"{name}: a {img.mode} image ({'16' if 'I;16' in img.mode else '32'}-bit per pixel); BiomedGPT reads 8-bit "
@@ -69,6 +61,39 @@ def open_image(src: ImageSource, what: str | None = None) -> Image.Image:
     if img.mode not in CONVERTIBLE:
         raise InputError(f"{name}: images of mode {img.mode} are not supported; convert it to RGB first")
     return img.convert("RGB")
+
+
+def probe_image(raw: bytes, name: str = "the image", max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) of encoded image bytes from the header alone (no pixels decoded): one InputError if they
+    are not a PNG, JPEG, BMP, TIFF or GIF of at most `max_pixels` pixels."""
+    return _decode(raw, name, max_pixels, load=False).size
+
+
+def _decode(src: str | Path | bytes, name: str, max_pixels: int, load: bool = True) -> Image.Image:
+    """The image of a file or bytes, its format and size checked from the header before decoding (`load`: decode
+    the pixels too)."""
+    try:
+        raw = Path(src).read_bytes() if isinstance(src, str | Path) else bytes(src)
+    except OSError as e:
+        raise InputError(f"{name}: cannot read ({e.strerror})") from None
+    formats = ", ".join(FORMATS)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(raw), formats=list(FORMATS))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise InputError(f"{name}: {w} x {h} = {w * h:,} pixels, over the limit of {max_pixels:,}; "
+                                 "resize it first (the model sees it at 256 or 384 pixels a side)")  # fmt: skip
+            if load:
+                img.load()
+    except InputError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InputError(f"{name}: refused as a decompression bomb ({e})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
+        raise InputError(f"{name}: not an image Pillow can read ({e}); give a {formats} image") from None
+    return img
 
 
 def patch_image(src: ImageSource, size: int) -> torch.Tensor:

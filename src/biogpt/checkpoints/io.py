@@ -218,7 +218,7 @@ def resolve(path: str | Path) -> Path:
     p = Path(path)
     if p.exists():
         return p
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", str(path)):
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", str(path)) and not _looks_local(str(path)):
         try:
             from huggingface_hub import snapshot_download
         except ImportError:
@@ -238,6 +238,14 @@ def resolve(path: str | Path) -> Path:
                 "elsewhere (huggingface-cli download " + str(path) + " --local-dir DIR) and pass DIR instead"
             ) from None
     raise CheckpointError(f"{path}: no such file or directory")
+
+
+def _looks_local(path: str) -> bool:
+    """Whether a missing `owner/name` string is rather a mistyped local path: it starts with . or ~, ends with a
+    slash or a checkpoint's file extension, or its first part is a folder here."""
+    first = path.split("/", 1)[0]
+    return (path.startswith((".", "~")) or path.endswith("/") or Path(first).is_dir()
+            or path.endswith((".pt", ".bin", ".safetensors", ".json")))  # fmt: skip
 
 
 def write_json(path: Path, obj: dict) -> None:

@@ -139,6 +139,12 @@ def config_from_fairseq(ckpt: dict, where: str) -> OFAConfig:
     return preset(**kw)
 
 
+def _size_by_width(d_model: int) -> int:
+    """The evaluation image size of a config that does not state one: 256 for BiomedGPT-S/-M (width 256, 512),
+    384 for -B (768) and wider, as the original's scripts set `patch_image_size`."""
+    return 256 if d_model <= 512 else 384
+
+
 def config_from_hf(hf: dict, where: str) -> OFAConfig:
     """The model config of an OFA-port config.json."""
     _require(hf, REQUIRED_HF, where)
@@ -159,6 +165,7 @@ def config_from_hf(hf: dict, where: str) -> OFAConfig:
             or not hf.get("entangle_position_embedding", False),
             dropout=hf.get("dropout", 0.1), attention_dropout=hf.get("attention_dropout", 0.0),
             activation_dropout=hf.get("activation_dropout", 0.0),
+            image_size=int(hf.get("patch_image_size") or hf.get("image_size") or _size_by_width(hf["d_model"])),
         )  # fmt: skip
     except KeyError as e:
         raise CheckpointError(f"{where}: config.json has no {e.args[0]!r}") from None

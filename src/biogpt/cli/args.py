@@ -140,11 +140,22 @@ def load_for_inference(args: argparse.Namespace):
     return model, tok
 
 
-def add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="Hugging Face directory, fairseq checkpoint (.pt, or its folder), hub id, or demo "
-                                   "(default: demo, the small model embedded in the package)")  # fmt: skip
+def add_model_options(p: argparse.ArgumentParser, biomedgpt: bool = False) -> None:
+    """--model, --vocab, --dtype, --threads; `biomedgpt`: the options as a BiomedGPT-only verb takes them (no demo
+    default, no int8), so that --help lists only what works."""
+    if biomedgpt:
+        p.add_argument("--model", help="a BiomedGPT checkpoint: fairseq .pt, OFA-port or converted directory")
+    else:
+        p.add_argument("--model", help="Hugging Face directory, fairseq checkpoint (.pt, or its folder), hub id, or "
+                                       "demo (default: demo, the small model embedded in the package)")  # fmt: skip
     p.add_argument("--vocab", help="vocabulary folder, if none sits beside the weights")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "int8", "auto"],
-                   help="fp32 is exact; bf16 and int8 (int8 weights, CPU) are faster and approximate; auto: bf16 "
-                        "where the CPU runs it natively (default: %(default)s)")  # fmt: skip
+    if biomedgpt:
+        p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "auto"],
+                       help="fp32 is exact; bf16 is faster and approximate; auto: bf16 where the CPU runs it "
+                            "natively (default: %(default)s)")  # fmt: skip
+    else:
+        p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "int8", "auto"],
+                       help="fp32 is exact; bf16 and int8 (int8 weights, CPU) are faster and approximate; auto: bf16 "
+                            "where the CPU runs it natively; BiomedGPT: fp32, bf16 or auto "
+                            "(default: %(default)s)")  # fmt: skip
     p.add_argument("--threads", type=positive_int, help="CPU threads (default: PyTorch's, one per core)")

@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from biogpt.cli.args import (
     add_model_options,
@@ -23,6 +24,9 @@ from biogpt.cli.args import (
     writable_file,
 )
 from biogpt.errors import BioGPTError
+
+if TYPE_CHECKING:
+    from biogpt.tasks.biomedgpt import Decoding
 
 DEFAULT_MEQSUM = "../shared/data/biomedgpt/tasks/MeQSum"  # the project's layout: shared data beside the repo
 TASKS = ("meqsum", "vqa", "nli", "medmnist", "caption")
@@ -53,7 +57,8 @@ def load_model(args: argparse.Namespace):
     if args.dtype == "int8":
         raise BioGPTError("--dtype int8 applies to BioGPT and GPT-2 models; run BiomedGPT with fp32, bf16 or auto")
     dtype = torch.bfloat16 if args.dtype == "bf16" or (args.dtype == "auto" and native_bf16()) else None
-    return load(args.model, dtype=dtype, vocab=args.vocab, ema=getattr(args, "ema", False))
+    return load(args.model, dtype=dtype, vocab=args.vocab, ema=getattr(args, "ema", False),
+                image_size=getattr(args, "image_size", None))  # fmt: skip
 
 
 # --- biogpt generate with a BiomedGPT model --------------------------------------------------------------
@@ -63,15 +68,11 @@ UNSUPPORTED = (("do_sample", False), ("num_return_sequences", 1), ("early_stoppi
                ("repetition_penalty", 1.0), ("temperature", 1.0), ("top_p", 1.0), ("seed", None))  # fmt: skip
 
 
-def decoding_for(args: argparse.Namespace, has_image: bool):
-    """The task's decoding settings as the original evaluates it: an image with the caption instruction ->
-    captioning, another question about an image -> VQA, text alone -> summarisation; then the options given."""
-    from biogpt.tasks.biomedgpt import CAPTION_PROMPT, DECODING, vqa_text
+def decoding_for(args: argparse.Namespace, task: str) -> Decoding:
+    """One task's decoding settings as the original evaluates it (see `tasks.biomedgpt.task_of`), then the
+    options given."""
+    from biogpt.tasks.biomedgpt import DECODING
 
-    if has_image:
-        task = "caption" if all(vqa_text(p) == CAPTION_PROMPT for p in args.prompt) else "vqa"
-    else:
-        task = "summarize"
     d = DECODING[task]
     d = type(d)(**d.kwargs())  # a copy: the table is shared
     if args.num_beams is not None:
@@ -84,15 +85,20 @@ def decoding_for(args: argparse.Namespace, has_image: bool):
         d.len_penalty = args.length_penalty
     if args.no_repeat_ngram_size is not None:
         d.no_repeat_ngram_size = args.no_repeat_ngram_size
+    if d.min_len > d.max_len_b:
+        raise BioGPTError(f"--min-new-tokens {d.min_len} exceeds the {d.max_len_b} new tokens allowed ("
+                          f"{'--max-new-tokens' if args.max_new_tokens is not None else 'the task default'}); "
+                          "lower it or raise --max-new-tokens")  # fmt: skip
     return d
 
 
 def generate_ofa(args: argparse.Namespace, model, tok) -> list[str]:
     """`biogpt generate` for a BiomedGPT model: each prompt an instruction (with --image: a question about the
     image, normalised as OFA's datasets do; alone: lower-cased, as the text tasks' templates are), decoded by beam
-    search with the task's settings (see `decoding_for`)."""
+    search with its own task's settings (see `decoding_for`): a batch that mixes a caption request and a question
+    is decoded as two batches, each as it would be alone."""
     from biogpt.images import open_image
-    from biogpt.tasks.biomedgpt import Record, generate_text, vqa_text
+    from biogpt.tasks.biomedgpt import Record, generate_text, group_by_task, vqa_text
 
     for name, off in UNSUPPORTED:
         if getattr(args, name, off) != off:
@@ -103,11 +109,14 @@ def generate_ofa(args: argparse.Namespace, model, tok) -> list[str]:
     image = None
     if args.image is not None:
         input_files([args.image])
-        open_image(args.image)  # one clear error naming the file if it is not an image we read
-        image = Path(args.image).read_bytes()
+        image = open_image(args.image)  # decoded once; one clear error naming the file if it is not an image we read
     texts = [vqa_text(p) if image is not None else " " + p.strip().lower() for p in args.prompt]
     records = [Record(str(i), t, image) for i, t in enumerate(texts)]
-    return generate_text(model, tok, records, decoding_for(args, image is not None))
+    out = [""] * len(records)
+    for task, rows in group_by_task(texts, image is not None).items():  # each prompt with its own task's settings
+        for i, text in zip(rows, generate_text(model, tok, [records[i] for i in rows], decoding_for(args, task))):
+            out[i] = text
+    return out
 
 
 # --- biogpt eval-biomedgpt ----------------------------------------------------------------------------------
@@ -156,24 +165,52 @@ def _answers(args: argparse.Namespace) -> list[str]:
     return load_answer_set(args.answers)
 
 
+def read_saved(path: str, ids: list[str]) -> list[str]:
+    """The predictions `--save-outputs` wrote (JSON lines of id, prediction), in the order of `ids`: each id once,
+    none missing, none extra."""
+    p = Path(path)
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise BioGPTError(f"{p}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise BioGPTError(f"{p}: not UTF-8; give the JSON lines --save-outputs wrote") from None
+    found: dict[str, str] = {}
+    for n, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+            key, pred = row["id"], row["prediction"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise BioGPTError(f"{p}:{n}: not a line of --save-outputs ({{\"id\": ..., \"prediction\": ...}})") from None
+        if not isinstance(key, str) or not isinstance(pred, str) or key in found:
+            raise BioGPTError(f"{p}:{n}: id and prediction must be strings, each id once")
+        found[key] = pred
+    missing = [i for i in ids if i not in found]
+    extra = sorted(set(found) - set(ids))
+    if missing or extra:
+        why = f"example {missing[0]!r} has no prediction" if missing else f"id {extra[0]!r} is not an example"
+        raise BioGPTError(f"{p}: {why} of --data ({len(found)} predictions, {len(ids)} examples); use the --data, "
+                          "--split and --limit of the run that saved them")  # fmt: skip
+    return [found[i] for i in ids]
+
+
 def run_eval(args: argparse.Namespace, model, tok) -> tuple[dict, list[tuple[str, str]]]:
-    """(metrics, [(id, prediction)]) of one task."""
+    """(metrics, [(id, prediction)]) of one task; with --predictions, the saved outputs are scored (no model)."""
     from biogpt.generation.seq2seq import AnswerTrie
     from biogpt.tasks import biomedgpt as bt
 
     def head(records):
         return records[: args.limit] if args.limit is not None else records
 
+    if args.predictions:
+        return _score_saved(args, head)
+    recs, golds = _records(args, head)
     if args.task == "meqsum":
-        recs = head(bt.read_meqsum(_split_file(args.data or DEFAULT_MEQSUM, args.split)))
         dec = bt.DECODING["summarize"]
         if args.beam is not None:
             dec = bt.Decoding(**{**dec.kwargs(), "beam_size": args.beam})
         preds = bt.generate_text(model, tok, recs, dec, batch_size=args.batch_size)
-        scores = [bt.summary_rouge_l(p, next(iter(r.refs))) for p, r in zip(preds, recs)]
-        metrics = {"rouge_l": sum(scores) / len(scores), "n": len(recs)}
     elif args.task == "vqa":
-        recs = head(bt.read_vqa(_split_file(args.data or "", args.split)))
         answers = _answers(args)
         if args.inference == "allcand":
             preds = bt.rank_answers(model, tok, recs, answers, args.batch_size)
@@ -183,29 +220,63 @@ def run_eval(args: argparse.Namespace, model, tok) -> tuple[dict, list[tuple[str
                 dec = bt.Decoding(**{**dec.kwargs(), "beam_size": args.beam})
             trie = AnswerTrie.from_answers(answers, tok.encode)
             preds = bt.generate_text(model, tok, recs, dec, trie=trie, batch_size=args.batch_size)
-        metrics = bt.vqa_accuracy(preds, recs)
     elif args.task == "caption":
-        recs = head(bt.read_report_captions(_split_file(args.data or "", args.split)))
         dec = bt.DECODING["caption"]
         if args.beam is not None:
             dec = bt.Decoding(**{**dec.kwargs(), "beam_size": args.beam})
         preds = bt.generate_text(model, tok, recs, dec, batch_size=args.batch_size)
-        metrics = bt.caption_scores(preds, recs)
     elif args.task == "medmnist":
-        recs = head(bt.read_captions(_split_file(args.data or "", args.split)))
         preds = bt.rank_answers(model, tok, recs, _answers(args), args.batch_size)
-        metrics = {"accuracy": bt.accuracy(preds, [next(iter(r.refs)) for r in recs]), "n": len(recs)}
+    else:
+        pairs, _ = read_nli(_split_file(args.data or "", args.split))
+        preds = bt.predict_nli(model, tok, pairs[: len(recs)], args.batch_size)
+    return score(args.task, recs, golds, preds), [(r.id, p) for r, p in zip(recs, preds)]
+
+
+def _records(args: argparse.Namespace, head):
+    """(records, golds) of the task's split: what both a run and a scoring of saved outputs read."""
+    from biogpt.tasks import biomedgpt as bt
+
+    if args.task == "meqsum":
+        recs = head(bt.read_meqsum(_split_file(args.data or DEFAULT_MEQSUM, args.split)))
+    elif args.task == "vqa":
+        recs = head(bt.read_vqa(_split_file(args.data or "", args.split)))
+    elif args.task == "caption":
+        recs = head(bt.read_report_captions(_split_file(args.data or "", args.split)))
+    elif args.task == "medmnist":
+        recs = head(bt.read_captions(_split_file(args.data or "", args.split), labels=_answers(args)))
     else:
         pairs, golds = read_nli(_split_file(args.data or "", args.split))
-        if args.limit is not None:
-            pairs, golds = pairs[: args.limit], golds[: args.limit]
-        preds = bt.predict_nli(model, tok, pairs, args.batch_size)
-        recs = [bt.Record(str(i), "") for i in range(len(pairs))]
-        metrics = {"accuracy": bt.accuracy(preds, golds), "n": len(pairs)}
-    return metrics, [(r.id, p) for r, p in zip(recs, preds)]
+        return [bt.Record(str(i), "") for i in range(len(head(pairs)))], head(golds)
+    return recs, None
+
+
+def _score_saved(args: argparse.Namespace, head) -> tuple[dict, list[tuple[str, str]]]:
+    """The metrics of saved predictions, computed as the run that saved them computed its own."""
+    recs, golds = _records(args, head)
+    preds = read_saved(args.predictions, [r.id for r in recs])
+    return score(args.task, recs, golds, preds), [(r.id, p) for r, p in zip(recs, preds)]
+
+
+def score(task: str, recs: list, golds: list[str] | None, preds: list[str]) -> dict:
+    """One task's metrics of predictions against the records' references (NLI: against `golds`)."""
+    from biogpt.tasks import biomedgpt as bt
+
+    if task == "meqsum":
+        scores = [bt.summary_rouge_l(p, next(iter(r.refs))) for p, r in zip(preds, recs)]
+        return {"rouge_l": sum(scores) / len(scores), "n": len(recs)}
+    if task == "vqa":
+        return bt.vqa_accuracy(preds, recs)
+    if task == "caption":
+        return bt.caption_scores(preds, recs)
+    if task == "medmnist":
+        return {"accuracy": bt.accuracy(preds, [next(iter(r.refs)) for r in recs]), "n": len(recs)}
+    return {"accuracy": bt.accuracy(preds, golds), "n": len(recs)}
 
 
 def cmd_eval_biomedgpt(args: argparse.Namespace) -> int:
+    if args.predictions:
+        return _cmd_score_saved(args)
     if args.model is None:
         raise BioGPTError("give --model: a BiomedGPT checkpoint (fairseq .pt, OFA-port or converted directory)")
     writable_file(args.output, "--output")
@@ -230,13 +301,35 @@ def cmd_eval_biomedgpt(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_score_saved(args: argparse.Namespace) -> int:
+    """`eval-biomedgpt TASK --predictions FILE`: the metrics of saved outputs, printed as a run prints them."""
+    if args.model is not None:
+        raise BioGPTError("give one of --model (run inference) or --predictions FILE (score saved outputs)")
+    if args.save_outputs:
+        raise BioGPTError("--save-outputs saves generated outputs; with --predictions nothing is generated")
+    writable_file(args.output, "--output")
+    if args.task != "meqsum" and args.data is None:
+        raise BioGPTError(f"{args.task} needs --data FILE: the split the predictions were made on")
+    metrics, outputs = run_eval(args, None, None)
+    report = json.dumps({"task": args.task, **metrics}, indent=2)
+    print(report)
+    if args.output:
+        Path(args.output).write_text(report + "\n", encoding="utf-8")
+    print(f"{args.task}: {len(outputs)} saved predictions scored", file=sys.stderr)
+    return 0
+
+
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("task", choices=TASKS, help="meqsum (ROUGE-L), vqa (accuracy: overall/closed/open), nli "
                                                "(accuracy), medmnist (accuracy), caption (report generation: ROUGE-L, "
                                                "CIDEr-D)")  # fmt: skip
-    add_model_options(p)
+    add_model_options(p, biomedgpt=True)
     p.add_argument("--ema", action="store_true", help="use a fairseq checkpoint's EMA weights, as the original "
                                                       "evaluation does")  # fmt: skip
+    p.add_argument("--image-size", type=positive_int,
+                   help="resize images to this side (default: the checkpoint's, else 256 for -S/-M, 384 for -B)")
+    p.add_argument("--predictions", help="score these saved outputs instead of running a model (what "
+                                         "--save-outputs wrote: JSON lines of id, prediction)")  # fmt: skip
     p.add_argument("--data", help=f"the split file, or a folder with SPLIT.tsv (meqsum default: {DEFAULT_MEQSUM}); "
                                   "vqa: OFA's VQA TSV (base64 images); medmnist, caption: OFA's caption TSV; nli: "
                                   "MedNLI JSONL or premise<TAB>hypothesis<TAB>label")  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from biogpt.cli.args import (
     add_model_options,
@@ -31,6 +32,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
         for text in generate_ofa(args, model, tok):
             print(text)
         return 0
+    if args.image_size is not None:
+        raise BioGPTError("--image-size applies to BiomedGPT models; this one reads no images")
+    if args.ema:
+        raise BioGPTError(f"--ema applies to BiomedGPT fairseq checkpoints; {args.model or 'the demo model'} is not "
+                          "one")  # fmt: skip
     if args.image is not None:
         raise BioGPTError(f"--image needs a BiomedGPT (OFA) model; {args.model or 'the demo model'} is a text-only "
                           "model: pass --model with a BiomedGPT checkpoint, or drop --image")  # fmt: skip
@@ -39,6 +45,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if getattr(args, name) is None:
             setattr(args, name, default)
     prompts = [tok.encode(p) for p in args.prompt]
+    warn_room(prompts, args.max_new_tokens, model.config.max_positions)
     out = generate(
         model,
         prompts,
@@ -60,6 +67,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     for row in out.sequences.tolist():
         print(tok.decode(row))
     return 0
+
+
+def warn_room(prompts: list[list[int]], max_new_tokens: int, max_positions: int) -> None:
+    """A warning on stderr when the model's positions leave fewer new tokens than asked: the batch is generated
+    up to the longest prompt's room, so outputs are shorter than --max-new-tokens without that line."""
+    longest = max(len(p) for p in prompts)
+    room = max_positions - longest
+    if 0 < room < max_new_tokens:
+        print(f"warning: the longest prompt has {longest} tokens and the model {max_positions} positions, so at most "
+              f"{room} new tokens are generated, not --max-new-tokens {max_new_tokens}", file=sys.stderr)  # fmt: skip
 
 
 def _special_ids(model) -> dict:
@@ -139,11 +156,14 @@ def _info_ofa(args: argparse.Namespace) -> int:
     from biogpt.checkpoints.ofa import load_tokenizer, read_state
 
     cfg, sd, where = read_state(args.model)
-    n = sum(v.numel() for v in sd.values())
+    stats = (".running_mean", ".running_var", ".num_batches_tracked")  # BatchNorm buffers: not learned weights
+    n = sum(v.numel() for k, v in sd.items() if not k.endswith(stats))
+    m = sum(v.numel() for k, v in sd.items() if k.endswith(stats))
     print(f"model: {args.model} (BiomedGPT / OFA encoder-decoder, {ofa_size(cfg)})")
     for k, v in cfg.to_dict().items():
         print(f"  {k}: {v}")
-    print(f"parameters: {n:,} ({n / 1e6:.1f}M; one token embedding shared by encoder, decoder and output head)")
+    print(f"parameters: {n:,} ({n / 1e6:.1f}M; one token embedding shared by encoder, decoder and output head; "
+          f"plus {m:,} BatchNorm running statistics)")  # fmt: skip
     print(f"dtype: {next(iter(sd.values())).dtype}")
     try:
         tok = load_tokenizer(where, cfg)
@@ -161,7 +181,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     ofa = family(args.src) == "ofa"
     if args.ema and not ofa:
         raise BioGPTError(f"--ema applies to BiomedGPT fairseq checkpoints; {args.src} is not one")
-    convert(args.src, args.dst, ema=args.ema)
+    convert(args.src, args.dst, ema=args.ema, overwrite=args.overwrite)
     print(f"wrote a {'BiomedGPT' if ofa else 'Hugging Face'} directory to {args.dst}")
     return 0
 
@@ -170,7 +190,12 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("generate", help="continue one or more prompts (BiomedGPT: answer instructions, --image)")
     p.add_argument("prompt", nargs="+", help="prompt text(s); several are batched")
     add_model_options(p)
-    p.add_argument("--image", help="an image file (PNG, JPEG, ...) the prompts ask about; BiomedGPT models only")
+    p.add_argument("--image", help="an image file (PNG, JPEG, BMP, TIFF or GIF) the prompts ask about; BiomedGPT "
+                                   "models only")  # fmt: skip
+    p.add_argument("--ema", action="store_true", help="BiomedGPT fairseq checkpoints: use the EMA weights, as the "
+                                                      "original evaluation does")  # fmt: skip
+    p.add_argument("--image-size", type=positive_int, help="BiomedGPT: resize --image to this side (default: the "
+                                                           "checkpoint's, else 256 for -S/-M, 384 for -B)")  # fmt: skip
     p.add_argument("--max-new-tokens", type=positive_int,
                    help="tokens to generate (default: 50); BiomedGPT: its task's maximum")  # fmt: skip
     p.add_argument("--min-new-tokens", type=nonneg_int,
@@ -206,4 +231,6 @@ def add_parsers(sub) -> None:
                                "or an OFA-port directory)")  # fmt: skip
     p.add_argument("dst", help="output folder")
     p.add_argument("--ema", action="store_true", help="BiomedGPT fairseq checkpoints: convert the EMA weights")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder whole (without it, "
+                                                            "a non-empty folder is refused)")  # fmt: skip
     p.set_defaults(func=cmd_convert)

@@ -19,6 +19,7 @@ from biogpt.cli.args import (
 )
 from biogpt.errors import BioGPTError
 from biogpt.mining.tasks import output_stats
+from biogpt.tasks.pubmedqa import LABELS
 from biogpt.tasks.templates import grammar
 
 
@@ -43,8 +44,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise BioGPTError("--grounded constrains decoding; with --predictions nothing is generated")
     if args.save_outputs and args.predictions:
         raise BioGPTError("--save-outputs saves generated outputs; with --predictions nothing is generated")
+    if args.setting is not None and args.task != "pubmedqa":
+        raise BioGPTError(f"--setting applies to pubmedqa; {args.task} has one input format")
     if not args.predictions and _gpt2_model(args):
         return _eval_generative(args)
+    args.setting = args.setting or "reasoning-free"  # BioGPT's paper setting
     options = {"setting": args.setting} if args.task == "pubmedqa" else {}
     model = tok = None
     if args.predictions:
@@ -58,6 +62,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         examples = examples[: args.limit]
     if args.predictions:
         outputs = read_predictions(args.predictions, len(examples))
+        if args.task == "pubmedqa":  # a GPT-2 model's saved outputs are bare labels: score them as its run did
+            outputs = [task.target(o.strip()) if o.strip() in LABELS else o for o in outputs]
     else:
         constraint = (lambda src: grammar(args.task, tok, src)) if args.grounded else None
         outputs = predict(task, model, tok, examples, batch_size=args.batch_size, constraint=constraint,
@@ -80,7 +86,7 @@ def _print_report(args: argparse.Namespace, report: dict) -> None:
     text = json.dumps(report, indent=2)
     if args.output:
         _write_atomic(args.output, text + "\n")
-    if args.json and not args.output:
+    if args.json:
         print(text)
     else:
         print(f"{args.task} ({args.split}, n={report['n']})")
@@ -104,9 +110,10 @@ def _eval_generative(args: argparse.Namespace) -> int:
         raise BioGPTError(f"{args.task}: a GPT-2 family model (BioMedLM) has a format for pubmedqa only (the "
                           "generative `question: ... context: ... answer:` format); evaluate a BioGPT checkpoint "
                           f"fine-tuned for {args.task} instead")  # fmt: skip
+    setting = args.setting or "reasoning-required"  # BioMedLM's PubMedQA format: the contexts without the long answer
     set_threads(args.threads)
     model, tok = load_for_inference(args)
-    examples = qa.examples(data_dir(args.data), args.split)
+    examples = qa.examples(data_dir(args.data), args.split, setting)
     if args.limit is not None:
         examples = examples[: args.limit]
     outputs = qa.predict(model, tok, examples, batch_size=args.batch_size)
@@ -114,8 +121,9 @@ def _eval_generative(args: argparse.Namespace) -> int:
         _write_atomic(args.save_outputs, "".join(o + "\n" for o in outputs))
     metrics = {"accuracy": qa.score(outputs, examples)["accuracy"],
                "parse_rate": sum(o in qa.LABELS for o in outputs) / len(outputs) if outputs else 0.0}  # fmt: skip
-    report = {"task": args.task, "split": args.split, "n": len(examples), "metrics": metrics, "setting": "generative",
-              "settings": {"format": "question: Q context: C answer:", "constrained": True,
+    fmt = "question: Q context: C" + (" LONG_ANSWER" if setting == "reasoning-free" else "") + " answer:"
+    report = {"task": args.task, "split": args.split, "n": len(examples), "metrics": metrics, "setting": setting,
+              "settings": {"format": fmt, "constrained": True,
                            "max_prompt_tokens": model.config.max_positions - qa.ANSWER_ROOM}}  # fmt: skip
     _print_report(args, report)
     return 0
@@ -130,14 +138,15 @@ def add_parsers(sub) -> None:
                    help="folder with BC5CDR/ DDI/ KD-DTI/ HoC/ PubMedQA/ (default: %(default)s, relative to the "
                         "current folder)")  # fmt: skip
     p.add_argument("--split", default="test", choices=["train", "valid", "test"], help="(default: %(default)s)")
-    p.add_argument("--setting", default="reasoning-free", choices=["reasoning-free", "reasoning-required"],
-                   help="PubMedQA input: with the long answer (the paper's setting) or without "
-                        "(default: %(default)s)")  # fmt: skip
+    p.add_argument("--setting", choices=["reasoning-free", "reasoning-required"],
+                   help="PubMedQA input: with the long answer or without (default: reasoning-free for BioGPT, the "
+                        "paper's setting; reasoning-required for a GPT-2 model, BioMedLM's)")  # fmt: skip
     p.add_argument("--limit", type=positive_int, help="only the first N examples (default: the whole split)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="sequences per batch (default: %(default)s)")
     p.add_argument("--save-outputs", help="also write the generated outputs here (one per line)")
     p.add_argument("--output", help="write the JSON report to this file")
-    p.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
+    p.add_argument("--json", action="store_true", help="print the JSON report instead of the table (also with "
+                                                       "--output)")  # fmt: skip
     p.add_argument("--grounded", action="store_true",
                    help="decode within the task's template (entities from the source, its own labels)")  # fmt: skip
     p.set_defaults(func=cmd_eval, needs_model_or_predictions=True)

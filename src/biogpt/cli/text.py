@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from pathlib import Path
 
 from biogpt.cli.args import input_files, positive_int, writable_dir
 from biogpt.errors import BioGPTError
@@ -20,10 +22,67 @@ def _stdin_lines():
                               "convert it first (e.g. iconv -t utf-8)") from None  # fmt: skip
 
 
-def cmd_tokenize(args: argparse.Namespace) -> int:
+def family_tokenizer(path: str, lowercase: bool = False) -> tuple[str, object]:
+    """(family, tokenizer) of a model or vocabulary folder, whatever the family: a model folder's config.json
+    names it; a bare vocabulary is told by its files (dict.txt + bpecodes: BioGPT; encoder.json + vocab.bpe +
+    dict.txt: BiomedGPT; tokenizer.json or encoder.json + vocab.bpe: GPT-2 byte-level BPE; vocab.json + merges.txt:
+    BioGPT's `</w>` pieces, BiomedGPT's `<mask>`, else GPT-2's)."""
+    from biogpt.api import family
+
+    d = Path(path)
+    if not d.is_dir():
+        raise BioGPTError(f"--vocab {path}: no such folder" if not d.exists() else
+                          f"--vocab {path} is a file; give the folder that holds the vocabulary")  # fmt: skip
+    kind = family(d) if (d / "config.json").exists() else _vocab_family(d)
+    if kind == "ofa":
+        from biogpt.text.ofa import OFATokenizer
+
+        return kind, OFATokenizer.from_pretrained(d)
+    if kind == "gpt2":
+        from biogpt.text.bytelevel import ByteLevelTokenizer
+
+        return kind, ByteLevelTokenizer.from_pretrained(d)
     from biogpt.text import Tokenizer
 
-    tok = Tokenizer.from_pretrained(args.vocab, lowercase=args.lowercase)
+    return kind, Tokenizer.from_pretrained(d, lowercase=lowercase)
+
+
+def _vocab_family(d: Path) -> str:
+    """The family of a folder of vocabulary files alone (see `family_tokenizer`)."""
+    if (d / "dict.txt").exists() and (d / "bpecodes").exists():
+        return "biogpt"
+    if (d / "encoder.json").exists() and (d / "vocab.bpe").exists():
+        return "ofa" if (d / "dict.txt").exists() else "gpt2"
+    if (d / "tokenizer.json").exists():
+        return "gpt2"
+    if (d / "vocab.json").exists():
+        try:
+            vocab = json.loads((d / "vocab.json").read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise BioGPTError(f"{d / 'vocab.json'}: not a JSON vocabulary ({e})") from None
+        if not isinstance(vocab, dict):
+            raise BioGPTError(f"{d / 'vocab.json'}: not a JSON object of token -> id")
+        if "<mask>" in vocab:
+            return "ofa"
+        return "biogpt" if any(k.endswith("</w>") for k in vocab) else "gpt2"
+    return "biogpt"  # its loader names the files it looked for
+
+
+def _encode(kind: str, tok, text: str, lowercase: bool) -> tuple[list[int], list[tuple[int, int]]]:
+    """The ids the model is fed for `text` and their character spans: BioGPT's leading </s>; BiomedGPT's source
+    <s> ... </s>; GPT-2's plain ids (specials span nothing: (0, 0) before, (n, n) after)."""
+    if kind == "biogpt":
+        return tok.encode_with_offsets(text)
+    source = text.lower() if lowercase else text
+    ids, spans = tok.encode_with_offsets(source)
+    if kind == "ofa":
+        n = len(text)
+        return [tok.bos_token_id, *ids, tok.eos_token_id], [(0, 0), *spans, (n, n)]
+    return ids, spans
+
+
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    kind, tok = family_tokenizer(args.vocab, lowercase=args.lowercase)
     out = sys.stdout
     for n, text in enumerate(_stdin_lines(), 1):
         if args.decode:
@@ -31,14 +90,18 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
                 ids = [int(x) for x in text.split()]
             except ValueError:
                 raise BioGPTError(f"--decode expects lines of integer ids; line {n} is {text[:60]!r}") from None
+            bad = [i for i in ids if not 0 <= i < tok.vocab_size]
+            if bad and kind != "biogpt":  # BioGPT's decode names a bad id itself
+                raise BioGPTError(f"--decode: line {n}: id {bad[0]} is outside the vocabulary (ids 0.."
+                                  f"{tok.vocab_size - 1})")  # fmt: skip
             out.write(tok.decode(ids) + "\n")
         elif args.tokens:
-            out.write(" ".join(tok.tokens(text)) + "\n")
+            out.write(" ".join(tok.tokens(text.lower() if args.lowercase and kind != "biogpt" else text)) + "\n")
         elif args.offsets:
-            ids, spans = tok.encode_with_offsets(text)
+            ids, spans = _encode(kind, tok, text, args.lowercase)
             out.write(" ".join(f"{i}:{a}-{b}" for i, (a, b) in zip(ids, spans)) + "\n")
         else:
-            out.write(" ".join(map(str, tok.encode(text))) + "\n")
+            out.write(" ".join(map(str, _encode(kind, tok, text, args.lowercase)[0])) + "\n")
     return 0
 
 
@@ -69,10 +132,14 @@ def cmd_bpe_learn(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("tokenize", help="text lines on stdin -> one line of ids (or tokens) per line")
-    p.add_argument("--vocab", required=True, help="folder with dict.txt + bpecodes, or vocab.json + merges.txt")
+    p = sub.add_parser("tokenize", help="text lines on stdin -> one line of ids (or tokens) per line, with the "
+                                        "vocabulary's own tokenizer (BioGPT, BioMedLM or BiomedGPT)")  # fmt: skip
+    p.add_argument("--vocab", required=True, help="a model folder, or a vocabulary folder of any family: dict.txt + "
+                                                  "bpecodes (BioGPT), encoder.json + vocab.bpe + dict.txt (BiomedGPT), "
+                                                  "tokenizer.json (GPT-2), or vocab.json + merges.txt")  # fmt: skip
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--tokens", action="store_true", help="print BPE pieces (fairseq spelling) instead of ids")
+    mode.add_argument("--tokens", action="store_true", help="print BPE pieces (BioGPT: fairseq spelling; byte-level: "
+                                                            "GPT-2's) instead of ids")  # fmt: skip
     mode.add_argument("--offsets", action="store_true", help="print id:start-end character spans")
     mode.add_argument("--decode", action="store_true", help="read lines of ids and print their text")
     p.add_argument("--lowercase", action="store_true", help="lowercase the input first (as some task pipelines did)")

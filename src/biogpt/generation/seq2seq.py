@@ -51,6 +51,12 @@ class AnswerTrie:
         """Answers as text; each is encoded with a leading space, as BiomedGPT builds its trie."""
         return cls([encode(" " + a) for a in answers], bos, eos)
 
+    @property
+    def longest(self) -> int:
+        """Tokens in the longest answer (without <s> and </s>): a search must be allowed this many steps, or that
+        answer can never finish."""
+        return max((len(s) for s in self.sequences), default=0)
+
     def next_ids(self, prefix: Sequence[int]) -> list[int]:
         """Ids allowed after `prefix` (which starts with <s>); [</s>] once the prefix leaves the trie."""
         node = self.root

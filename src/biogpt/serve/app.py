@@ -237,7 +237,9 @@ class Guard:
 
     async def _too_large(self, scope, receive, send):
         resp = error_response(413, f"the request body exceeds {self.max_body} bytes; send fewer or shorter "
-                                   "prompts or documents per request", "invalid_request_error")  # fmt: skip
+                                   "prompts, documents or images per request, or start the server with a larger "
+                                   "--max-body-mb (a base64 image is 4/3 of its file)",
+                              "invalid_request_error")  # fmt: skip
         await resp(scope, receive, send)
 
 

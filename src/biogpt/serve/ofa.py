@@ -2,13 +2,15 @@
 the encoder-decoder's beam search (generation/seq2seq.py), not the decoder-only scheduler.
 
 Requests are served one at a time: a lock around the search, run in a worker thread so the event loop keeps
-answering /health and /metrics. The prompts of one request are one batch. A prompt is an instruction as BiomedGPT
-reads it: with an image, a question about it (normalised as OFA's datasets do: " what does the image describe?"
-asks for a caption); without, lower-cased text (e.g. ' what is the summary of article " ... "?'). Decoding is the
-task's, as the original evaluates it (captions: beam 10, no-repeat 3; VQA: beam 1; text: beam 5, length penalty
-0.7, no-repeat 3), with `max_tokens`, `num_beams`, `length_penalty`, `min_tokens` and `temperature` applied when the
-request sets them. `n` returns the n best finished hypotheses (at most the beam). Streaming, logprobs, stop
-strings, structured outputs and sampling settings are refused with a 400 naming the field.
+answering /health and /metrics. The prompts of one request that ask for the same task are one batch. A prompt is an
+instruction as BiomedGPT reads it: with an image, a question about it (normalised as OFA's datasets do: " what does
+the image describe?" asks for a caption); without, lower-cased text (e.g. ' what is the summary of article " ...
+"?'). Decoding is the task's, as the original evaluates it (captions: beam 10, no-repeat 3; VQA: beam 1; text: beam
+5, length penalty 0.7, no-repeat 3), with `max_tokens`, `num_beams`, `length_penalty`, `min_tokens` and
+`temperature` applied when the request sets them. `n` returns the n best finished hypotheses (at most the beam). An
+image must be PNG, JPEG, BMP, TIFF or GIF of at most `images.MAX_PIXELS` pixels (checked from its header); it is
+decoded once, at most `DECODERS` at a time. Streaming, logprobs, stop strings, structured outputs and sampling
+settings are refused with a 400 naming the field.
 """
 
 from __future__ import annotations
@@ -24,13 +26,16 @@ from biogpt.generation.seq2seq import beam_search, right_pad
 from biogpt.images import decode_base64, open_image, patch_images
 from biogpt.models.ofa import OFA
 from biogpt.serve.protocol import CompletionRequest
-from biogpt.tasks.biomedgpt import CAPTION_PROMPT, DECODING, Decoding, vqa_text
+from biogpt.tasks.biomedgpt import DECODING, Decoding, group_by_task, vqa_text
 from biogpt.text.ofa import OFATokenizer
 
 # request fields the beam search cannot honour: (field, the value that means "not used")
 UNSUPPORTED = (("stream", False), ("logprobs", None), ("echo", False), ("stop", None), ("stop_token_ids", None),
                ("structured_outputs", None), ("ignore_eos", False), ("repetition_penalty", 1.0), ("top_p", 1.0),
                ("seed", None))  # fmt: skip
+
+
+DECODERS = 2  # images decoded at once (each up to images.MAX_PIXELS pixels in memory)
 
 
 class UnsupportedField(InputError):
@@ -44,9 +49,8 @@ def instruction(prompt: str, with_image: bool) -> str:
     return vqa_text(prompt) if with_image else " " + prompt.strip().lower()
 
 
-def decoding(req: CompletionRequest, texts: list[str], with_image: bool) -> Decoding:
-    """The task's settings (captioning, VQA or a text task), then what the request sets."""
-    task = ("caption" if all(t == CAPTION_PROMPT for t in texts) else "vqa") if with_image else "summarize"
+def decoding(req: CompletionRequest, task: str) -> Decoding:
+    """One task's settings (captioning, VQA or a text task), then what the request sets."""
     d = Decoding(**DECODING[task].kwargs())
     given = req.model_fields_set
     if "max_tokens" in given and req.max_tokens is not None:
@@ -57,6 +61,9 @@ def decoding(req: CompletionRequest, texts: list[str], with_image: bool) -> Deco
         d.len_penalty = req.length_penalty
     if "min_tokens" in given:
         d.min_len = max(1, req.min_tokens)
+    if d.min_len > d.max_len_b:
+        raise UnsupportedField(f"min_tokens {d.min_len} exceeds the {d.max_len_b} tokens allowed (max_tokens)",
+                               "min_tokens")  # fmt: skip
     return d
 
 
@@ -66,6 +73,7 @@ class OFACompletions:
     def __init__(self, model: OFA, tok: OFATokenizer):
         self.model, self.tok = model, tok
         self.lock = threading.Lock()
+        self.decoding = threading.BoundedSemaphore(DECODERS)
 
     def check(self, req: CompletionRequest) -> None:
         for name, off in UNSUPPORTED:
@@ -89,29 +97,26 @@ class OFACompletions:
             raise UnsupportedField("prompt is empty", "prompt")
         image = None
         if req.image is not None:
-            raw = decode_base64(req.image)
-            open_image(raw, "the request's image")  # one clear error if it is not an image we read
-            image = patch_images([raw], self.model.config.image_size)
+            with self.decoding:  # decoded once, a few at a time: each decode holds a full-size image in memory
+                pil = open_image(decode_base64(req.image), "the request's image")
+                image = patch_images([pil], self.model.config.image_size)
         texts = [instruction(p, image is not None) for p in prompts]
-        dec = decoding(req, texts, image is not None)
-        if req.n > dec.beam_size:
-            raise UnsupportedField(f"n={req.n} exceeds the beam ({dec.beam_size}); raise num_beams or lower n", "n")
+        groups = {task: (rows, decoding(req, task)) for task, rows in group_by_task(texts, image is not None).items()}
+        for _, dec in groups.values():
+            if req.n > dec.beam_size:
+                raise UnsupportedField(f"n={req.n} exceeds the beam ({dec.beam_size}); raise num_beams or lower n", "n")
         sources = [self.tok.encode_source(t) for t in texts]
-        src = right_pad(sources).to(self.model.embed_tokens.weight.device)
-        images = masks = None
-        if image is not None:
-            images = image.expand(len(prompts), -1, -1, -1).to(src.device, self.model.embed_tokens.weight.dtype)
-            masks = torch.ones(len(prompts), dtype=torch.bool, device=src.device)
         temperature = req.temperature if "temperature" in req.model_fields_set and req.temperature else 1.0
-        crange = (4, self.tok.code_start)  # text answers: no image-code or box ids
-        with self.lock:
-            hyps = beam_search(self.model, src, images, masks, constraint_range=crange, temperature=temperature,
-                               **dec.kwargs())  # fmt: skip
+        per_prompt: list = [None] * len(prompts)
+        for rows, dec in groups.values():  # each prompt decoded with its own task's settings, as it would be alone
+            hyps = self._search([sources[i] for i in rows], image, dec, temperature)
+            for i, h in zip(rows, hyps):
+                per_prompt[i] = (h, dec)
         choices, completion = [], 0
-        for i, per in enumerate(hyps):
+        for i, (per, dec) in enumerate(per_prompt):
             for j, h in enumerate(per[: req.n]):
-                generated = len(h.tokens) - 1  # without the closing </s>
-                completion += len(h.tokens)
+                generated = len(h.tokens) - 1  # the closing </s> is not a generated token
+                completion += generated
                 choices.append({"index": i * req.n + j, "text": self.tok.decode(h.tokens).strip(), "logprobs": None,
                                 "finish_reason": "length" if generated >= dec.max_len_b else "stop",
                                 "stop_reason": None})  # fmt: skip
@@ -120,3 +125,15 @@ class OFACompletions:
                 "model": model_name, "choices": choices,
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
                           "total_tokens": prompt_tokens + completion}}  # fmt: skip
+
+    def _search(self, sources: list[list[int]], image: torch.Tensor | None, dec: Decoding, temperature: float):
+        """The beam search of one batch of sources with one task's settings; image [1, 3, S, S] or None."""
+        src = right_pad(sources).to(self.model.embed_tokens.weight.device)
+        images = masks = None
+        if image is not None:
+            images = image.expand(len(sources), -1, -1, -1).to(src.device, self.model.embed_tokens.weight.dtype)
+            masks = torch.ones(len(sources), dtype=torch.bool, device=src.device)
+        crange = (4, self.tok.code_start)  # text answers: no image-code or box ids
+        with self.lock:
+            return beam_search(self.model, src, images, masks, constraint_range=crange, temperature=temperature,
+                               **dec.kwargs())  # fmt: skip

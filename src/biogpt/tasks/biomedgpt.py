@@ -4,7 +4,7 @@ Every task is one sequence-to-sequence instruction (taokz/BiomedGPT `data/*`, `s
 
 | task | encoder text (after <s>, before </s>) | decoding | metric |
 |---|---|---|---|
-| vqa | " {question}?" + image | beam 1, unnormalised, answer-set trie | accuracy: overall, closed (yes/no), open |
+| vqa | " {question}?" + image | beam 1, unnormalised, answer trie, longest + 1 steps | accuracy: all, closed, open |
 | caption | " what does the image describe?" + image | beam 10, max_len_b 32, no-repeat 3 | ROUGE-L, CIDEr-D |
 | classify | " what does the image describe?" + image | all candidates ranked exactly | accuracy |
 | summarize | ' what is the summary of article " {text} "?' | beam 5, lenpen 0.7, max_len_b 128, no-repeat 3 | ROUGE-L |
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from biogpt.errors import InputError, TaskError
 from biogpt.generation.seq2seq import AnswerTrie, beam_search, rank_candidates, right_pad
-from biogpt.images import decode_base64, open_image, patch_images
+from biogpt.images import ImageSource, decode_base64, open_image, patch_images, probe_image
 from biogpt.models.ofa import OFA, PAD_ID
 from biogpt.text.ofa import OFATokenizer, normalize_caption, normalize_question
 
@@ -64,6 +64,28 @@ DECODING = {
 }
 
 
+def for_answers(decoding: Decoding, trie: AnswerTrie) -> Decoding:
+    """The decoding of an answer-set task with its length bound taken from the answer set (the longest answer + 1
+    steps): a fixed bound shorter than an answer leaves any search that enters it with no finished hypothesis."""
+    return Decoding(**{**decoding.kwargs(), "max_len_a": 0.0, "max_len_b": trie.longest + 1})
+
+
+def task_of(text: str, with_image: bool) -> str:
+    """The task an instruction asks for, as its decoding settings are keyed: with an image, the caption
+    instruction -> "caption", any other question -> "vqa"; text alone -> "summarize"."""
+    if not with_image:
+        return "summarize"
+    return "caption" if text == CAPTION_PROMPT else "vqa"
+
+
+def group_by_task(texts: Sequence[str], with_image: bool) -> dict[str, list[int]]:
+    """The indices of `texts` by task (`task_of`), in order: each group is decoded with its own settings."""
+    groups: dict[str, list[int]] = {}
+    for i, t in enumerate(texts):
+        groups.setdefault(task_of(t, with_image), []).append(i)
+    return groups
+
+
 # --- inputs -------------------------------------------------------------------------------------------
 
 
@@ -85,11 +107,18 @@ def nli_text(premise: str, hypothesis: str, max_words: int = 512) -> str:
 class Record:
     id: str
     text: str  # the encoder text (template applied)
-    image: bytes | None = None
+    image: ImageSource | None = None  # encoded bytes as the data files hold them, or an image decoded once
     refs: dict[str, float] = field(default_factory=dict)  # gold answers/captions (VQA: answer -> confidence)
 
 
-def _tsv_rows(path: Path, min_cols: int) -> list[list[str]]:
+VQA_LAYOUT = "a VQA file has uniq_id<TAB>base64 image<TAB>question<TAB>conf|!+answer&&...<TAB>objects[<TAB>caption]"
+CAPTION_LAYOUT = "a caption or classification file has uniq_id<TAB>base64 image<TAB>caption or label"
+MEQSUM_LAYOUT = "a MeQSum file has question<TAB>summary"
+
+
+def _tsv_rows(path: Path, low: int, high: int | None, layout: str) -> list[tuple[int, list[str]]]:
+    """(line number, columns) of each non-empty line, each with `low`..`high` columns (high None: no upper bound);
+    a line with another count is one TaskError naming the file's expected layout."""
     if not path.exists():
         raise TaskError(f"{path}: split file not found")
     rows = []
@@ -97,33 +126,55 @@ def _tsv_rows(path: Path, min_cols: int) -> list[list[str]]:
         if not line.strip():
             continue
         cols = line.split("\t")
-        if len(cols) < min_cols:
-            raise TaskError(f"{path}:{n}: {len(cols)} tab-separated columns, expected at least {min_cols}")
-        rows.append(cols)
+        if len(cols) < low or (high is not None and len(cols) > high):
+            want = f"at least {low}" if high is None else str(low) if low == high else f"{low} to {high}"
+            raise TaskError(f"{path}:{n}: {len(cols)} tab-separated columns, expected {want} ({layout})")
+        rows.append((n, cols))
     return rows
+
+
+def _image_cell(path: Path, n: int, cell: str, layout: str) -> bytes:
+    """The bytes of a base64 image column, its header checked (format, size): text in an image column (a file of
+    another task) is one TaskError naming the expected layout."""
+    try:
+        raw = decode_base64(cell)
+        probe_image(raw, "its image column")
+    except InputError as e:
+        raise TaskError(f"{path}:{n}: {e} ({layout})") from None
+    return raw
 
 
 def read_vqa(path: str | Path) -> list[Record]:
     """OFA VQA TSV: uniq_id, image (base64), question, ref ("conf|!+answer" joined by "&&"), objects[, caption]."""
+    path = Path(path)
     out = []
-    for cols in _tsv_rows(Path(path), 4):
+    for n, cols in _tsv_rows(path, 4, None, VQA_LAYOUT):
         refs = {}
         for part in cols[3].split("&&"):
-            conf, _, ans = part.partition("|!+")
+            conf, sep, ans = part.partition("|!+")
             try:
                 refs[ans] = float(conf)
             except ValueError:
-                raise TaskError(f"{path}: answer {part!r} is not 'confidence|!+answer'") from None
-        out.append(Record(cols[0], vqa_text(cols[2]), decode_base64(cols[1]), refs))
+                raise TaskError(f"{path}:{n}: answer {part!r} is not 'confidence|!+answer' ({VQA_LAYOUT})") from None
+            if not sep:
+                raise TaskError(f"{path}:{n}: answer {part!r} is not 'confidence|!+answer' ({VQA_LAYOUT})")
+        out.append(Record(cols[0], vqa_text(cols[2]), _image_cell(path, n, cols[1], VQA_LAYOUT), refs))
     return out
 
 
-def read_captions(path: str | Path) -> list[Record]:
-    """OFA caption / classification TSV: uniq_id, image (base64), caption (references joined by "&&")."""
-    return [
-        Record(c[0], CAPTION_PROMPT, decode_base64(c[1]), {r: 1.0 for r in c[2].split("&&")})
-        for c in _tsv_rows(Path(path), 3)
-    ]
+def read_captions(path: str | Path, labels: Sequence[str] | None = None) -> list[Record]:
+    """OFA caption / classification TSV: uniq_id, image (base64), caption (references joined by "&&"). With
+    `labels` (a classification task's answer set), every caption must be one of them."""
+    path = Path(path)
+    out = []
+    for n, c in _tsv_rows(path, 3, 3, CAPTION_LAYOUT):
+        refs = {r: 1.0 for r in c[2].split("&&")}
+        if labels is not None and not set(refs) <= set(labels):
+            bad = next(r for r in refs if r not in labels)
+            raise TaskError(f"{path}:{n}: label {bad[:80]!r} is not in the answer set ({len(labels)} labels, e.g. "
+                            f"{labels[0]!r}); {CAPTION_LAYOUT}")  # fmt: skip
+        out.append(Record(c[0], CAPTION_PROMPT, _image_cell(path, n, c[1], CAPTION_LAYOUT), refs))
+    return out
 
 
 def read_report_captions(path: str | Path) -> list[Record]:
@@ -153,10 +204,10 @@ def read_report_captions(path: str | Path) -> list[Record]:
 
 
 def read_meqsum(path: str | Path, max_words: int = 512) -> list[Record]:
-    """MeQSum: question<TAB>summary per line."""
+    """MeQSum: question<TAB>summary per line (exactly two columns: a VQA or caption file is refused)."""
     return [
         Record(str(i), summary_text(c[0], max_words), None, {c[1].strip(): 1.0})
-        for i, c in enumerate(_tsv_rows(Path(path), 2))
+        for i, (_, c) in enumerate(_tsv_rows(Path(path), 2, 2, MEQSUM_LAYOUT))
     ]
 
 
@@ -179,8 +230,11 @@ def generate_text(
     batch_size: int = 8, text_only: bool = True,
 ) -> list[str]:  # fmt: skip
     """The best hypothesis of each record, as text. `text_only` bans image-code and box ids (their range starts
-    at the tokenizer's <code_0>) unless a trie constrains the output."""
+    at the tokenizer's <code_0>) unless a trie constrains the output; with a trie, the length bound is the answer
+    set's (`for_answers`)."""
     crange = (4, tok.code_start) if text_only and trie is None else None  # keep ids 0..3 and 4..<code_0>
+    if trie is not None:
+        decoding = for_answers(decoding, trie)
     size = model.config.image_size
     out = []
     for i in range(0, len(records), batch_size):

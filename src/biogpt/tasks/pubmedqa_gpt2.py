@@ -1,6 +1,7 @@
 """PubMedQA (PQA-L) in a generative format for a GPT-2 family model (BioMedLM): accuracy over yes / no / maybe.
 
-The prompt is `question: Q context: C answer:` (ori_pqal.json, contexts joined, whitespace collapsed), and the
+The prompt is `question: Q context: C answer:` (ori_pqal.json, contexts joined, whitespace collapsed; in the
+reasoning-free setting the long answer ends the context), and the
 answer is decoded greedily under a trie over the three labels as the model writes them after "answer:"
 (" yes", " no", " maybe", then <|endoftext|>), so every output is a label. Contexts too long for the model are cut
 from their end, so the question and the closing "answer:" always stay.
@@ -24,14 +25,22 @@ ANSWER = " answer:"
 ANSWER_ROOM = 8  # positions kept free after the prompt: the longest label's tokens + <|endoftext|> fit
 
 
-def examples(data_dir: str | Path, split: str = "test") -> list[Example]:
-    """The split's questions (test: the 500 of test_ground_truth.json; train/valid: fold 0), as prompts."""
+SETTINGS = ("reasoning-required", "reasoning-free")
+
+
+def examples(data_dir: str | Path, split: str = "test", setting: str = "reasoning-required") -> list[Example]:
+    """The split's questions (test: the 500 of test_ground_truth.json; train/valid: fold 0), as prompts.
+    "reasoning-required" (BioMedLM's): the contexts alone; "reasoning-free": the long answer (the abstract's
+    conclusion) appended to the contexts, as PubMedQA's reasoning-free setting gives it."""
+    if setting not in SETTINGS:
+        raise TaskError(f"PubMedQA setting must be one of {', '.join(SETTINGS)}, got {setting!r}")
     root = Path(data_dir) / "PubMedQA"
     items = read_json(root / "ori_pqal.json")
     out = []
     for pid in PubMedQA._split_ids(root, items, split):
         it = items[pid]
-        src = source(it["QUESTION"], " ".join(it["CONTEXTS"]))
+        context = " ".join(it["CONTEXTS"]) + (" " + it["LONG_ANSWER"] if setting == "reasoning-free" else "")
+        src = source(it["QUESTION"], context)
         out.append(Example(pid, src, f"{ANSWER} {it['final_decision']}", it["final_decision"]))
     return out
 

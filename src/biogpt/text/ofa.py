@@ -208,6 +208,11 @@ class OFATokenizer:
     def tokens(self, text: str) -> list[str]:
         return self._tok.encode(text, add_special_tokens=False).tokens
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """`encode`'s ids and each one's [start, end) character span in `text` (a leading space included)."""
+        e = self._tok.encode(text, add_special_tokens=False)
+        return e.ids, [tuple(o) for o in e.offsets]
+
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         """Text of `ids` (<s>, <pad>, </s>, <unk> dropped unless skip_special_tokens is False)."""
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)

@@ -233,7 +233,7 @@ def train(
             if cfg.peak_tflops > 0:
                 entry["mfu"] = tokens_since * flops_per_token(model.config, seq_len) / dt / (cfg.peak_tflops * 1e12)
             t0, tokens_since = time.perf_counter(), 0
-            log0(rank, json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in entry.items()}))
+            log0(rank, json.dumps({k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in entry.items()}))
         if valid_batches is not None and (step % cfg.eval_every == 0 or step == cfg.max_updates):
             entry["valid_loss"] = evaluate(model, valid_batches(), autocast)
             entry["valid_ppl"] = math.exp(min(entry["valid_loss"], 50))
