@@ -37,6 +37,7 @@ from biogpt.mining.readers import Document, Passage, title_abstract
 from biogpt.mining.writers import bioc_document, jsonl_line, pubtator_document
 from biogpt.models.gpt2 import GPT2
 from biogpt.models.ofa import OFA
+from biogpt.serve import embeddings
 from biogpt.serve.metrics import Metrics
 from biogpt.serve.protocol import (
     CompletionRequest,
@@ -200,7 +201,7 @@ class Guard:
 
 
 ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/extract", "/health", "/metrics",
-          "/tokenize", "/detokenize")  # fmt: skip
+          "/tokenize", "/detokenize", "/v1/embeddings")  # fmt: skip
 
 
 def create_app(
@@ -588,4 +589,5 @@ def create_app(
         return {"object": "extraction", "model": state.model_name, "task": req.task, "format": req.format,
                 "records": records, "data": data}  # fmt: skip
 
+    embeddings.register(app, state, APIError, check_model)
     return app
