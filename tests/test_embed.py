@@ -236,3 +236,20 @@ def test_v1_embeddings_bad_requests(demo):
         if message is not None:
             err = r.json()["error"]
             assert message in err["message"] and err["type"] in ("invalid_request_error", "not_found_error"), err
+
+
+def test_search_ranks_as_transformers_vectors_do(demo_reference, tmp_path, capsys):
+    ids, texts = zip(*example_texts())
+    query = "cocaine and myocardial injury"
+    docs, q = demo_reference("mean", texts), demo_reference("mean", [query])[0]
+    want = [ids[i] for i in torch.argsort(docs @ q, descending=True).tolist()]
+    for ext in ("npy", "jsonl"):
+        assert main(["embed", str(EXAMPLES), "-o", str(tmp_path / f"v.{ext}"), "--quiet"]) == 0
+        capsys.readouterr()
+        assert main(["search", str(tmp_path / f"v.{ext}"), query, "-k", "5"]) == 0
+        rows = [line.split("\t") for line in capsys.readouterr().out.splitlines()]
+        assert [r[2] for r in rows] == want and [r[0] for r in rows] == ["1", "2", "3", "4", "5"]
+    (tmp_path / "bad.npy").write_bytes(b"not numpy")
+    for argv, message in ((["search", str(tmp_path / "bad.npy"), query], "not vectors `biogpt embed` wrote"),
+                          (["search", str(tmp_path / "v.jsonl"), " "], "the query is empty")):  # fmt: skip
+        assert main(argv) == 2 and message in capsys.readouterr().err

@@ -62,6 +62,27 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from biogpt.cli.args import load_for_inference
+    from biogpt.generation.embed import embed
+    from biogpt.mining import embedding
+
+    input_files([args.vectors])
+    ids, vectors = embedding.read_vectors(args.vectors)
+    if not args.query.strip():
+        raise BioGPTError("the query is empty")
+    set_threads(args.threads)
+    model, tok = load_for_inference(args)
+    if vectors.shape[1] != model.config.d_model:
+        raise BioGPTError(f"{args.vectors} holds {vectors.shape[1]}-dimensional vectors; {args.model} makes "
+                          f"{model.config.d_model}: embed the query with the model that embedded the documents")
+    q = tok.encode(args.query)[: model.config.max_positions]
+    query = embed(model, [q], args.pooling)[0].numpy()
+    for rank, (row, sim) in enumerate(embedding.nearest(vectors, query, args.top_k), 1):
+        print(f"{rank}\t{sim:.4f}\t{ids[row]}")
+    return 0
+
+
 def add_parsers(sub) -> None:
     from biogpt.mining.readers import FORMATS
 
@@ -82,3 +103,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--strict", action="store_true", help="stop at the first malformed record instead of skipping it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("search", help="the documents whose vectors are nearest to a query (cosine similarity)")
+    p.add_argument("vectors", help="what biogpt embed wrote: .npy (with its .ids.jsonl), .parquet or .jsonl")
+    p.add_argument("query", help="the query text, embedded with the same model and pooling")
+    add_model_options(p)
+    p.add_argument("--pooling", choices=["mean", "last"], default="mean", help="as the documents were embedded")
+    p.add_argument("-k", "--top-k", type=positive_int, default=5, help="how many to list (default: %(default)s)")
+    p.set_defaults(func=cmd_search)

@@ -28,11 +28,14 @@ POOLINGS = ("mean", "last")
 
 
 def check_inputs(model: nn.Module, inputs: list[list[int]]) -> None:
-    """Every input non-empty and within the model's positions: a GenerationError naming the first that is not."""
-    limit = model.config.max_positions
+    """Every input non-empty, within the vocabulary and the model's positions: a GenerationError naming the first
+    that is not."""
+    limit, V = model.config.max_positions, model.config.vocab_size
     for i, ids in enumerate(inputs):
         if not ids:
             raise GenerationError(f"input {i} has no tokens")
+        if not all(0 <= t < V for t in ids):
+            raise GenerationError(f"input {i} holds a token id outside the vocabulary (0..{V - 1})")
         if len(ids) > limit:
             raise GenerationError(f"input {i} has {len(ids)} tokens; the model reads at most {limit}")
 

@@ -216,3 +216,37 @@ def _write_parquet(state: Run, keys: list[str], tmp: Path) -> None:
         writer = pq.ParquetWriter(tmp, schema)
     writer.close()
     _fsync(tmp)
+
+
+def read_vectors(path: str | Path) -> tuple[list[str], np.ndarray]:
+    """(ids, float32 [N, d]) from what `run` wrote: .npy (with its .ids.jsonl), .parquet or .jsonl."""
+    p = Path(path)
+    fmt = EMBED_EXTENSIONS.get(p.suffix.lower())
+    try:
+        if fmt == "npy":
+            vectors = np.load(p, allow_pickle=False)  # never unpickles: a .npy holds numbers only
+            ids_path = p.with_name(p.stem + ".ids.jsonl")
+            ids = [json.loads(x) for x in ids_path.read_text(encoding="utf-8").splitlines()]
+        elif fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(p).to_pydict()
+            ids, vectors = table["id"], np.array(table["embedding"], dtype=np.float32)
+        elif fmt == "jsonl":
+            rows = [json.loads(x) for x in p.read_text(encoding="utf-8").splitlines() if x.strip()]
+            ids, vectors = [r["id"] for r in rows], np.array([r["embedding"] for r in rows], dtype=np.float32)
+        else:
+            raise InputError(f"{p}: vectors are read from .npy, .parquet or .jsonl files")
+    except (ValueError, KeyError, TypeError, ImportError) as e:
+        raise InputError(f"{p}: not vectors `biogpt embed` wrote ({e})") from None
+    if vectors.ndim != 2 or len(ids) != len(vectors):
+        raise InputError(f"{p}: {len(ids)} ids for vectors of shape {tuple(vectors.shape)}")
+    return ids, vectors.astype(np.float32)
+
+
+def nearest(vectors: np.ndarray, query: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """The k rows most similar to `query` by cosine similarity, best first: (row, similarity)."""
+    norms = np.linalg.norm(vectors, axis=1) * max(float(np.linalg.norm(query)), 1e-12)
+    sims = vectors @ query / np.maximum(norms, 1e-12)  # [N]
+    order = np.argsort(-sims, kind="stable")[:k]
+    return [(int(i), float(sims[i])) for i in order]
