@@ -125,24 +125,47 @@ def test_embed_command_formats_equal_transformers(demo_reference, tmp_path, caps
 def test_embed_resumes_after_kill_9_byte_identical(tmp_path):
     """The run is killed with SIGKILL at a known point (a fault-injection hook: after 2 committed chunks it
     creates a marker and waits), then the same command finishes it: every output byte equals a clean run's."""
-    for ext in ("npy", "parquet"):
-        full, out, marker = tmp_path / f"full.{ext}", tmp_path / f"out.{ext}", tmp_path / f"{ext}.marker"
-        args = ("--chunk-size", "1", "--batch-size", "1")
-        run_cli("-o", str(full), *args)
-        proc = run_cli("-o", str(out), *args, env={"BIOGPT_EMBED_PAUSE_AFTER": f"2:{marker}"}, wait=False)
-        deadline = time.time() + 120
-        while not marker.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        assert marker.read_text() == "2"
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        parts = tmp_path / f"out.{ext}.parts"
-        assert not out.exists() and len(json.loads((parts / "manifest.json").read_text())["chunks"]) == 2
-        (parts / "000002.jsonl.tmp").write_text('{"id": "half')  # a shard half-written at the kill is ignored
-        run_cli("-o", str(out), *args)
-        assert out.read_bytes() == full.read_bytes() and not parts.exists()
-        if ext == "npy":
-            assert (tmp_path / "out.ids.jsonl").read_bytes() == (tmp_path / "full.ids.jsonl").read_bytes()
+    full, out, marker = tmp_path / "full.npy", tmp_path / "out.npy", tmp_path / "marker"
+    args = ("--chunk-size", "1", "--batch-size", "1")
+    run_cli("-o", str(full), *args)
+    proc = run_cli("-o", str(out), *args, env={"BIOGPT_EMBED_PAUSE_AFTER": f"2:{marker}"}, wait=False)
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert marker.read_text() == "2"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    parts = tmp_path / "out.npy.parts"
+    assert not out.exists() and len(json.loads((parts / "manifest.json").read_text())["chunks"]) == 2
+    (parts / "000002.jsonl.tmp").write_text('{"id": "half')  # a shard half-written at the kill is ignored
+    run_cli("-o", str(out), *args)
+    assert out.read_bytes() == full.read_bytes() and not parts.exists()
+    assert (tmp_path / "out.ids.jsonl").read_bytes() == (tmp_path / "full.ids.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize("ext", ["parquet", "jsonl"])
+def test_embed_interrupted_then_resumed_byte_identical(demo, ext, tmp_path):
+    from biogpt.mining import embedding
+
+    embedder = embedding.Embedder(*demo, batch_size=2)
+    settings = {"model": "demo"}
+    full, out = tmp_path / f"full.{ext}", tmp_path / f"out.{ext}"
+    embedding.run([str(EXAMPLES)], str(full), ext, embedder, settings, chunk_size=2, progress=False)
+
+    def stop(committed: int) -> None:
+        raise KeyboardInterrupt  # as if killed once the first chunk is committed
+
+    with pytest.raises(KeyboardInterrupt):
+        embedding.run([str(EXAMPLES)], str(out), ext, embedder, settings, chunk_size=2, progress=False,
+                      after_commit=stop)  # fmt: skip
+    with pytest.raises(biogpt.errors.InputError, match=r"other settings \(model\)"):  # another command, same output
+        embedding.run([str(EXAMPLES)], str(out), ext, embedder, {"model": "other"}, chunk_size=2, progress=False)
+    calls = []
+    real = embedder.records
+    embedder.records = lambda docs: calls.append(len(docs)) or real(docs)
+    summary = embedding.run([str(EXAMPLES)], str(out), ext, embedder, settings, chunk_size=2, progress=False)
+    assert calls == [2, 1] and summary.documents == 5  # only the unfinished chunks ran again
+    assert out.read_bytes() == full.read_bytes()
 
 
 def test_embed_command_bad_input(tmp_path, capsys):
