@@ -3,6 +3,7 @@ packages (/usr/bin/chromium; `apt-get install chromium`), against a real `biogpt
 key. The highlighted mentions must be the JSONL's spans, and every download must equal `biogpt extract`'s bytes
 for the same document. Set BIOGPT_PAGE_SCREENSHOT=PATH to keep the screenshot (the README's docs/page.png)."""
 
+import gzip
 import json
 import os
 import socket
@@ -151,14 +152,18 @@ def test_page_files_and_documents_route(server):
     assert httpx.post(server + "/v1/documents", content=SAMPLE.read_bytes()).status_code == 401
     ok = httpx.post(server + "/v1/documents", content=SAMPLE.read_bytes(), headers=auth).json()
     assert [d["id"] for d in ok["documents"]] == ["227508", "354896", "435349", "603022", "1601297"]
+    gz = httpx.post(server + "/v1/documents", content=gzip.compress(SAMPLE.read_bytes()), headers=auth).json()
+    assert gz == ok
     assert set(ok["documents"][0]) == {"id", "title", "abstract"} and ok["problems"] == []
     bad = [(b"", "the file is empty"), (b"<html/>", "neither PubMed"), (b"\x00\x01\x02" * 100, "not text"),
-           (b'{"id": "1", "text": "ok"}\n{oops\n', None)]  # fmt: skip
+           (b'{"id": "1", "text": "ok"}\n{oops\n', None), (gzip.compress(b"x" * (65 << 20)), "expands beyond 64 MiB"),
+           (b"\x1f\x8b" + b"junk" * 10, "damaged .gz")]  # fmt: skip
     for body, message in bad:
         r = httpx.post(server + "/v1/documents", content=body, headers=auth)
         if message is None:  # a malformed record is reported, the rest is read
             assert r.status_code == 200 and len(r.json()["documents"]) == 1 and "not JSON" in r.json()["problems"][0]
         else:
             assert r.status_code == 400 and message in r.json()["error"]["message"], r.text
+            assert "/tmp" not in r.json()["error"]["message"]
     big = httpx.post(server + "/v1/documents", content=b"x" * (2 << 20), headers=auth)
     assert big.status_code == 413

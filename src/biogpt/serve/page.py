@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import zlib
 from importlib import resources
 from pathlib import Path
 
@@ -26,6 +27,7 @@ STATIC = resources.files("biogpt.serve") / "static"
 FILES = {"/": ("index.html", "text/html; charset=utf-8"), "/page.js": ("page.js", "text/javascript; charset=utf-8"),
          "/page.css": ("page.css", "text/css; charset=utf-8")}  # fmt: skip
 MAX_DOCUMENTS = 10_000  # per dropped file: the page sends them to /v1/extract a few at a time
+MAX_EXPANDED = 64 << 20  # a .gz upload may expand to this many bytes (the body itself is --max-body-mb)
 
 
 def page_html() -> str:
@@ -48,19 +50,36 @@ def as_request_document(doc) -> dict:
     return out
 
 
+def gunzip(body: bytes) -> bytes:
+    """A gzip upload decompressed here, at most MAX_EXPANDED bytes (a small body may expand enormously)."""
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = d.decompress(body, MAX_EXPANDED)
+    except zlib.error as e:
+        raise BioGPTError(f"the file is a damaged .gz ({e})") from None
+    if d.unconsumed_tail:
+        raise BioGPTError(f"the file expands beyond {MAX_EXPANDED >> 20} MiB; run `biogpt extract` on it")
+    return out
+
+
 def read_upload(body: bytes) -> dict:
     """{"documents": [...], "problems": [...]} of an uploaded file, read as `biogpt extract` reads a file."""
+    if body[:2] == b"\x1f\x8b":
+        body = gunzip(body)
     with tempfile.TemporaryDirectory(prefix="biogpt-page-") as tmp:
         path = Path(tmp) / "upload"
         path.write_bytes(body)
         docs, problems = [], []
-        for item in read_documents(path):
-            if isinstance(item, Problem):
-                problems.append(str(item).replace("upload", "the file", 1))
-            elif not item.deleted:
-                docs.append(as_request_document(item))
-            if len(docs) > MAX_DOCUMENTS:
-                raise BioGPTError(f"the file holds more than {MAX_DOCUMENTS} documents; run `biogpt extract` on it")
+        try:
+            for item in read_documents(path):
+                if isinstance(item, Problem):
+                    problems.append(str(item).replace("upload", "the file", 1))
+                elif not item.deleted:
+                    docs.append(as_request_document(item))
+                if len(docs) > MAX_DOCUMENTS:
+                    raise BioGPTError(f"the file holds more than {MAX_DOCUMENTS} documents; run `biogpt extract` on it")
+        except BioGPTError as e:  # name the upload, not the temporary path
+            raise BioGPTError(str(e).replace(str(path), "the file")) from None
     return {"documents": docs, "problems": problems}
 
 
@@ -88,6 +107,6 @@ def register(app: FastAPI, state, fail) -> None:
         try:
             return read_upload(body)
         except BioGPTError as e:
-            raise fail(400, str(e).replace("upload", "the file", 1), param="body") from None
+            raise fail(400, str(e), param="body") from None
         except UnicodeDecodeError as e:
             raise fail(400, f"the file is not UTF-8 text ({e.reason} at byte {e.start})", param="body") from None
