@@ -168,6 +168,22 @@ def test_embed_interrupted_then_resumed_byte_identical(demo, ext, tmp_path):
     assert out.read_bytes() == full.read_bytes()
 
 
+def test_embed_truncates_and_skips(demo, tmp_path, capsys):
+    model, tok = demo
+    long_text = "aspirin " * 1500
+    docs = [{"id": "long", "text": long_text}, {"id": "empty", "text": " "}, {"id": "a", "title": "Aspirin.",
+                                                                              "abstract": "It helps."}]  # fmt: skip
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    assert main(["embed", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "v.jsonl"), "--quiet"]) == 0
+    done = "done: 2 documents embedded (1 without text skipped, 1 truncated, 0 malformed records)"
+    assert done in capsys.readouterr().err
+    rows = [json.loads(x) for x in (tmp_path / "v.jsonl").read_text().splitlines()]
+    short = len(tok.encode("Aspirin. It helps."))
+    assert [(r["id"], r["tokens"], r["truncated"]) for r in rows] == [("long", 1024, True), ("a", short, False)]
+    want = embed(model, [tok.encode(long_text)[:1024]])[0]
+    assert torch.equal(torch.tensor(rows[0]["embedding"]), want)
+
+
 def test_embed_command_bad_input(tmp_path, capsys):
     (tmp_path / "x.xml").write_text("<html/>")
     cases = [
