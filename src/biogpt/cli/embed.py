@@ -67,6 +67,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from biogpt.generation.embed import embed
     from biogpt.mining import embedding
 
+    if args.dtype == "auto":  # as biogpt embed: the query's vector in the precision the documents' default is
+        args.dtype = "fp32"
     input_files([args.vectors])
     ids, vectors = embedding.read_vectors(args.vectors)
     if not args.query.strip():
