@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from biogpt.cli import biomedgpt, mining, models, serve, tasks, text, training
+from biogpt.cli import biomedgpt, embed, mining, models, serve, tasks, text, training
 
 
 class Parser(argparse.ArgumentParser):
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.add_parsers(sub)
     training.add_parsers(sub)
     mining.add_parsers(sub)
+    embed.add_parsers(sub)
     serve.add_parsers(sub)
     biomedgpt.add_parsers(sub)
     biomedgpt.add_finetune_parsers(sub)

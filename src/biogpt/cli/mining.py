@@ -66,6 +66,7 @@ def output_format(args: argparse.Namespace) -> str:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     import biogpt
+    from biogpt.api import DEMO
     from biogpt.mining import pipeline
     from biogpt.mining.readers import detect_format
 
@@ -84,7 +85,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
     settings = {"task": args.task, "model": str(args.model), "dtype": args.dtype, "grounded": args.grounded,
                 "num_beams": args.num_beams, "batch_size": args.batch_size, "chunk_size": args.chunk_size,
                 "input_format": args.input_format}  # fmt: skip
-    infons = {"task": args.task, "model": str(args.model), "biogpt_version": biogpt.__version__}
+    model_name = str(args.model) if args.model is not None else DEMO  # the default is named as the records name it
+    infons = {"task": args.task, "model": model_name, "biogpt_version": biogpt.__version__}
     extract, map_chunks, stream, pool = None, None, None, None
     if args.ray is not None:
         from biogpt.mining.ray import ray_stream

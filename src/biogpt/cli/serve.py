@@ -31,7 +31,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise BioGPTError(f"{where} is empty: give a key, or leave it out to serve without authentication")
     set_threads(args.threads)
     name = args.served_model_name or str(args.model or "demo")
-    app = create_app(loader=lambda: load_model(args), model_name=name, api_key=api_key,
+    info = {"name": name, "sha256": "", "dtype": args.dtype}  # /v1/extract's records, as `biogpt extract` writes
+
+    def loader():
+        from biogpt.checkpoints.io import weights_sha256
+
+        loaded = load_model(args)
+        info["sha256"] = weights_sha256(args.model)
+        return loaded
+
+    app = create_app(loader=loader, model_name=name, api_key=api_key, model_info=info,
                      max_batch=args.max_concurrency, max_queue=args.max_queue, prefill_chunk=args.prefill_chunk,
                      max_len=args.max_model_len, max_body=args.max_body_mb * (1 << 20))  # fmt: skip
     print(f"serving {name} on http://{args.host}:{args.port} (OpenAI API under /v1)", file=sys.stderr)

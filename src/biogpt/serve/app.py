@@ -44,6 +44,7 @@ from biogpt.mining.readers import Document, Passage, title_abstract
 from biogpt.mining.writers import bioc_document, jsonl_line, pubtator_document
 from biogpt.models.gpt2 import GPT2
 from biogpt.models.ofa import OFA
+from biogpt.serve import embeddings, page
 from biogpt.serve.metrics import Metrics
 from biogpt.serve.protocol import (
     MAX_EXTRACT_CHARS,
@@ -68,7 +69,7 @@ except ImportError:
     OFACompletions = UnsupportedField = None
 
 log = logging.getLogger(__name__)
-OPEN_PATHS = ("/health", "/metrics")  # no API key, and answered while draining
+OPEN_PATHS = ("/health", "/metrics", *page.FILES)  # no API key, and answered while draining
 SHUTDOWN = "the server shut down before this request finished (--shutdown-timeout); retry it"
 INTERNAL = "the server failed on this request (an internal error, logged on the server)"
 CPU_WORKERS = 1  # long tokenizations etc. at once in worker threads: each competes with the loop for the GIL
@@ -109,6 +110,7 @@ class State:
 
     def __init__(self, model_name: str, api_key: str | None, scheduler_options: dict):
         self.model_name = model_name
+        self.model_info = {"name": model_name}  # written into /v1/extract's records (cli/serve.py adds sha256, dtype)
         self.api_key = api_key
         self.scheduler_options = scheduler_options
         self.model: torch.nn.Module | None = None
@@ -244,7 +246,7 @@ class Guard:
 
 
 ROUTES = ("/v1/completions", "/v1/chat/completions", "/v1/models", "/v1/extract", "/health", "/metrics",
-          "/tokenize", "/detokenize")  # fmt: skip
+          "/tokenize", "/detokenize", "/v1/embeddings", "/v1/documents", "/")  # fmt: skip
 
 
 def create_app(
@@ -259,6 +261,7 @@ def create_app(
     prefill_chunk: int = 256,
     max_len: int | None = None,
     max_body: int = 1 << 20,
+    model_info: dict | None = None,
 ) -> FastAPI:
     """The app over a loaded (model, tok), or over `loader()` run in a thread at startup (/health says 503 until
     it is done). `max_len`: tokens per sequence (prompt + output), the model's positions by default; the batch
@@ -276,6 +279,9 @@ def create_app(
             return fn(*args)
         async with workers:
             return await asyncio.to_thread(fn, *args)
+
+    if model_info is not None:  # as `biogpt extract` records it, so the page's downloads equal its bytes
+        state.model_info = model_info
 
     def load() -> None:
         try:
@@ -721,10 +727,10 @@ def create_app(
                                param="documents")  # fmt: skip
         try:
             if state.byte_level:  # BioMedLM: PubMedQA in the generative format, as `biogpt extract`
-                ex = GenerativeExtractor(state.model, state.tok, req.task, model_info={"name": state.model_name})
+                ex = GenerativeExtractor(state.model, state.tok, req.task, model_info=state.model_info)
             else:
                 ex = Extractor(state.model, state.tok, req.task, grounded=req.grounded,
-                               model_info={"name": state.model_name})  # fmt: skip
+                               model_info=state.model_info)  # fmt: skip
         except (BioGPTError, ValueError) as e:
             raise APIError(400, str(e), param="task") from None
         records = await run_extraction(ex, docs, request)
@@ -759,4 +765,6 @@ def create_app(
         finally:
             sch.release(len(docs))
 
+    embeddings.register(app, state, APIError, check_model)
+    page.register(app, state, APIError)
     return app
