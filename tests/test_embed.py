@@ -260,7 +260,8 @@ def test_v1_embeddings_bad_requests(demo):
         ({"input": "x", "model": "gpt-4"}, 404, "does not exist"),
         ({"input": ["a"] * 2049}, 400, "at most 2048"),
         ({"input": [5] * 1025}, 400, "has 1025 tokens; the model reads at most 1024"),
-        (b'{"input": "\\ud800 \\u2028 \\u0000 NaN"}', 200, None),  # odd text is text: it is embedded
+        (b'{"input": "\\u2028 \\u0000 NaN \\ud83d\\ude00"}', 200, None),  # odd text is text: it is embedded
+        (b'{"input": "\\ud800 x"}', 400, "lone surrogate"),  # not valid Unicode: refused as every route does
         (b'{"input": NaN}', 400, None),
         (b'{"input": "\xff\xfe"}', 400, None),  # not UTF-8
     ]

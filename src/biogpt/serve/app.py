@@ -765,6 +765,6 @@ def create_app(
         finally:
             sch.release(len(docs))
 
-    embeddings.register(app, state, APIError, check_model)
-    page.register(app, state, APIError)
+    embeddings.register(app, state, APIError, check_model, off_loop)
+    page.register(app, state, APIError, off_loop)
     return app

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -78,9 +79,10 @@ def encode_vector(v: np.ndarray, encoding_format: str) -> list[float] | str:
     return v.tolist()
 
 
-def register(app: FastAPI, state, fail, check_model) -> None:
+def register(app: FastAPI, state, fail, check_model, off_loop) -> None:
     """Add POST /v1/embeddings to the app. `state` is the server's State, `fail(status, message, param=...)`
-    builds its error (the OpenAI envelope), `check_model(name)` answers 404 for another model's id."""
+    builds its error (the OpenAI envelope), `check_model(name)` answers 404 for another model's id, and
+    `off_loop(fn, *args)` runs tokenization in the server's worker thread, so a long input never stalls the loop."""
 
     @app.post("/v1/embeddings")
     async def embeddings(req: EmbeddingRequest):
@@ -92,10 +94,13 @@ def register(app: FastAPI, state, fail, check_model) -> None:
         if req.dimensions is not None and req.dimensions != d:
             raise fail(400, f"dimensions {req.dimensions}: this model's embeddings have {d} dimensions and are not "
                             f"truncatable; leave dimensions out or send {d}", param="dimensions")  # fmt: skip
-        ids = input_ids(req, state, fail)
-        try:
-            vectors = await asyncio.wrap_future(state.scheduler.call(
-                lambda: embed(state.model, ids, req.pooling, req.normalize, req.batch_size).numpy()))  # fmt: skip
+        ids = await off_loop(input_ids, req, state, fail)
+        vectors = []
+        try:  # one batch per scheduler call, so that other clients' decoding steps run in between
+            for b in range(0, len(ids), req.batch_size):
+                part = ids[b : b + req.batch_size]
+                job = partial(embed, state.model, part, req.pooling, req.normalize, len(part))
+                vectors.extend(await asyncio.wrap_future(state.scheduler.call(lambda job=job: job().numpy())))
         except GenerationError as e:
             raise fail(400, str(e), param="input") from None
         data = [{"object": "embedding", "index": i, "embedding": encode_vector(v, req.encoding_format)}

@@ -83,9 +83,9 @@ def read_upload(body: bytes) -> dict:
     return {"documents": docs, "problems": problems}
 
 
-def register(app: FastAPI, state, fail) -> None:
+def register(app: FastAPI, state, fail, off_loop) -> None:
     """Add the page's files and POST /v1/documents to the app; `fail(status, message, param=...)` builds an
-    OpenAI error envelope."""
+    OpenAI error envelope, and `off_loop(fn, *args)` reads an upload in the server's worker thread."""
 
     @app.get("/")
     async def index():
@@ -105,7 +105,7 @@ def register(app: FastAPI, state, fail) -> None:
         if not body.strip():
             raise fail(400, "the file is empty", param="body")
         try:
-            return read_upload(body)
+            return await off_loop(read_upload, body)
         except BioGPTError as e:
             raise fail(400, str(e), param="body") from None
         except UnicodeDecodeError as e:
