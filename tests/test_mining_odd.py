@@ -129,6 +129,20 @@ def test_long_lines_are_read_in_bounded_memory(tmp_path, monkeypatch):
             assert list(f.lines(4)) == [b"ab\n", b"cde\n", b"\n", None, b"k"]
 
 
+def test_a_text_beyond_the_cap_is_a_problem(tmp_path, monkeypatch):
+    """Whatever the format (here a PubMed abstract, no line in sight), a text over MAX_DOCUMENT_CHARS is a
+    problem: BioC readers refuse such a text element, and no abstract is that long."""
+    monkeypatch.setattr(documents, "MAX_DOCUMENT_CHARS", 1000)
+    (tmp_path / "big.xml").write_text(
+        "<PubmedArticleSet><PubmedArticle><MedlineCitation><PMID>5</PMID><Article><ArticleTitle>T</ArticleTitle>"
+        f"<Abstract><AbstractText>{'w ' * 600}</AbstractText></Abstract></Article></MedlineCitation></PubmedArticle>"
+        "<PubmedArticle><MedlineCitation><PMID>6</PMID></MedlineCitation></PubmedArticle></PubmedArticleSet>"
+    )
+    big, small = read_documents(tmp_path / "big.xml")
+    assert str(big) == "big.xml:record 1 (id 5): a text of 1201 characters (more than 1000)"
+    assert isinstance(small, Document) and small.id == "6"
+
+
 # --- the writers ------------------------------------------------------------------------------------------------
 
 
