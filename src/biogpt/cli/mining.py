@@ -84,7 +84,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     settings = {"task": args.task, "model": str(args.model), "dtype": args.dtype, "grounded": args.grounded,
                 "num_beams": args.num_beams, "batch_size": args.batch_size, "chunk_size": args.chunk_size,
-                "input_format": args.input_format}  # fmt: skip
+                "input_format": args.input_format, "weights": _weights_fingerprint(args.model)}  # fmt: skip
     model_name = str(args.model) if args.model is not None else DEMO  # the default is named as the records name it
     infons = {"task": args.task, "model": model_name, "biogpt_version": biogpt.__version__}
     extract, map_chunks, stream, pool = None, None, None, None
@@ -114,6 +114,18 @@ def cmd_extract(args: argparse.Namespace) -> int:
         print(f"  ... and {len(summary.problems) - 20} more malformed records", file=sys.stderr)
     print(f"done: {summary.line()}" + ("" if args.output == "-" else f" -> {args.output}"), file=sys.stderr)
     return 0
+
+
+def _weights_fingerprint(model: str | None) -> list[dict]:
+    """Each weight file's fingerprint (size, mtime, hash of its ends): a resumed run must use the same weights,
+    and hashing a 10 GB checkpoint whole here would cost as much as loading it."""
+    from biogpt.api import DEMO
+    from biogpt.checkpoints.io import WEIGHT_FILES, resolve
+    from biogpt.mining.pipeline import fingerprint
+
+    p = resolve(DEMO if model is None else model)
+    files = [p] if p.is_file() else sorted({f for pattern in WEIGHT_FILES for f in p.glob(pattern)})
+    return [{"name": f.name, **fingerprint(f)} for f in files]
 
 
 def _check_gpt2(args: argparse.Namespace) -> None:

@@ -8,7 +8,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from biogpt.errors import InputError
-from biogpt.mining.documents import Document, Passage, Problem, open_binary, xml_elements, xml_problem
+from biogpt.mining.documents import (
+    MAX_DOCUMENT_CHARS,
+    Document,
+    Passage,
+    Problem,
+    open_binary,
+    xml_elements,
+    xml_problem,
+)
 
 
 def _bioc_document(d: dict, where: str) -> Document | Problem:
@@ -22,6 +30,8 @@ def _bioc_document(d: dict, where: str) -> Document | Problem:
             offset = int(p.get("offset", 0))
         except (TypeError, ValueError):
             return Problem(where, f"passage offset {p.get('offset')!r} is not an integer", doc_id)
+        if not 0 <= offset <= MAX_DOCUMENT_CHARS:  # negative: text laid over text; huge: gigabytes of spaces
+            return Problem(where, f"passage offset {offset} is outside 0..{MAX_DOCUMENT_CHARS}", doc_id)
         text = p.get("text") or ""
         if not isinstance(text, str):
             return Problem(where, "passage text is not a string", doc_id)
@@ -33,7 +43,7 @@ def _bioc_document(d: dict, where: str) -> Document | Problem:
                     start, length = int(loc["offset"]), int(loc["length"])
                 except (KeyError, TypeError, ValueError):
                     return Problem(where, f"annotation {a.get('id')!r} has a malformed location {loc!r}", doc_id)
-                if not offset <= start <= start + length <= offset + len(text):
+                if not offset <= start and length >= 0:
                     return Problem(where, f"annotation {a.get('id')!r} at {start}+{length} lies outside its passage "
                                           f"({offset}..{offset + len(text)})", doc_id)  # fmt: skip
                 ainf = {str(k): str(v) for k, v in (a.get("infons") or {}).items()}
@@ -48,6 +58,11 @@ def _bioc_document(d: dict, where: str) -> Document | Problem:
         rels.append({"id": str(r.get("id", "")), "type": rinf.pop("type", ""), "nodes": nodes, "infons": rinf})
     if not passages:
         return Problem(where, "BioC document without passages", doc_id)
+    end = max(p.offset + len(p.text) for p in passages)
+    for a in annotations:  # a mention may run on past its passage (over the space before the next one), not
+        if a["end"] > end:  # past the text
+            return Problem(where, f"annotation {a['id']!r} at {a['start']}+{a['end'] - a['start']} lies outside its "
+                                  f"passage and the document's text (0..{end})", doc_id)  # fmt: skip
     return Document(doc_id, passages, annotations, rels, where=where)
 
 

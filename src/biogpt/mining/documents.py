@@ -5,6 +5,7 @@ records) a reader reports instead of stopping."""
 from __future__ import annotations
 
 import gzip
+import json
 import xml.etree.ElementTree as ET
 import zlib
 from collections.abc import Iterator
@@ -12,6 +13,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from biogpt.errors import InputError
+
+MAX_LINE_BYTES = 8 << 20  # a text, JSONL or PubTator line: beyond it the line is a problem, never read whole
+MAX_DOCUMENT_CHARS = 1_000_000  # a document's text (a full-text article is ~100k); BioC readers (libxml2) refuse
+# a text element over 10 MB, and a passage offset beyond this is refused before any text is laid out
 
 
 @dataclass
@@ -101,17 +106,29 @@ class Stream:
             self.error = e
             return b""
 
-    def lines(self) -> Iterator[bytes]:
-        rest = b""
-        while True:
-            piece = self.read()
-            if not piece:
-                break
-            rest += piece
-            *complete, rest = rest.split(b"\n")
-            yield from (line + b"\n" for line in complete)
-        if rest:
-            yield rest
+    def lines(self, limit: int | None = None) -> Iterator[bytes | None]:
+        """The lines, each ending with its newline (the last one may not). Linear in the file's size: each piece
+        is searched once. A line longer than `limit` bytes comes as None, and is skipped, never held whole."""
+        parts: list[bytes] = []
+        size, too_long = 0, False
+        while piece := self.read():
+            start = 0
+            while (nl := piece.find(b"\n", start)) >= 0:
+                size += nl + 1 - start
+                if too_long or (limit is not None and size > limit):
+                    yield None
+                else:
+                    yield b"".join(parts) + piece[start : nl + 1]
+                parts, size, too_long, start = [], 0, False, nl + 1
+            size += len(piece) - start
+            if too_long or (limit is not None and size > limit):
+                parts, too_long = [], True
+            else:
+                parts.append(piece[start:])
+        if too_long:
+            yield None
+        elif size:
+            yield b"".join(parts)
 
     def close(self) -> None:
         self.f.close()
@@ -137,16 +154,42 @@ def open_binary(path: Path):
 
 
 def text_lines(path: Path) -> Iterator[tuple[int, str | None, str | None]]:
-    """(line number, text or None, problem or None) of a text file, never stopping at a bad line."""
+    """(line number, text or None, problem or None) of a text file, never stopping at a bad line: a line that
+    is not UTF-8, or longer than MAX_LINE_BYTES, is a problem."""
     with open_binary(path) as f:
         n = 0
-        for n, raw in enumerate(f.lines(), 1):
+        for n, raw in enumerate(f.lines(MAX_LINE_BYTES), 1):
+            if raw is None:
+                yield n, None, f"a line over {MAX_LINE_BYTES:,} bytes (skipped: no document is that long)"
+                continue
             try:
                 yield n, raw.decode("utf-8").rstrip("\r\n"), None
             except UnicodeDecodeError as e:
                 yield n, None, f"not UTF-8 ({e.reason} at byte {e.start})"
         if f.error is not None:
             yield n + 1, None, f"the file ends early or is damaged ({f.error}); nothing after this line was read"
+
+
+def _printable(text: str) -> str:
+    """`text` with lone surrogates written as escapes, so that a problem about them can be printed and saved."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def checked(item: Document | Problem) -> Document | Problem:
+    """A document every output can hold, or the problem why not: a lone surrogate (from a JSON escape such as
+    "\\ud800") has no UTF-8 form, and a text beyond MAX_DOCUMENT_CHARS is junk no BioC reader accepts."""
+    if isinstance(item, Problem):
+        doc_id = None if item.id is None else _printable(item.id)
+        return Problem(_printable(item.where), _printable(item.reason), doc_id)
+    doc_id = _printable(item.id)
+    end = max((p.offset + len(p.text) for p in item.passages), default=0)
+    if end > MAX_DOCUMENT_CHARS:
+        return Problem(item.where, f"a text of {end} characters (more than {MAX_DOCUMENT_CHARS})", doc_id)
+    try:
+        json.dumps(item.to_dict(), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        return Problem(item.where, f"a lone surrogate ({e.object[e.start]!r}) that UTF-8 cannot hold", doc_id)
+    return item
 
 
 def xml_problem(path: Path, stream: Stream, e: ET.ParseError, where: str) -> Problem:

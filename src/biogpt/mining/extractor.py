@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from biogpt.errors import TaskError
 from biogpt.generation import generate
 from biogpt.mining import tasks as mtasks
 from biogpt.mining.readers import Document
@@ -38,7 +39,7 @@ class Extractor:
 
     def __post_init__(self):
         if self.task_name not in TASKS:
-            raise ValueError(f"unknown task {self.task_name!r}; choose one of {', '.join(TASKS)}")
+            raise TaskError(f"unknown task {self.task_name!r}; choose one of {', '.join(TASKS)}")
         self.task = task_for_model(self.task_name, self.model.config)
         check_prompt_tokens(self.task, self.model.config)
 

@@ -13,9 +13,12 @@ anything with `extract(docs) -> records`, so `biogpt.mining.ray` plugs in the sa
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -72,6 +75,22 @@ def _fsync_write(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def fingerprint(path: str | Path) -> dict:
+    """What tells a file's content apart cheaply, whatever its size: its size, mtime, and a sha256 of its first
+    and last MiB (a resumed run must read the very files the shards were made from)."""
+    p = Path(path)
+    st = p.stat()
+    if not stat.S_ISREG(st.st_mode):  # a pipe or device: reading it here would take what the run must read
+        return {"size": None, "mtime_ns": None, "sha256_ends": None}
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        h.update(f.read(1 << 20))
+        if st.st_size > 1 << 20:
+            f.seek(max(1 << 20, st.st_size - (1 << 20)))
+            h.update(f.read(1 << 20))
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256_ends": h.hexdigest()}
+
+
 Chunk = tuple[str, "list[Document] | None", list[str]]  # (key, documents or None when already done, problems)
 Result = tuple[str, "list[dict] | None", list[str]]  # (key, records or None when already done, problems)
 
@@ -115,22 +134,36 @@ class Run:
         self.manifest_path = self.parts / "manifest.json"
         self.settings = settings
         self.manifest = {"version": MANIFEST_VERSION, "settings": settings, "chunks": {}}
-        if self.manifest_path.exists():
-            try:
-                old = json.loads(self.manifest_path.read_text())
-            except (OSError, json.JSONDecodeError) as e:
-                raise InputError(f"{self.manifest_path} is damaged ({e}); delete {self.parts} to start again") from None
-            if old.get("settings") != settings:
-                diff = sorted(k for k in set(settings) | set(old.get("settings", {}))
-                              if settings.get(k) != old.get("settings", {}).get(k))  # fmt: skip
-                raise InputError(
-                    f"{self.parts} holds an unfinished run with other settings ({', '.join(diff)}); rerun it with the "
-                    f"same command, or delete {self.parts} to start again"
-                )
-            self.manifest = old
         self.parts.mkdir(parents=True, exist_ok=True)
+        self._lock = _lock(self.parts)
+        try:
+            if self.manifest_path.exists():
+                self.manifest = self._resumed(settings)
+        except BaseException:
+            self.release()
+            raise
         for stale in self.parts.glob("*.tmp"):  # a shard or manifest being written when the run was killed
             stale.unlink()
+
+    def _resumed(self, settings: dict) -> dict:
+        """The manifest of an unfinished run, if this one can go on with it: the same version, the same
+        settings (inputs and weights included, by fingerprint)."""
+        try:
+            old = json.loads(self.manifest_path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise InputError(f"{self.manifest_path} is damaged ({e}); delete {self.parts} to start again") from None
+        if not isinstance(old, dict) or old.get("version") != MANIFEST_VERSION:
+            version = old.get("version") if isinstance(old, dict) else None
+            raise InputError(f"{self.manifest_path} has manifest version {version!r}, not {MANIFEST_VERSION} (another "
+                             f"biogpt made it); delete {self.parts} to start again")  # fmt: skip
+        if old.get("settings") != settings:
+            before = old.get("settings") if isinstance(old.get("settings"), dict) else {}
+            diff = sorted(k for k in set(settings) | set(before) if settings.get(k) != before.get(k))
+            raise InputError(
+                f"{self.parts} holds an unfinished run with other settings ({', '.join(diff)}); rerun it with the "
+                f"same command, input files and weights, or delete {self.parts} to start again"
+            )
+        return old
 
     def done(self, key: str) -> bool:
         return key in self.manifest["chunks"]
@@ -143,7 +176,8 @@ class Run:
 
     def records(self, key: str) -> list[dict]:
         path = self.parts / self.manifest["chunks"][key]["shard"]
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+        # only "\n" ends a shard line: str.splitlines() would also split at U+2028, U+2029, U+0085 in a text
+        return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
 
     def assemble(self, keys: list[str], fmt: str, infons: dict, to_stdout: bool) -> None:
         """The output from the shards in input order, written whole (temporary name, then renamed)."""
@@ -167,6 +201,23 @@ class Run:
                 os.fsync(f.fileno())
             tmp.replace(self.out)
         shutil.rmtree(self.parts)
+        self.release()
+
+    def release(self) -> None:
+        """Let another run have `parts` (the same command again, to resume)."""
+        self._lock.close()
+
+
+def _lock(parts: Path):
+    """An exclusive lock on `parts` for this run's life (released when the process ends, however it ends)."""
+    f = open(parts / "lock", "w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise InputError(f"{parts} is in use by another biogpt extract writing the same output; wait for it to end, "
+                         "or give another -o") from None  # fmt: skip
+    return f
 
 
 def run(
@@ -189,11 +240,26 @@ def run(
     reads and extracts the inputs itself (Ray: `stream(inputs, input_format, chunk_size, strict, done_keys)`)
     and yields the results in input order."""
     to_stdout = out == "-"
-    parts_base = Path(tempfile.mkdtemp(prefix="biogpt-extract-")) / "stdout" if to_stdout else Path(out)
-    state = Run(parts_base, {**settings, "inputs": [str(Path(p).resolve()) for p in inputs], "format": fmt})
+    if not to_stdout:
+        return _run(inputs, Path(out), fmt, extract, settings, infons, input_format, chunk_size, strict, progress,
+                    map_chunks, stream, _stop_after)  # fmt: skip
+    scratch = Path(tempfile.mkdtemp(prefix="biogpt-extract-"))  # stdout: shards only while the run lasts
+    try:
+        return _run(inputs, scratch / "stdout", fmt, extract, settings, infons, input_format, chunk_size, strict,
+                    False, map_chunks, stream, _stop_after, to_stdout=True)  # fmt: skip
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(inputs, out: Path, fmt, extract, settings, infons, input_format, chunk_size, strict, progress, map_chunks,
+         stream, _stop_after, to_stdout: bool = False) -> Summary:  # fmt: skip
+    """`run` into the file `out` (or, with `to_stdout`, standard output, with `out` the scratch name)."""
+    fingerprints = [fingerprint(p) for p in inputs]
+    state = Run(out, {**settings, "inputs": [str(Path(p).resolve()) for p in inputs], "input_files": fingerprints,
+                      "format": fmt})  # fmt: skip
     summary = Summary()
     t0 = time.perf_counter()
-    bar = _progress(progress and not to_stdout)
+    bar = _progress(progress)
     keys: list[str] = []
 
     if stream is None:
@@ -219,6 +285,7 @@ def run(
     except BaseException:
         if not state.manifest["chunks"]:  # nothing to resume: leave nothing behind
             shutil.rmtree(state.parts, ignore_errors=True)
+        state.release()
         raise
     bar.close()
     state.assemble(keys, fmt, infons, to_stdout)

@@ -21,9 +21,11 @@ from pathlib import Path
 from biogpt.errors import InputError
 from biogpt.mining.bioc import read_bioc_json, read_bioc_xml
 from biogpt.mining.documents import (
+    MAX_LINE_BYTES,
     Document,
     Passage,
     Problem,
+    checked,
     open_binary,
     text_lines,
     title_abstract,
@@ -54,7 +56,9 @@ def detect_format(path: Path) -> str:
         raise InputError(f"{path}: XML, but neither PubMed (<PubmedArticleSet>) nor BioC (<collection>)")
     if text.startswith("{"):
         with open_binary(path) as f:  # the whole first line: a JSONL record may be longer than the head read
-            first_line = next(f.lines(), b"")
+            first_line = next(f.lines(MAX_LINE_BYTES), b"")
+        if first_line is None:  # one line beyond the cap: a BioC collection on one line, or a JSONL junk line
+            return "bioc-json" if '"documents"' in text or '"PubTator3"' in text else "jsonl"
         first = first_line.decode("utf-8", errors="replace").lstrip("\ufeff").strip()
         try:
             obj = json.loads(first)
@@ -81,7 +85,7 @@ def read_documents(path: str | Path, fmt: str | None = None) -> Iterator[Documen
                "bioc-json": read_bioc_json, "jsonl": read_jsonl, "text": read_text}  # fmt: skip
     if fmt not in readers:
         raise InputError(f"unknown input format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    return readers[fmt](p)
+    return map(checked, readers[fmt](p))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -92,26 +96,38 @@ def _clean(text: str) -> str:
     return " ".join(text.split())
 
 
+def _pubmed_record(el: ET.Element, where: str) -> Document | Problem:
+    """A PubmedArticle (MedlineCitation/Article) or PubmedBookArticle (BookDocument: a chapter's ArticleTitle,
+    or the book's BookTitle) as a document: PMID, title, every AbstractText section."""
+    if el.tag == "PubmedBookArticle":
+        base = el.find("BookDocument")
+        title_el = None if base is None else base.find("ArticleTitle")
+        if title_el is None and base is not None:
+            title_el = base.find("Book/BookTitle")
+    else:
+        base = el.find("MedlineCitation")
+        title_el = None if base is None else base.find("Article/ArticleTitle")
+    pmid = None if base is None else base.findtext("PMID")
+    if not pmid or not pmid.strip():
+        return Problem(where, f"{el.tag} without PMID")
+    title = _clean("".join(title_el.itertext())) if title_el is not None else ""
+    abstract = base.find("Abstract") if el.tag == "PubmedBookArticle" else base.find("Article/Abstract")
+    parts = [] if abstract is None else [_clean("".join(a.itertext())) for a in abstract.iterfind("AbstractText")]
+    return title_abstract(pmid.strip(), title, " ".join(p for p in parts if p), where)
+
+
 def read_pubmed_xml(path: Path) -> Iterator[Document | Problem]:
-    """PubmedArticle records (PMID, ArticleTitle, every AbstractText section) and DeleteCitation PMIDs."""
+    """PubmedArticle and PubmedBookArticle records, and DeleteCitation PMIDs."""
     count = 0
     with open_binary(path) as f:
         try:
-            for el in xml_elements(f, ("PubmedArticle", "DeleteCitation")):
+            for el in xml_elements(f, ("PubmedArticle", "PubmedBookArticle", "DeleteCitation")):
                 if el.tag == "DeleteCitation":
                     for pm in el.iterfind("PMID"):
                         yield Document((pm.text or "").strip(), [], where=f"{path.name}:DeleteCitation", deleted=True)
                     continue
                 count += 1
-                where = f"{path.name}:record {count}"
-                pmid = el.findtext("MedlineCitation/PMID")
-                title_el = el.find("MedlineCitation/Article/ArticleTitle")
-                title = _clean("".join(title_el.itertext())) if title_el is not None else ""
-                parts = [_clean("".join(a.itertext())) for a in el.iterfind(".//Abstract/AbstractText")]
-                if not pmid or not pmid.strip():
-                    yield Problem(where, "PubmedArticle without PMID")
-                    continue
-                yield title_abstract(pmid.strip(), title, " ".join(p for p in parts if p), where)
+                yield _pubmed_record(el, f"{path.name}:record {count}")
         except ET.ParseError as e:
             yield xml_problem(path, f, e, f"record {count + 1}")
 

@@ -9,13 +9,26 @@ offset + length, PubTator start and end).
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
+
+from biogpt.errors import BioGPTError
 
 OUTPUT_FORMATS = ("jsonl", "bioc-xml", "bioc-json", "pubtator")
 EXTENSIONS = {".jsonl": "jsonl", ".xml": "bioc-xml", ".json": "bioc-json", ".pubtator": "pubtator",
               ".txt": "pubtator"}  # fmt: skip
 COLLECTION = {"source": "biogpt", "date": "", "key": "biogpt.key"}  # fixed: the same input gives the same bytes
+
+
+# characters XML 1.0 cannot hold (C0 controls but tab, newline and CR; U+FFFE, U+FFFF): each becomes a space,
+# so offsets stay valid; a CR becomes a character reference, which parsers keep (a literal one they turn into LF)
+_XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def _xml_safe(xml: str) -> str:
+    """Serialised XML whose text every XML parser reads back as written, character for character."""
+    return _XML_ILLEGAL.sub(" ", xml).replace("\r", "&#13;")
 
 
 def jsonl_line(record: dict) -> str:
@@ -61,7 +74,7 @@ def bioc_document(record: dict) -> dict:
     """A BioC JSON document: passages with the annotations that fall in them, relations at document level."""
     anns, first = _annotations(record)
     passages = []
-    for p in record["passages"]:
+    for p in record["passages"] or [{"type": "text", "offset": 0, "text": ""}]:  # BioC: a document has a passage
         lo, hi = p["offset"], p["offset"] + len(p["text"])
         inside = [a for a in anns if (a["start"] < 0 and not passages) or lo <= a["start"] < hi]
         passages.append({"infons": {"type": p["type"]}, "offset": p["offset"], "text": p["text"], "sentences": [],
@@ -102,15 +115,26 @@ def bioc_xml_document(record: dict) -> str:
         _infon_elements(re_, r["infons"])
         for n in r["nodes"]:
             ET.SubElement(re_, "node", refid=n["refid"], role=n["role"])
-    return ET.tostring(doc, encoding="unicode") + "\n"
+    return _xml_safe(ET.tostring(doc, encoding="unicode")) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------------
 # PubTator
 
 
+# what any line reader may end a line at (str.splitlines: \n \r \v \f \x1c-\x1e \x85 U+2028 U+2029), the tab that
+# separates columns, and the other C0 controls (a NUL makes tools take the file for binary): each becomes a
+# space, the same length, so offsets stay valid
+_BREAKS = str.maketrans(dict.fromkeys([chr(c) for c in range(32)] + ["\x7f", "\x85", "\u2028", "\u2029"], " "))
+
+
 def _one_line(text: str) -> str:
-    return text.replace("\r", " ").replace("\n", " ").replace("\t", " ")  # same length: offsets stay valid
+    return text.translate(_BREAKS)
+
+
+def _pubtator_id(text: str) -> str:
+    """An id as one PubTator field: no line break, tab or `|` (which would end the id in `ID|t|`)."""
+    return text.translate(_BREAKS).replace("|", "_")
 
 
 def pubtator_document(r: dict) -> str:
@@ -124,11 +148,14 @@ def pubtator_document(r: dict) -> str:
         t_line, a_line = title, text[len(title) + 1 :]
     else:
         t_line, a_line = text, ""
-    out = [f"{r['id']}|t|{_one_line(t_line)}\n{r['id']}|a|{_one_line(a_line)}\n"]
+    doc_id = _pubtator_id(r["id"])
+    out = [f"{doc_id}|t|{_one_line(t_line)}\n{doc_id}|a|{_one_line(a_line)}\n"]
     mentions = sorted((sp["start"], sp["end"], sp["text"], e["type"], e["id"]) for e in r.get("entities", [])
                       for sp in e["spans"])  # fmt: skip
-    out += [f"{r['id']}\t{s}\t{e}\t{_one_line(t)}\t{ty}\t{eid}\n" for s, e, t, ty, eid in mentions]
-    out += [f"{r['id']}\t{x['type']}\t{x['head']}\t{x['tail']}\n" for x in r.get("relations", [])]
+    out += [f"{doc_id}\t{s}\t{e}\t{_one_line(t)}\t{_one_line(ty)}\t{_pubtator_id(eid)}\n"
+            for s, e, t, ty, eid in mentions]  # fmt: skip
+    out += [f"{doc_id}\t{_one_line(x['type'])}\t{_pubtator_id(x['head'])}\t{_pubtator_id(x['tail'])}\n"
+            for x in r.get("relations", [])]  # fmt: skip
     return "".join(out) + "\n"
 
 
@@ -137,7 +164,7 @@ class Writer:
 
     def __init__(self, fmt: str, infons: dict[str, str]):
         if fmt not in OUTPUT_FORMATS:
-            raise ValueError(f"unknown output format {fmt!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
+            raise BioGPTError(f"unknown output format {fmt!r}; choose one of {', '.join(OUTPUT_FORMATS)}")
         self.fmt, self.infons, self.count = fmt, {k: str(v) for k, v in infons.items()}, 0
 
     def header(self) -> str:
@@ -147,7 +174,8 @@ class Writer:
                 ET.SubElement(root, k).text = v
             _infon_elements(root, self.infons)
             text = ET.tostring(root, encoding="unicode").replace("</collection>", "")
-            return "<?xml version='1.0' encoding='UTF-8'?>\n<!DOCTYPE collection SYSTEM 'BioC.dtd'>\n" + text + "\n"
+            head = "<?xml version='1.0' encoding='UTF-8'?>\n<!DOCTYPE collection SYSTEM 'BioC.dtd'>\n"
+            return head + _xml_safe(text) + "\n"
         if self.fmt == "bioc-json":
             head = json.dumps({**COLLECTION, "infons": self.infons}, ensure_ascii=False)
             return head[:-1] + ', "documents": [\n'

@@ -18,6 +18,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
+from biogpt.errors import CorpusError
 from biogpt.text.tokenizer import BPE, SPECIALS, Vocab, write_fairseq
 
 Pair = tuple[str, str]
@@ -203,13 +204,14 @@ def build_vocab(word_counts: dict[str, int], merges: list[tuple[Pair, int]], pad
 
 
 def learn(lines: Iterable[str], out_dir: str | Path, num_merges: int = 40000, min_frequency: int = 2) -> Vocab:
-    """Learn from Moses-tokenized lines and write `bpecodes` + `dict.txt` into `out_dir`."""
+    """Learn from Moses-tokenized lines and write `bpecodes` + `dict.txt` into `out_dir`; a corpus with nothing
+    to learn is a CorpusError (bad input, one `error:` line on the command line)."""
     word_counts = count_words(lines)
     if not word_counts:
-        raise ValueError("the corpus is empty: nothing to learn a vocabulary from")
+        raise CorpusError("the corpus is empty: nothing to learn a vocabulary from")
     merges = learn_merges(word_counts, num_merges, min_frequency)
     if not merges:
-        raise ValueError(f"no pair occurs at least {min_frequency} times: lower --min-frequency or add text")
+        raise CorpusError(f"no pair occurs at least {min_frequency} times: lower --min-frequency or add text")
     vocab = build_vocab(word_counts, merges)
     write_fairseq(vocab, out_dir)
     return vocab
