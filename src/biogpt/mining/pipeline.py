@@ -145,13 +145,16 @@ class Run:
         path = self.parts / self.manifest["chunks"][key]["shard"]
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
-    def assemble(self, keys: list[str], fmt: str, infons: dict, to_stdout: bool) -> None:
-        """The output from the shards in input order, written whole (temporary name, then renamed)."""
+    def assemble(self, keys: list[str], fmt: str, infons: dict, to_stdout: bool,
+                 on_record: Callable[[dict], None] = lambda r: None) -> None:  # fmt: skip
+        """The output from the shards in input order, written whole (temporary name, then renamed); every
+        record also goes to `on_record` (the `--summary` aggregate), so a resumed run sees them all."""
         w = Writer(fmt, infons)
         if to_stdout:
             sys.stdout.write(w.header())
             for key in keys:
                 for r in self.records(key):
+                    on_record(r)
                     sys.stdout.write(w.document(r))
             sys.stdout.write(w.footer())
             sys.stdout.flush()
@@ -161,6 +164,7 @@ class Run:
                 f.write(w.header())
                 for key in keys:
                     for r in self.records(key):
+                        on_record(r)
                         f.write(w.document(r))
                 f.write(w.footer())
                 f.flush()
@@ -182,12 +186,13 @@ def run(
     progress: bool = True,
     map_chunks: Callable[[Iterable[Chunk]], Iterator[Result]] | None = None,
     stream: Callable[..., Iterator[Result]] | None = None,
+    on_record: Callable[[dict], None] = lambda r: None,
     _stop_after: int | None = None,  # tests: simulate a crash after this many committed chunks
 ) -> Summary:
     """Extract over every input into `out` (`-` for stdout, JSONL only there), resumably. `map_chunks`, if
     given, runs the chunks elsewhere (worker processes) and yields them back in order; `stream`, if given,
     reads and extracts the inputs itself (Ray: `stream(inputs, input_format, chunk_size, strict, done_keys)`)
-    and yields the results in input order."""
+    and yields the results in input order. `on_record` sees every record as the output is assembled."""
     to_stdout = out == "-"
     parts_base = Path(tempfile.mkdtemp(prefix="biogpt-extract-")) / "stdout" if to_stdout else Path(out)
     state = Run(parts_base, {**settings, "inputs": [str(Path(p).resolve()) for p in inputs], "format": fmt})
@@ -221,7 +226,7 @@ def run(
             shutil.rmtree(state.parts, ignore_errors=True)
         raise
     bar.close()
-    state.assemble(keys, fmt, infons, to_stdout)
+    state.assemble(keys, fmt, infons, to_stdout, on_record)
     summary.seconds = time.perf_counter() - t0
     return summary
 
