@@ -352,3 +352,29 @@ def test_cdr_kit_scores_our_pubtator_as_biogpt_eval(tmp_path, capsys):
     for key, name in (("Precision", "precision"), ("Recall", "recall"), ("F-score", "f1")):
         digits = len(got[key].split(".")[1])
         assert abs(float(got[key]) - want[name]) < 10**-digits, (key, got[key], want[name])
+
+
+def test_pubtator_relation_lines_one_per_identifier_pair_with_the_relation_type():
+    none = {"id": None, "curie": None, "link": None, "type": "Drug"}
+    ents = [{"ref": "E1", "id": "DB00945", "curie": "DRUGBANK:DB00945", "link": "exact", "text": "aspirin",
+             "type": "Drug", "grounded": True, "spans": [{"start": 0, "end": 7, "text": "aspirin"}]},
+            {"ref": "E2", **none, "text": "warfarin", "grounded": True, "spans": [{"start": 12, "end": 20,
+                                                                                    "text": "warfarin"}]},
+            {"ref": "E3", **none, "text": "coumadin", "grounded": False, "spans": []}]  # fmt: skip
+    rels = [{"id": f"R{k}", "type": "effect", "head": "E1", "tail": t, "head_id": "DB00945", "tail_id": None,
+             "score": -1.0, "grounded": True} for k, t in enumerate(("E2", "E3"))]  # fmt: skip
+    record = {"id": "9", "text": "aspirin and warfarin.", "passages": [{"type": "text", "offset": 0,
+              "text": "aspirin and warfarin."}], "entities": ents, "relations": rels}  # fmt: skip
+    lines = render([record], "pubtator", {}).splitlines()
+    assert lines[2:-1] == ["9\t0\t7\taspirin\tDrug\tDB00945", "9\t12\t20\twarfarin\tDrug\t-1", "9\teffect\tDB00945\t-1"]
+
+
+def test_normal_key_is_the_re_scorers_normalisation():
+    from biogpt.mining.linking import normal_key
+    from biogpt.tasks.ddi import normalize_name
+
+    tables = [json.loads((CDR / f"{s}.entities.json").read_text()) for s in ("train", "valid", "test")]
+    names = [n for d in tables for t in d.values() for n in t]
+    names += ["factor 8", "Factor VIII", "il-2", "b-type natriuretic", "x1", "12", "ä2", "İ3", " a b - type 9 "]
+    assert all(normal_key(n) == normalize_name("".join(n.lower().split())).lower() for n in names)
+    assert normal_key("factor 8") == normal_key("Factor VIII") == "factorviii"

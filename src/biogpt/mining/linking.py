@@ -21,22 +21,21 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from biogpt.errors import InputError
 from biogpt.mining.readers import Document, detect_format, read_documents
-from biogpt.tasks.ddi import normalize_name
+from biogpt.tasks.ddi import _ROMAN
 
 NO_ID = "-1"  # the BC5CDR / PubTator convention for a mention without an identifier
-_AMBIGUOUS = ""  # a normalised key that two identifiers share
-_MESH = re.compile(r"^[CD]\d{6,9}$")
+_NOT_ALNUM = re.compile(r"[^a-z0-9]+")
 MAX_NAME = 1000  # characters: longer "names" in a dictionary or an output are not names
 
 
-@dataclass(frozen=True)
-class Link:
-    """An entity's identifier (None: unlinked), its CURIE where the namespace is known, and how it was found."""
+class Link(NamedTuple):
+    """An entity's identifier (None: unlinked), its CURIE where the namespace is known, and how it was found
+    (a tuple: a million are built at load)."""
 
     id: str | None
     curie: str | None
@@ -44,6 +43,7 @@ class Link:
 
 
 UNLINKED = Link(None, None, None)
+_AMBIGUOUS = Link(None, None, "ambiguous")  # a normalised key that two identifiers share
 
 
 def exact_key(name: str) -> str:
@@ -52,17 +52,26 @@ def exact_key(name: str) -> str:
 
 
 def normal_key(name: str) -> str:
-    """The fallback key: no whitespace (Moses spacing), then the RE scorer's name normalisation."""
-    return normalize_name("".join(name.lower().split()))
+    """The fallback key: lowercased, no whitespace (Moses spacing), then the RE scorer's name normalisation,
+    `biogpt.tasks.ddi.normalize_name` (inlined for speed; the tests check they agree), lowercased again."""
+    s = "".join(name.lower().split())
+    if len(s) > 2 and s[-1] in _ROMAN and not s[-2].isnumeric():
+        s = s[:-1] + _ROMAN[s[-1]].lower()
+    return _NOT_ALNUM.sub("", s.replace("-type", ""))
+
+
+def _is_mesh(p: str) -> bool:
+    """A bare MeSH descriptor or supplementary concept id: D or C and 6 to 9 ASCII digits (no regex: hot)."""
+    return 7 <= len(p) <= 10 and p[0] in "CD" and p[1:].isdigit() and p.isascii()
 
 
 def curie(identifier: str) -> str | None:
     """`MESH:D008012` for a bare MeSH id; an identifier that already has a prefix is its own CURIE; composite
     ids (`D001|D002`, as the CDR corpus writes them) each get the prefix; other bare ids have no known one."""
-    parts = identifier.split("|")
+    parts = identifier.split("|") if "|" in identifier else (identifier,)
     if all(":" in p for p in parts):
         return identifier
-    if all(_MESH.match(p) for p in parts):
+    if all(_is_mesh(p) for p in parts):
         return "|".join("MESH:" + p for p in parts)
     return None
 
@@ -72,8 +81,9 @@ class Linker:
 
     def __init__(self, fallback: bool = True) -> None:
         self.fallback = fallback  # False: exact links only, as `biogpt eval` maps names
-        self._exact: dict[str, dict[str, str]] = {}  # type -> exact key -> id (NO_ID: known to have none)
-        self._normal: dict[str, dict[str, str]] = {}  # type -> normalised key -> id (_AMBIGUOUS: two ids)
+        # type -> key -> the finished Link (built once, at load: linking is a lookup)
+        self._exact: dict[str, dict[str, Link]] = {}  # exact key -> link (UNLINKED: listed without an id)
+        self._normal: dict[str, dict[str, Link]] = {}  # normalised key -> link (_AMBIGUOUS: two ids)
         self.names = 0
 
     def types(self) -> list[str]:
@@ -88,26 +98,26 @@ class Linker:
         identifier = identifier.strip() or NO_ID
         table = self._exact.setdefault(kind, {})
         old = table.get(key)
-        if old is not None and not (old == NO_ID and identifier != NO_ID):
+        if old is not None and not (old is UNLINKED and identifier != NO_ID):
             return
-        table[key] = identifier
         self.names += old is None
         if identifier == NO_ID:
+            table[key] = UNLINKED
             return
+        cur = curie(identifier)
+        table[key] = Link(identifier, cur, "exact")
         normal, nk = self._normal.setdefault(kind, {}), normal_key(key)
         if nk:
             prev = normal.get(nk)
-            normal[nk] = identifier if prev is None or prev == identifier else _AMBIGUOUS
+            normal[nk] = Link(identifier, cur, "normalised") if prev is None or prev.id == identifier else _AMBIGUOUS
 
     def _lookup(self, name: str, kind: str) -> Link | None:
         """exact, then normalised; None when neither knows the name."""
-        ident = self._exact.get(kind, {}).get(exact_key(name))
-        if ident is not None:
-            return UNLINKED if ident == NO_ID else Link(ident, curie(ident), "exact")
-        ident = self._normal.get(kind, {}).get(normal_key(name)) if self.fallback else None
-        if ident:
-            return Link(ident, curie(ident), "normalised")
-        return None
+        found = self._exact[kind].get(exact_key(name))
+        if found is not None or not self.fallback:
+            return found
+        found = self._normal.get(kind, {}).get(normal_key(name))
+        return None if found is None or found is _AMBIGUOUS else found
 
     def link(self, name: str, kind: str, text: str = "") -> Link:
         """The identifier of `name` as an entity of type `kind`; `text` (the document) lets an abbreviation
@@ -133,7 +143,8 @@ class Linker:
 
     def is_name(self, name: str, kind: str) -> bool:
         """Does the dictionary hold `name` (exactly or normalised) with an identifier, as type `kind`?"""
-        found = self._lookup(name, kind.lower()) if kind.lower() in self._exact else None
+        kind = kind.lower()
+        found = self._lookup(name, kind) if kind in self._exact else None
         return found is not None and found.id is not None
 
 
