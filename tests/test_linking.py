@@ -250,6 +250,17 @@ def test_extract_linking_options_refused_early(cdr_docs, tmp_path, capsys, extra
     assert len(err) == 1 and err[0].startswith("error: ") and why in err[0]
 
 
+@pytest.mark.parametrize("extra,why", [
+    (["--predictions", "p.txt", "--linked"], "--linked restricts --grounded"),
+    (["--predictions", "p.txt", "--dictionary", "d.tsv"], "--dictionary is for --linked"),
+    (["--grounded", "--linked", "--limit", "1"], "--linked needs a relation task and a dictionary for it"),
+])  # fmt: skip
+def test_eval_linked_options_refused(capsys, extra, why):
+    assert main(["eval", "ddi" if "--limit" in extra else "bc5cdr"] + extra) == 2
+    err = [x for x in capsys.readouterr().err.strip().splitlines() if x.startswith("error: ")]
+    assert len(err) == 1 and why in err[0]
+
+
 def test_extract_with_a_dictionary_not_utf8_is_one_error(cdr_model, cdr_docs, tmp_path, capsys):
     (tmp_path / "d.tsv").write_bytes(b"\xff\xfe\tChemical\tD1\n")
     assert main(["extract", "--task", "bc5cdr", "--model", str(cdr_model), str(cdr_docs), "-o",

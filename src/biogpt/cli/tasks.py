@@ -41,6 +41,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     writable_file(args.save_outputs, "--save-outputs")
     if args.grounded and args.predictions:
         raise BioGPTError("--grounded constrains decoding; with --predictions nothing is generated")
+    if args.linked and not args.grounded:
+        raise BioGPTError("--linked restricts --grounded decoding's entity spans to dictionary names; add --grounded")
+    if args.dictionary and not args.linked:
+        raise BioGPTError("--dictionary is for --linked decoding here (the scorer maps names as the original does)")
     if args.save_outputs and args.predictions:
         raise BioGPTError("--save-outputs saves generated outputs; with --predictions nothing is generated")
     if not args.predictions and _gpt2_model(args):
@@ -85,8 +89,6 @@ def _eval_linker(args: argparse.Namespace):
 
     if not args.linked:
         return None
-    if not args.grounded:
-        raise BioGPTError("--linked restricts --grounded decoding's entity spans to dictionary names; add --grounded")
     linker = linking.load(args.dictionary) if args.dictionary else linking.default_linker(args.task)
     if linker is None or args.task not in ("bc5cdr", "ddi", "kd-dti"):
         raise BioGPTError(f"--linked needs a relation task and a dictionary for it (--dictionary FILE); {args.task}")
