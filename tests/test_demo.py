@@ -83,7 +83,7 @@ def test_demo_in_bf16_and_int8_agrees_with_fp32():
 
 def test_readme_main_job_runs_in_under_a_minute():
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "biogpt.cli", "extract", "--task", "bc5cdr", "--grounded",
+    r = subprocess.run([sys.executable, "-m", "biogpt.cli", "extract", "--task", "bc5cdr", "--grounded", "--linked",
                         "examples/pubmed_sample.xml", "-o", "-"], cwd=ROOT, capture_output=True, text=True,
                        timeout=120)  # fmt: skip
     secs = time.perf_counter() - t0
@@ -97,4 +97,5 @@ def test_readme_main_job_runs_in_under_a_minute():
                 assert x["text"][sp["start"] : sp["end"]] == sp["text"]
     assert "done: 5 documents (0 skipped, 0 malformed records), 100.0% parsed" in r.stderr
     assert "grounding rate 100.0%" in r.stderr and all(x["relations"] for x in records)
+    assert all(e["id"] and e["curie"].startswith("MESH:") for x in records for e in x["entities"])  # all linked
     assert secs < 60, secs

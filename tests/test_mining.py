@@ -63,8 +63,9 @@ def check_record(r: dict) -> None:
             assert 0 <= sp["start"] < sp["end"] <= len(r["text"])
             assert r["text"][sp["start"] : sp["end"]] == sp["text"]
             assert "".join(sp["text"].lower().split()) == "".join(e["text"].lower().split())
-    ids = {e["id"] for e in r["entities"]}
-    assert all(x["head"] in ids and x["tail"] in ids for x in r["relations"])
+    refs = {e["ref"]: e for e in r["entities"]}
+    assert all(x["head"] in refs and x["tail"] in refs for x in r["relations"])
+    assert all((x["head_id"], x["tail_id"]) == (refs[x["head"]]["id"], refs[x["tail"]]["id"]) for x in r["relations"])
 
 
 # --- readers --------------------------------------------------------------------------------------------
@@ -304,8 +305,8 @@ def test_pubtator_round_trip(task_models, abstracts, tmp_path):
         assert d.text == r["text"]
         want = sorted((sp["start"], sp["end"], sp["text"], e["type"]) for e in r["entities"] for sp in e["spans"])
         assert sorted((a["start"], a["end"], a["text"], a["type"]) for a in d.annotations) == want
-        assert [(x["type"], x["nodes"]) for x in d.relations] == [(x["type"], [x["head"], x["tail"]])
-                                                                    for x in r["relations"]]  # fmt: skip
+        pairs = dict.fromkeys((x["type"], x["head_id"] or "-1", x["tail_id"] or "-1") for x in r["relations"])
+        assert [(x["type"], *x["nodes"]) for x in d.relations] == list(pairs)  # one line per identifier pair
 
 
 # --- the command: formats, determinism, resuming, kill -9 ---------------------------------------------------

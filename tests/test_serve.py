@@ -21,6 +21,7 @@ import pytest
 import biogpt
 from biogpt.generation import generate
 from biogpt.mining import Extractor
+from biogpt.mining.linking import default_linker
 from biogpt.mining.readers import Document, Passage, title_abstract
 from biogpt.mining.writers import bioc_document, jsonl_line, pubtator_document
 from biogpt.serve import create_app
@@ -313,7 +314,8 @@ def test_extract_is_the_mining_pipeline(app, demo):
     ]
     ref_docs = [title_abstract("d1", docs[0]["title"], docs[0]["abstract"]),
                 Document("d2", [Passage("text", 0, docs[1]["text"])])]  # fmt: skip
-    ref = Extractor(model, tok, "bc5cdr", grounded=True, model_info={"name": NAME}).extract(ref_docs)
+    ref = Extractor(model, tok, "bc5cdr", grounded=True, model_info={"name": NAME},
+                    linker=default_linker("bc5cdr")).extract(ref_docs)  # fmt: skip
 
     async def go(http, client):
         out = {}

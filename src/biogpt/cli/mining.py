@@ -21,17 +21,43 @@ def _build_extractor(args: argparse.Namespace, progress_note: bool):
     from biogpt.mining.generative import GenerativeExtractor
     from biogpt.models.gpt2 import GPT2
 
+    linker = _linker(args)
     model, tok = load_for_inference(args)
     info = {"name": str(args.model), "sha256": weights_sha256(args.model), "dtype": args.dtype}
     if isinstance(model, GPT2):  # BioMedLM: PubMedQA in the generative format
         ex = GenerativeExtractor(model, tok, args.task, batch_size=args.batch_size, model_info=info)
     else:
         ex = Extractor(model, tok, args.task, grounded=args.grounded, num_beams=args.num_beams,
-                       batch_size=args.batch_size, model_info=info)  # fmt: skip
+                       batch_size=args.batch_size, model_info=info, linker=linker, linked=args.linked)  # fmt: skip
     if progress_note:
         print(f"model: {args.model} ({info['sha256'][:12]}), task {args.task}, biogpt {biogpt.__version__}",
               file=sys.stderr)  # fmt: skip
     return ex
+
+
+def _linker(args: argparse.Namespace):
+    """The dictionaries of `--dictionary` (they replace the task's default), the task's shipped default, or
+    None (`--no-link`, or a task without one)."""
+    from biogpt.mining import linking
+
+    if args.no_link:
+        return None
+    if args.dictionary:
+        return linking.load(args.dictionary, fallback=not args.exact_links)
+    return linking.default_linker(args.task, fallback=not args.exact_links)
+
+
+def _check_linking(args: argparse.Namespace) -> None:
+    """Linking options that contradict each other, and dictionary files, are refused before the model loads."""
+    if args.no_link and (args.dictionary or args.linked or args.exact_links):
+        raise BioGPTError("--no-link turns linking off; drop --dictionary, --linked and --exact-links with it")
+    if args.linked and not args.grounded:
+        raise BioGPTError("--linked restricts --grounded decoding's entity spans to dictionary names; add --grounded")
+    if args.linked and not args.dictionary and args.task != "bc5cdr":
+        raise BioGPTError(f"--linked needs a dictionary for --task {args.task} (--dictionary FILE)")
+    for path in args.dictionary:
+        if not Path(path).is_file():
+            raise BioGPTError(f"--dictionary {path}: file not found")
 
 
 def _init_worker(args: argparse.Namespace) -> None:
@@ -68,6 +94,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     import biogpt
     from biogpt.api import DEMO
     from biogpt.mining import pipeline
+    from biogpt.mining.aggregate import Aggregate
     from biogpt.mining.readers import detect_format
 
     if args.dtype == "auto":  # the fastest mode the tests show equal to fp32 on the tasks: fp32 itself (bf16
@@ -80,11 +107,16 @@ def cmd_extract(args: argparse.Namespace) -> int:
         for path in args.input:  # a file in no known format fails here, before the model is loaded
             detect_format(Path(path))
     writable_file(args.output, "-o")
+    if args.summary is not None:
+        writable_file(args.summary, "--summary")
+    _check_linking(args)
     _check_gpt2(args)
     set_threads(args.threads)
     settings = {"task": args.task, "model": str(args.model), "dtype": args.dtype, "grounded": args.grounded,
                 "num_beams": args.num_beams, "batch_size": args.batch_size, "chunk_size": args.chunk_size,
-                "input_format": args.input_format, "weights": _weights_fingerprint(args.model)}  # fmt: skip
+                "input_format": args.input_format, "weights": _weights_fingerprint(args.model),
+                "no_link": args.no_link, "linked": args.linked, "exact_links": args.exact_links,
+                "dictionary": [str(Path(p).resolve()) for p in args.dictionary]}  # fmt: skip
     model_name = str(args.model) if args.model is not None else DEMO  # the default is named as the records name it
     infons = {"task": args.task, "model": model_name, "biogpt_version": biogpt.__version__}
     extract, map_chunks, stream, pool = None, None, None, None
@@ -97,10 +129,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
         map_chunks = lambda items: pool.imap(_work, items)  # noqa: E731  (ordered: shards are committed in order)
     else:
         extract = _build_extractor(args, True).extract
+    agg = Aggregate()
     try:
         summary = pipeline.run(args.input, args.output, fmt, extract, settings, infons, input_format=args.input_format,
                                chunk_size=args.chunk_size, strict=args.strict, progress=not args.quiet,
-                               map_chunks=map_chunks, stream=stream)  # fmt: skip
+                               map_chunks=map_chunks, stream=stream, on_record=agg.add)  # fmt: skip
     except BaseException:
         if pool is not None:
             pool.terminate()  # never wait for workers on Ctrl-C or an error
@@ -108,6 +141,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
     if pool is not None:
         pool.close()
         pool.join()
+    if args.summary is not None:
+        _write_atomically(Path(args.summary), agg.tsv())
     for problem in summary.problems[:20]:
         print(f"  malformed: {problem}", file=sys.stderr)
     if len(summary.problems) > 20:
@@ -126,6 +161,13 @@ def _weights_fingerprint(model: str | None) -> list[dict]:
     p = resolve(DEMO if model is None else model)
     files = [p] if p.is_file() else sorted({f for pattern in WEIGHT_FILES for f in p.glob(pattern)})
     return [{"name": f.name, **fingerprint(f)} for f in files]
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Written under a temporary name, then renamed: never a half-written file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
 
 
 def _check_gpt2(args: argparse.Namespace) -> None:
@@ -170,6 +212,18 @@ def add_parsers(sub) -> None:
     p.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
                    help="run on a Ray cluster (pip install 'biogpt[ray]'); ADDRESS as ray.init takes it "
                         "(default: auto, or a new local instance)")  # fmt: skip
+    p.add_argument("--dictionary", action="append", default=[], metavar="FILE",
+                   help="names -> identifiers (repeatable; earlier files win; they replace the task's default): "
+                        "BioGPT's *.entities.json, a TSV name<TAB>type<TAB>identifier, or a PubTator file "
+                        "(default for bc5cdr: the shipped BC5CDR train+dev MeSH dictionary)")  # fmt: skip
+    p.add_argument("--no-link", action="store_true", help="no identifiers: every entity keeps id null")
+    p.add_argument("--exact-links", action="store_true",
+                   help="link names exactly (up to case and spacing), as `biogpt eval` maps them; no fallback")
+    p.add_argument("--linked", action="store_true",
+                   help="with --grounded: an entity slot holds only a span of the text that is a dictionary name "
+                        "of the slot's type (where the text has one)")  # fmt: skip
+    p.add_argument("--summary", metavar="TSV", help="also write one row per (head id, relation, tail id) across "
+                   "all documents: documents, best score, PMIDs, sorted by support")  # fmt: skip
     p.add_argument("--strict", action="store_true", help="stop at the first malformed record instead of skipping it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_extract)

@@ -29,6 +29,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if api_key is not None and not api_key.strip():  # an empty key would let every client in
         where = "--api-key" if args.api_key is not None else "$BIOGPT_API_KEY"
         raise BioGPTError(f"{where} is empty: give a key, or leave it out to serve without authentication")
+    dictionaries = _dictionaries(args.dictionary)
     set_threads(args.threads)
     name = args.served_model_name or str(args.model or "demo")
     info = {"name": name, "sha256": "", "dtype": args.dtype}  # /v1/extract's records, as `biogpt extract` writes
@@ -42,12 +43,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     app = create_app(loader=loader, model_name=name, api_key=api_key, model_info=info,
                      max_batch=args.max_concurrency, max_queue=args.max_queue, prefill_chunk=args.prefill_chunk,
-                     max_len=args.max_model_len, max_body=args.max_body_mb * (1 << 20))  # fmt: skip
+                     max_len=args.max_model_len, max_body=args.max_body_mb * (1 << 20),
+                     dictionaries=dictionaries)  # fmt: skip
     print(f"serving {name} on http://{args.host}:{args.port} (OpenAI API under /v1)", file=sys.stderr)
     load_error = run(app, args.host, args.port, args.shutdown_timeout, args.log_level)
     if load_error is not None:
         raise BioGPTError(f"{name}: {load_error}; the server stopped")
     return 0
+
+
+def _dictionaries(specs: list[str]) -> dict:
+    """`NAME=FILE` (or `FILE`, named by its file name up to the first dot) -> a linker, loaded before serving;
+    requests name them, never paths."""
+    from biogpt.mining.linking import load
+
+    out = {}
+    for spec in specs:
+        name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+        name = name or os.path.basename(path).split(".")[0]
+        if not name or name in out:
+            raise BioGPTError(f"--dictionary {spec}: give each dictionary its own name (NAME=FILE)")
+        out[name] = load([path])
+    return out
 
 
 def add_parsers(sub) -> None:
@@ -71,5 +88,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--max-body-mb", type=positive_int, default=1, help="request body limit in MiB (default: 1)")
     p.add_argument("--shutdown-timeout", type=nonneg_float, default=30.0,
                    help="seconds running requests get to finish after SIGTERM (default: %(default)s)")  # fmt: skip
+    p.add_argument("--dictionary", action="append", default=[], metavar="[NAME=]FILE",
+                   help="a linking dictionary /v1/extract requests may name (repeatable; NAME defaults to the file "
+                        "name up to its first dot)")  # fmt: skip
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=cmd_serve)

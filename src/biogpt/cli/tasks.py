@@ -42,6 +42,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     writable_file(args.save_outputs, "--save-outputs")
     if args.grounded and args.predictions:
         raise BioGPTError("--grounded constrains decoding; with --predictions nothing is generated")
+    if args.linked and not args.grounded:
+        raise BioGPTError("--linked restricts --grounded decoding's entity spans to dictionary names; add --grounded")
+    if args.dictionary and not args.linked:
+        raise BioGPTError("--dictionary is for --linked decoding here (the scorer maps names as the original does)")
     if args.save_outputs and args.predictions:
         raise BioGPTError("--save-outputs saves generated outputs; with --predictions nothing is generated")
     if args.setting is not None and args.task != "pubmedqa":
@@ -65,7 +69,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.task == "pubmedqa":  # a GPT-2 model's saved outputs are bare labels: score them as its run did
             outputs = [task.target(o.strip()) if o.strip() in LABELS else o for o in outputs]
     else:
-        constraint = (lambda src: grammar(args.task, tok, src)) if args.grounded else None
+        is_name = _eval_linker(args)
+        constraint = (lambda src: grammar(args.task, tok, src, is_name)) if args.grounded else None
         outputs = predict(task, model, tok, examples, batch_size=args.batch_size, constraint=constraint,
                           log=lambda m: print(f"  generated {m}", file=sys.stderr))  # fmt: skip
         if args.save_outputs:
@@ -77,9 +82,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
         report["setting"] = args.setting
     if model is not None:
         report["settings"] = {"max_source_tokens": task.max_source_tokens, "max_length": task.max_length,
-                              "num_prompt_tokens": task.num_prompt_tokens, "grounded": args.grounded}  # fmt: skip
+                              "num_prompt_tokens": task.num_prompt_tokens, "grounded": args.grounded,
+                              "linked": args.linked}  # fmt: skip
     _print_report(args, report)
     return 0
+
+
+def _eval_linker(args: argparse.Namespace):
+    """`--linked`: the dictionary's name test for the grounded template's entity slots (the shipped default of
+    the task, or `--dictionary` files), else None."""
+    from biogpt.mining import linking
+
+    if not args.linked:
+        return None
+    linker = linking.load(args.dictionary) if args.dictionary else linking.default_linker(args.task)
+    if linker is None or args.task not in ("bc5cdr", "ddi", "kd-dti"):
+        raise BioGPTError(f"--linked needs a relation task and a dictionary for it (--dictionary FILE); {args.task}")
+    return linker.is_name
 
 
 def _print_report(args: argparse.Namespace, report: dict) -> None:
@@ -149,4 +168,9 @@ def add_parsers(sub) -> None:
                                                        "--output)")  # fmt: skip
     p.add_argument("--grounded", action="store_true",
                    help="decode within the task's template (entities from the source, its own labels)")  # fmt: skip
+    p.add_argument("--linked", action="store_true",
+                   help="with --grounded: entity slots hold only dictionary names of their type (bc5cdr: the "
+                        "shipped BC5CDR train+dev dictionary, else --dictionary)")  # fmt: skip
+    p.add_argument("--dictionary", action="append", default=[], metavar="FILE",
+                   help="dictionaries for --linked (as biogpt extract --dictionary)")
     p.set_defaults(func=cmd_eval, needs_model_or_predictions=True)

@@ -14,6 +14,7 @@ import torch
 from biogpt.errors import TaskError
 from biogpt.generation import generate
 from biogpt.mining import tasks as mtasks
+from biogpt.mining.linking import UNLINKED, Linker
 from biogpt.mining.readers import Document
 from biogpt.tasks import task_for_model
 from biogpt.tasks.common import DECODING_LENGTH, check_prompt_tokens
@@ -27,7 +28,9 @@ TASKS = ("bc5cdr", "ddi", "kd-dti", "hoc", "pubmedqa")
 @dataclass
 class Extractor:
     """A task model ready to extract: `task_name` one of TASKS; `grounded` restricts decoding to the task's
-    template, entities to spans of the source and relation words to the task's labels."""
+    template, entities to spans of the source and relation words to the task's labels; `linker` gives every
+    entity a database identifier (or None), and `linked` (with `grounded`) lets an entity slot hold only a
+    span that is a dictionary name of the slot's type (where the text has one)."""
 
     model: torch.nn.Module
     tok: Tokenizer
@@ -36,6 +39,8 @@ class Extractor:
     num_beams: int = 1
     batch_size: int = 8
     model_info: dict = field(default_factory=dict)  # name, sha256, dtype: written into every record
+    linker: Linker | None = None
+    linked: bool = False
 
     def __post_init__(self):
         if self.task_name not in TASKS:
@@ -45,7 +50,8 @@ class Extractor:
 
     @property
     def decoding(self) -> dict:
-        return {"task": self.task_name, "num_beams": self.num_beams, "grounded": self.grounded,
+        linked = {"linked": True} if self.linked else {}  # only when on: records without it keep their bytes
+        return {"task": self.task_name, "num_beams": self.num_beams, "grounded": self.grounded, **linked,
                 "max_source_tokens": self.task.max_source_tokens, "max_length": self.task.max_length,
                 "num_prompt_tokens": self.task.num_prompt_tokens}  # fmt: skip
 
@@ -65,7 +71,8 @@ class Extractor:
             new = max(1, min(max_tgt, limit - (longest - 1)))
             constraints = None
             if self.grounded:
-                constraints = [grammar(self.task_name, self.tok, prepared[i][1]) for i in batch]
+                is_name = self.linker.is_name if self.linked and self.linker is not None else None
+                constraints = [grammar(self.task_name, self.tok, prepared[i][1], is_name) for i in batch]
             out = generate(self.model, [prepared[i][0] for i in batch], max_new_tokens=new, num_beams=self.num_beams,
                            constraints=constraints, output_logprobs=True)  # fmt: skip
             for i, row, lps in zip(batch, out.sequences[:, longest:].tolist(), out.logprobs.tolist()):
@@ -112,7 +119,9 @@ class Extractor:
                 spans = grounder.spans(name)
                 ids[key] = f"E{len(ids) + 1}"
                 located = [{"start": s, "end": e, "text": doc.text[s:e]} for s, e in spans]
-                entities.append({"id": ids[key], "text": name, "type": kind, "grounded": bool(spans), "spans": located})
+                ln = UNLINKED if self.linker is None else self.linker.link(name, kind, doc.text)
+                entities.append({"ref": ids[key], "id": ln.id, "curie": ln.curie, "link": ln.how, "text": name,
+                                 "type": kind, "grounded": bool(spans), "spans": located})  # fmt: skip
             return ids[key]
 
         seen = set()
@@ -121,6 +130,8 @@ class Extractor:
             if (h, t, r["type"]) in seen:  # the original scorer counts a repeated relation once
                 continue
             seen.add((h, t, r["type"]))
-            grounded = all(e["grounded"] for e in entities if e["id"] in (h, t))
+            by_ref = {e["ref"]: e for e in entities}
+            grounded = by_ref[h]["grounded"] and by_ref[t]["grounded"]
             relations.append({"id": f"R{len(relations) + 1}", "type": r["type"], "head": h, "tail": t,
+                              "head_id": by_ref[h]["id"], "tail_id": by_ref[t]["id"],
                               "score": round(r["logprob"], 6), "grounded": grounded})  # fmt: skip

@@ -179,13 +179,16 @@ class Run:
         # only "\n" ends a shard line: str.splitlines() would also split at U+2028, U+2029, U+0085 in a text
         return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
 
-    def assemble(self, keys: list[str], fmt: str, infons: dict, to_stdout: bool) -> None:
-        """The output from the shards in input order, written whole (temporary name, then renamed)."""
+    def assemble(self, keys: list[str], fmt: str, infons: dict, to_stdout: bool,
+                 on_record: Callable[[dict], None] = lambda r: None) -> None:  # fmt: skip
+        """The output from the shards in input order, written whole (temporary name, then renamed); every
+        record also goes to `on_record` (the `--summary` aggregate), so a resumed run sees them all."""
         w = Writer(fmt, infons)
         if to_stdout:
             sys.stdout.write(w.header())
             for key in keys:
                 for r in self.records(key):
+                    on_record(r)
                     sys.stdout.write(w.document(r))
             sys.stdout.write(w.footer())
             sys.stdout.flush()
@@ -195,6 +198,7 @@ class Run:
                 f.write(w.header())
                 for key in keys:
                     for r in self.records(key):
+                        on_record(r)
                         f.write(w.document(r))
                 f.write(w.footer())
                 f.flush()
@@ -233,26 +237,27 @@ def run(
     progress: bool = True,
     map_chunks: Callable[[Iterable[Chunk]], Iterator[Result]] | None = None,
     stream: Callable[..., Iterator[Result]] | None = None,
+    on_record: Callable[[dict], None] = lambda r: None,
     _stop_after: int | None = None,  # tests: simulate a crash after this many committed chunks
 ) -> Summary:
     """Extract over every input into `out` (`-` for stdout, JSONL only there), resumably. `map_chunks`, if
     given, runs the chunks elsewhere (worker processes) and yields them back in order; `stream`, if given,
     reads and extracts the inputs itself (Ray: `stream(inputs, input_format, chunk_size, strict, done_keys)`)
-    and yields the results in input order."""
+    and yields the results in input order. `on_record` sees every record as the output is assembled."""
     to_stdout = out == "-"
     if not to_stdout:
         return _run(inputs, Path(out), fmt, extract, settings, infons, input_format, chunk_size, strict, progress,
-                    map_chunks, stream, _stop_after)  # fmt: skip
+                    map_chunks, stream, _stop_after, on_record=on_record)  # fmt: skip
     scratch = Path(tempfile.mkdtemp(prefix="biogpt-extract-"))  # stdout: shards only while the run lasts
     try:
         return _run(inputs, scratch / "stdout", fmt, extract, settings, infons, input_format, chunk_size, strict,
-                    False, map_chunks, stream, _stop_after, to_stdout=True)  # fmt: skip
+                    False, map_chunks, stream, _stop_after, to_stdout=True, on_record=on_record)  # fmt: skip
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _run(inputs, out: Path, fmt, extract, settings, infons, input_format, chunk_size, strict, progress, map_chunks,
-         stream, _stop_after, to_stdout: bool = False) -> Summary:  # fmt: skip
+         stream, _stop_after, to_stdout: bool = False, on_record=lambda r: None) -> Summary:  # fmt: skip
     """`run` into the file `out` (or, with `to_stdout`, standard output, with `out` the scratch name)."""
     fingerprints = [fingerprint(p) for p in inputs]
     state = Run(out, {**settings, "inputs": [str(Path(p).resolve()) for p in inputs], "input_files": fingerprints,
@@ -288,7 +293,7 @@ def _run(inputs, out: Path, fmt, extract, settings, infons, input_format, chunk_
         state.release()
         raise
     bar.close()
-    state.assemble(keys, fmt, infons, to_stdout)
+    state.assemble(keys, fmt, infons, to_stdout, on_record)
     summary.seconds = time.perf_counter() - t0
     return summary
 

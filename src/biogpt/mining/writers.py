@@ -40,21 +40,29 @@ def jsonl_line(record: dict) -> str:
 # location-less annotation for an entity the text does not contain
 
 
+def identifier(e: dict) -> str:
+    """An entity's identifier as PubTator3's BioC writes it (the CURIE where the namespace is known), or
+    PubTator's `-1` when unlinked."""
+    return e.get("curie") or e.get("id") or "-1"
+
+
 def _annotations(record: dict) -> tuple[list[dict], dict[str, str]]:
-    """BioC annotations (dicts) and entity id -> the annotation id relations use."""
+    """BioC annotations (dicts) and entity ref -> the annotation id relations use."""
     anns, first = [], {}
     for e in record.get("entities", []):
-        infons = {"type": e["type"], "identifier": e["id"], "grounded": "true" if e["grounded"] else "false"}
+        infons = {"type": e["type"], "identifier": identifier(e), "grounded": "true" if e["grounded"] else "false"}
+        if e.get("link"):
+            infons["biogpt_link"] = e["link"]
         if not e["spans"]:
-            aid = f"{e['id']}"
+            aid = f"{e['ref']}"
             anns.append({"id": aid, "infons": infons, "text": e["text"], "locations": [], "start": -1})
-            first[e["id"]] = aid
+            first[e["ref"]] = aid
         for k, sp in enumerate(e["spans"]):
-            aid = f"{e['id']}.{k + 1}"
+            aid = f"{e['ref']}.{k + 1}"
             anns.append({"id": aid, "infons": dict(infons), "text": sp["text"],
                          "locations": [{"offset": sp["start"], "length": sp["end"] - sp["start"]}],
                          "start": sp["start"]})  # fmt: skip
-            first.setdefault(e["id"], aid)
+            first.setdefault(e["ref"], aid)
     return anns, first
 
 
@@ -81,9 +89,13 @@ def bioc_document(record: dict) -> dict:
                          "annotations": [{k: a[k] for k in ("id", "infons", "text", "locations")} for a in inside],
                          "relations": []})  # fmt: skip
     relations = []
+    by_ref = {e["ref"]: e for e in record.get("entities", [])}
     for r in record.get("relations", []):
+        head, tail = by_ref[r["head"]], by_ref[r["tail"]]  # PubTator3's roles: "Type|identifier"
         relations.append({"id": r["id"], "infons": {"type": r["type"], "score": f"{r['score']:.6f}",
-                                                      "grounded": "true" if r["grounded"] else "false"},
+                                                      "grounded": "true" if r["grounded"] else "false",
+                                                      "role1": f"{head['type']}|{identifier(head)}",
+                                                      "role2": f"{tail['type']}|{identifier(tail)}"},
                           "nodes": [{"refid": first[r["head"]], "role": "head"},
                                     {"refid": first[r["tail"]], "role": "tail"}]})  # fmt: skip
     return {"id": record["id"], "infons": _document_infons(record), "passages": passages, "relations": relations}
@@ -138,9 +150,10 @@ def _pubtator_id(text: str) -> str:
 
 
 def pubtator_document(r: dict) -> str:
-    """`ID|t|title`, `ID|a|abstract`, mention lines (start, end, text, type, entity id) and relation lines
-    (type, head entity id, tail entity id), then a blank line. A text that is not title + " " + abstract is
-    written whole as the title, so that PubTator's offsets (abstract at len(title) + 1) still hold."""
+    """`ID|t|title`, `ID|a|abstract`, mention lines (start, end, text, type, concept id or -1) and relation
+    lines (type, head id, tail id: one per distinct identifier pair, as the CDR corpus has them), then a blank
+    line. A text that is not title + " " + abstract is written whole as the title, so that PubTator's offsets
+    (abstract at len(title) + 1) still hold."""
     text = r["text"]
     first = r["passages"][0] if r["passages"] else None
     title = first["text"] if first and first["type"] == "title" and first["offset"] == 0 else ""
@@ -150,12 +163,13 @@ def pubtator_document(r: dict) -> str:
         t_line, a_line = text, ""
     doc_id = _pubtator_id(r["id"])
     out = [f"{doc_id}|t|{_one_line(t_line)}\n{doc_id}|a|{_one_line(a_line)}\n"]
-    mentions = sorted((sp["start"], sp["end"], sp["text"], e["type"], e["id"]) for e in r.get("entities", [])
-                      for sp in e["spans"])  # fmt: skip
+    mentions = sorted((sp["start"], sp["end"], sp["text"], e["type"], e["id"] or "-1")
+                      for e in r.get("entities", []) for sp in e["spans"])  # fmt: skip
     out += [f"{doc_id}\t{s}\t{e}\t{_one_line(t)}\t{_one_line(ty)}\t{_pubtator_id(eid)}\n"
             for s, e, t, ty, eid in mentions]  # fmt: skip
-    out += [f"{doc_id}\t{_one_line(x['type'])}\t{_pubtator_id(x['head'])}\t{_pubtator_id(x['tail'])}\n"
-            for x in r.get("relations", [])]  # fmt: skip
+    pairs = dict.fromkeys((x["type"], x.get("head_id") or "-1", x.get("tail_id") or "-1")
+                          for x in r.get("relations", []))  # fmt: skip
+    out += [f"{doc_id}\t{_one_line(ty)}\t{_pubtator_id(h)}\t{_pubtator_id(t)}\n" for ty, h, t in pairs]
     return "".join(out) + "\n"
 
 

@@ -40,6 +40,7 @@ from biogpt.errors import BioGPTError, GenerationError
 from biogpt.generation.scheduler import Delta, QueueFull, SamplingParams, Scheduler, Seq
 from biogpt.mining.extractor import Extractor
 from biogpt.mining.generative import GenerativeExtractor
+from biogpt.mining.linking import Linker, default_linker
 from biogpt.mining.readers import Document, Passage, title_abstract
 from biogpt.mining.writers import bioc_document, jsonl_line, pubtator_document
 from biogpt.models.gpt2 import GPT2
@@ -262,10 +263,12 @@ def create_app(
     max_len: int | None = None,
     max_body: int = 1 << 20,
     model_info: dict | None = None,
+    dictionaries: dict[str, Linker] | None = None,
 ) -> FastAPI:
     """The app over a loaded (model, tok), or over `loader()` run in a thread at startup (/health says 503 until
     it is done). `max_len`: tokens per sequence (prompt + output), the model's positions by default; the batch
-    cache holds max_batch x max_len tokens."""
+    cache holds max_batch x max_len tokens. `dictionaries`: name -> linker, the dictionaries /v1/extract
+    requests may name (clients never send paths)."""
     if api_key is not None and not api_key.strip():
         raise ValueError("api_key is empty: give a key, or None to serve without one")
     options = dict(max_batch=max_batch, max_queue=max_queue, prefill_chunk=prefill_chunk, max_len=max_len)
@@ -702,6 +705,28 @@ def create_app(
             m.finish_reason, m.stop_reason, m.error = d.finish_reason, d.stop_reason, d.error
         return list(merged.values())
 
+    loaded = dict(dictionaries or {})
+    defaults: dict[str, Linker | None] = {}
+
+    def extract_linker(req: ExtractRequest) -> Linker | None:
+        """The request's dictionary: one the server was started with, by name, or the task's default."""
+        if not req.link:
+            if req.linked or req.dictionary is not None:
+                raise APIError(400, "`link: false` turns linking off; drop `dictionary` and `linked`", param="link")
+            return None
+        if req.dictionary is not None:
+            if req.dictionary not in loaded:
+                have = ", ".join(sorted(loaded)) or "none (start it with biogpt serve --dictionary NAME=FILE)"
+                raise APIError(400, f"unknown dictionary; this server has: {have}", param="dictionary")
+            linker = loaded[req.dictionary]
+        else:
+            if req.task not in defaults:
+                defaults[req.task] = default_linker(req.task)
+            linker = defaults[req.task]
+        if req.linked and (not req.grounded or linker is None):
+            raise APIError(400, "`linked` needs `grounded: true` and a dictionary for the task", param="linked")
+        return linker
+
     @app.post("/v1/extract")
     async def extract(req: ExtractRequest, request: Request):
         check_model(req.model)
@@ -725,12 +750,13 @@ def create_app(
             else:
                 raise APIError(400, f"document {d.id!r} has no text (give text, or title and abstract)",
                                param="documents")  # fmt: skip
+        linker = extract_linker(req)
         try:
             if state.byte_level:  # BioMedLM: PubMedQA in the generative format, as `biogpt extract`
                 ex = GenerativeExtractor(state.model, state.tok, req.task, model_info=state.model_info)
             else:
                 ex = Extractor(state.model, state.tok, req.task, grounded=req.grounded,
-                               model_info=state.model_info)  # fmt: skip
+                               model_info=state.model_info, linker=linker, linked=req.linked)  # fmt: skip
         except (BioGPTError, ValueError) as e:
             raise APIError(400, str(e), param="task") from None
         records = await run_extraction(ex, docs, request)

@@ -87,6 +87,9 @@ class ExtractRequest(Strict):
     grounded: bool = False
     format: Literal["jsonl", "bioc_json", "pubtator"] = "jsonl"
     model: str | None = None
+    link: bool = True  # identifiers from `dictionary`, else the task's shipped default (bc5cdr)
+    dictionary: str | None = Field(default=None, max_length=200)  # a name `biogpt serve --dictionary` gave
+    linked: bool = False  # with grounded: entity slots hold only dictionary names
 
 
 def error_body(message: str, type_: str, code: int, param: str | None = None) -> dict:

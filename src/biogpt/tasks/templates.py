@@ -4,6 +4,8 @@ every relation word, label or answer one of the task's own."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from biogpt.generation.constraints import Choice, Lit, Span, Template
 from biogpt.tasks import bc5cdr, ddi, hoc, kd_dti, pubmedqa
 from biogpt.text.fastbpe import EOS_ID
@@ -25,8 +27,11 @@ def token_ids(tok: Tokenizer, text: str) -> tuple[int, ...]:
     return tuple(tok.encode(text, add_eos_prefix=False))
 
 
-def grammar(task_name: str, tok: Tokenizer, source_ids: list[int]) -> Template:
-    """The output template of the task, with entity slots restricted to spans of the source ids."""
+def grammar(task_name: str, tok: Tokenizer, source_ids: list[int],
+            is_name: Callable[[str, str], bool] | None = None) -> Template:  # fmt: skip
+    """The output template of the task, with entity slots restricted to spans of the source ids; with
+    `is_name(text, type)` (a dictionary), a relation task's entity slot holds only a span that is a name of the
+    slot's type, where the source has one (else any span, as without a dictionary)."""
     if task_name in RELATION_TASKS:
         spec = RELATION_TASKS[task_name]
         sep = token_ids(tok, spec["sep"])
@@ -57,6 +62,39 @@ def grammar(task_name: str, tok: Tokenizer, source_ids: list[int]) -> Template:
     alnum = [any(c.isalnum() for c in t) for t in text]
     can_start = [t[:1].isalnum() and (i == 0 or whole[i - 1]) for i, t in enumerate(text)]
     can_end = [a and w for a, w in zip(alnum, whole)]
+    if is_name is not None and task_name in RELATION_TASKS:
+        texts: dict[tuple[int, ...], str] = {}  # span -> decoded text, shared by the two slots
+        for k, kind in ((1, RELATION_TASKS[task_name]["head"]), (3, RELATION_TASKS[task_name]["tail"])):
+            names = name_spans(tok, source_ids, can_start, can_end, items[k], lambda t, kind=kind: is_name(t, kind),
+                               texts=texts)  # fmt: skip
+            if names:
+                items[k] = Choice(names)
     return Template(items, sep, token_ids(tok, "."), source_ids, can_start, can_end, EOS_ID)
 
 
+def name_spans(tok: Tokenizer, source_ids: list[int], can_start: list[bool], can_end: list[bool], span: Span,
+               is_name: Callable[[str], bool], max_words: int = 8,
+               texts: dict | None = None) -> tuple[tuple[int, ...], ...]:  # fmt: skip
+    """Every distinct span of the source a Span slot allows (start and end flags, no excluded token, at most
+    `max_words` words and `span.max_tokens` tokens) whose decoded text `is_name` accepts, in source order."""
+    out: dict[tuple[int, ...], None] = {}
+    texts = {} if texts is None else texts  # decoding is the cost: each span once
+    n = len(source_ids)
+    for i in range(n):
+        if not can_start[i]:
+            continue
+        words = 0
+        for j in range(i, min(n, i + span.max_tokens)):
+            if source_ids[j] in span.exclude:
+                break
+            if not tok.pieces[source_ids[j]].endswith("@@"):
+                words += 1
+            if can_end[j]:
+                seq = tuple(source_ids[i : j + 1])
+                if seq not in texts:
+                    texts[seq] = tok.decode(list(seq))
+                if seq not in out and is_name(texts[seq]):
+                    out[seq] = None
+            if words >= max_words:
+                break
+    return tuple(out)
