@@ -100,3 +100,12 @@ def test_strict_build_fails_on_a_broken_link(tmp_path):
     done = build(tmp_path / "mkdocs.yml", tmp_path / "site")
     assert done.returncode != 0
     assert "missing.md" in done.stderr
+
+
+def test_the_commands_page_lists_every_command():
+    from biogpt.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")  # the subcommands' argparse action
+    page = (ROOT / "docs" / "commands.md").read_text(encoding="utf-8")
+    assert len(sub.choices) >= 15
+    assert [c for c in sub.choices if f"| `biogpt {c}` |" not in page] == []
