@@ -10,7 +10,7 @@ a set of allowed strings, spans of a source text) are ours.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -69,8 +69,11 @@ def generate(
     forced_tokens: Sequence[Sequence[int]] | None = None,
     constraints: Sequence[Constraint | None] | Constraint | None = None,
     output_logprobs: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> GenerationOutput:
-    """Generate up to `max_new_tokens` after each prompt. See the module docstring for what matches what."""
+    """Generate up to `max_new_tokens` after each prompt. See the module docstring for what matches what.
+    `should_stop()`, asked before each beam-search step, ends the search with GenerationCancelled: a server's
+    beam search, which runs whole between two decoding steps, stops soon after its client goes away."""
     if not isinstance(input_ids, torch.Tensor):
         input_ids, attention_mask = left_pad(input_ids, pad_token_id)
     dev = next(model.parameters()).device
@@ -121,7 +124,7 @@ def generate(
         )  # fmt: skip
     seqs, scores = beam_search(
         model, input_ids, attention_mask, max_new_tokens, rows, num_beams, num_return_sequences, length_penalty,
-        early_stopping, pad_token_id, opts,
+        early_stopping, pad_token_id, opts, should_stop,
     )  # fmt: skip
     logprobs = None
     if output_logprobs:
