@@ -1,6 +1,6 @@
 """Mining speed: `biogpt extract` end to end against what a user runs today, on the same documents, side by side.
 
-    python benchmarks/bench_extract.py [--docs 32] [--new-tokens 32] [--config base|tiny] [--threads 2]
+    python benchmarks/bench_extract.py [--docs 32] [--new-tokens 32] [--config base|tiny] [--threads 2] [--json F]
 
 Both sides get the BC5CDR test abstracts and a task model of the base configuration with random weights
 (K = 9 prompt tokens), and generate exactly --new-tokens tokens per document (end-of-sequence suppressed on
@@ -9,7 +9,8 @@ both sides, so the work is equal):
   tokens appended, `generate()` batched and left-padded, fp32, greedy, decode, the original post-processing;
 - biogpt: `biogpt.mining.pipeline.run` (read the JSONL, build sources, generate, parse, ground, write JSONL) in
   each precision mode.
-It prints documents/s and the ratio against transformers, and checks that fp32 outputs are identical.
+It prints documents/s and the ratio against transformers, and checks that fp32 outputs are identical. `--json`
+writes each mode's documents/s and ratio (for benchmarks/check_speed.py).
 """
 
 import argparse
@@ -33,6 +34,7 @@ def main() -> None:
     ap.add_argument("--config", default="base", choices=["base", "tiny"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--modes", default="fp32,bf16,int8")
+    ap.add_argument("--json", help="write each mode's documents/s and ratio over transformers to this file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -132,13 +134,17 @@ def main() -> None:
     print(f"config {args.config}, {len(docs)} BC5CDR test abstracts, {n} new tokens each, batch {args.batch_size}, "
           f"{args.threads} threads")  # fmt: skip
     print(f"transformers fp32 (generate + original post-processing): {len(docs) / t_ref:.2f} docs/s ({t_ref:.1f} s)")
+    figures = {"transformers_docs_s": len(docs) / t_ref, "modes": {}}
     for mode in args.modes.split(","):
         outs, secs = ours(mode)
+        figures["modes"][mode] = {"docs_s": len(docs) / secs, "vs_transformers": t_ref / secs}
         same = sum(a == b for a, b in zip(outs, ref))
         note = f"; outputs identical to transformers fp32: {same}/{len(ref)}"
         print(f"biogpt extract {mode}: {len(docs) / secs:.2f} docs/s ({secs:.1f} s), {t_ref / secs:.2f}x{note}")
         if mode == "fp32" and same != len(ref):
             raise SystemExit("fp32 outputs differ from transformers")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1))
 
 
 if __name__ == "__main__":

@@ -263,6 +263,7 @@ def main() -> None:
     ap.add_argument("--max-queue", type=int, default=64)
     ap.add_argument("--prompt-lengths", type=int, nargs="+", default=list(PROMPT_LENGTHS), help="prompt token mix")
     ap.add_argument("--output-lengths", type=int, nargs="+", default=list(OUTPUT_LENGTHS), help="output token mix")
+    ap.add_argument("--json", help="write the ratios at 16 clients (medians over the rounds) to this file")
     ap.add_argument("--serve-minimal", type=int, help=argparse.SUPPRESS)  # internal: run server (b) on this port
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -342,6 +343,9 @@ def main() -> None:
           f"(target >= 0.8x), {b_med:.1f}x the minimal transformers server fp32 (target >= 8x); "
           f"rounds: {each}")  # fmt: skip
     print(f"server peak memory (VmHWM): {peak / 1024:.0f} MiB")
+    if args.json:
+        figures = {"vs_offline_16": a_med, "vs_transformers_server_16": b_med, "peak_mib": peak / 1024}
+        Path(args.json).write_text(json.dumps(figures, indent=1))
     if soak:
         rss = [kib / 1024 for _, kib in soak]
         third = max(1, len(rss) // 3)
