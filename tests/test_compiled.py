@@ -1,0 +1,71 @@
+"""The compiled static-shape decoding step (generation/compiled.py) gives the eager engine's tokens.
+
+torch.compile runs with the aot_eager backend here: the whole step is captured as one graph (fullgraph=True:
+any graph break fails), as CUDA graphs need, without spending a test's time on Inductor's C++ code generation.
+"""
+
+import pytest
+import torch
+
+from biogpt.errors import GenerationError
+from biogpt.generation import compile_decode, generate
+from biogpt.models.biogpt import BioGPT, BioGPTConfig
+from biogpt.models.gpt2 import GPT2, GPT2Config
+
+PROMPTS = [[2, 17, 33, 9, 41, 8], [2, 5], [2, 60, 61, 62]]  # different lengths: left padding, per-prompt prefill
+
+
+def tiny_biogpt() -> BioGPT:
+    torch.manual_seed(0)
+    m = BioGPT(BioGPTConfig(vocab_size=96, n_layer=2, d_model=32, n_head=4, d_ffn=64, max_positions=64)).eval()
+    m.init_weights(seed=0)
+    return m
+
+
+def tiny_gpt2() -> GPT2:
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=96, n_layer=2, d_model=32, n_head=4, d_ffn=64, max_positions=64,
+                     scale_attn_by_inverse_layer_idx=True, bos_token_id=2, eos_token_id=2)  # fmt: skip
+    return GPT2(cfg).eval()
+
+
+def run(model, **kw):
+    out = generate(model, PROMPTS, max_new_tokens=12, min_new_tokens=12, eos_token_id=2, pad_token_id=1, **kw)
+    return out.sequences
+
+
+@pytest.mark.parametrize("family", [tiny_biogpt, tiny_gpt2])
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_compiled_step_gives_the_eager_tokens(family, backend):
+    model = family()
+    greedy = run(model)
+    sampled = run(model, do_sample=True, temperature=0.9, top_k=20, top_p=0.95, seed=3)
+    compile_decode(model, backend=backend)
+    assert torch.equal(run(model), greedy)
+    assert torch.equal(run(model, do_sample=True, temperature=0.9, top_k=20, top_p=0.95, seed=3), sampled)
+
+
+def test_static_step_logits_match_the_forward():
+    """Step by step, the static step's logits equal the cached forward's to fp32 rounding."""
+    model = tiny_biogpt()
+    ids = torch.tensor([[2, 17, 33, 9], [2, 5, 6, 7]])
+    a, b = model.new_cache(2, 16), model.new_cache(2, 16)
+    with torch.inference_mode():
+        model(ids, None, cache=a, last_only=True)
+        model(ids, None, cache=b, last_only=True)
+        b.zero_unfilled()
+        for t in range(5):
+            nxt = torch.tensor([[10 + t], [20 + t]])
+            want = model(nxt, torch.ones_like(nxt), cache=a, last_only=True)[:, -1]
+            got = model.decode_step(nxt, b.k, b.v, b.valid, b.next_pos, torch.tensor([b.length]))
+            b.length += 1
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert torch.equal(a.next_pos, b.next_pos) and torch.equal(a.valid, b.valid)
+
+
+def test_compiled_step_refuses_a_kernel_form():
+    from biogpt.backends.cpu.forms import quantize_int8_reference
+
+    model = quantize_int8_reference(tiny_biogpt())
+    with pytest.raises(GenerationError, match="plain fp32 and bf16"):
+        compile_decode(model)
