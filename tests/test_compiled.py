@@ -69,3 +69,31 @@ def test_compiled_step_refuses_a_kernel_form():
     model = quantize_int8_reference(tiny_biogpt())
     with pytest.raises(GenerationError, match="plain fp32 and bf16"):
         compile_decode(model)
+
+
+@pytest.mark.parametrize("verb", [["generate", "x"], ["extract", "in.jsonl"], ["serve"]])
+@pytest.mark.parametrize("device,message", [
+    ("cuda", "CUDA is not available on this machine" if not torch.cuda.is_available() else None),
+    ("tpu", "expected cpu, cuda or cuda:N, got 'tpu'"),
+    ("cuda:\u0661", "expected cpu, cuda or cuda:N"),  # a non-ASCII digit
+    ("cuda:0\u2028", "expected cpu, cuda or cuda:N"),
+])  # fmt: skip
+def test_device_is_checked_when_parsed(verb, device, message, capsys):
+    from biogpt.cli import main
+
+    if message is None:
+        pytest.skip("this machine has CUDA: --device cuda is valid here")
+    code = main([verb[0], "--device", device, *verb[1:]])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_int8_on_a_gpu_is_one_error(tmp_path):
+    import argparse
+
+    from biogpt.cli.args import load_for_inference
+    from biogpt.errors import BioGPTError
+
+    args = argparse.Namespace(model="demo", dtype="int8", device="cuda", vocab=None)
+    with pytest.raises(BioGPTError, match="--dtype int8 runs on the CPU; on --device cuda use bf16"):
+        load_for_inference(args)
