@@ -31,6 +31,7 @@ import json
 import time
 
 import torch
+from peaks import bandwidth_gbs  # benchmarks/peaks.py
 
 from biogpt.backends.cpu import can_pack_bf16, pack_bf16, quantize_int8
 from biogpt.checkpoints import config_from_hf, hf_to_ours
@@ -58,17 +59,6 @@ def gpt2_models(layers: int):
         return m
 
     return hf, cfg, ours
-
-
-def bandwidth_gbs() -> float:
-    """Bytes per second of one read pass over a 1 GiB fp32 tensor (best of 3), with the threads set."""
-    x = torch.ones(2**28)
-    best = 1e9
-    for _ in range(3):
-        t = time.perf_counter()
-        x.sum()
-        best = min(best, time.perf_counter() - t)
-    return x.numel() * 4 / best / 1e9
 
 
 CASES = {"b1": ("greedy, batch 1", 1, 1), "b16": ("greedy, batch 16", 16, 1), "beam5": ("beam search, 5 beams", 1, 5)}
