@@ -63,6 +63,39 @@ def test_static_step_logits_match_the_forward():
     assert torch.equal(a.next_pos, b.next_pos) and torch.equal(a.valid, b.valid)
 
 
+def serve(model, prompts, params, arrivals):
+    """Tokens of each request through the continuous-batching scheduler, request i submitted after arrivals[i]
+    more steps; rows come and go, so the compiled step runs at several batch sizes."""
+    from biogpt.generation import Scheduler
+
+    sch = Scheduler(model, max_batch=4, max_len=48, eos_token_id=-1)
+    out: dict[int, list[int]] = {}
+    seqs = []
+    for p, sp, wait in zip(prompts, params, arrivals):
+        for _ in range(wait):
+            sch.step()
+        seqs += sch.submit([p], [sp], lambda seq, d: out.setdefault(seq.id, []).extend(d.tokens))
+    while not sch.idle:
+        sch.step()
+    return [out[s.id] for s in seqs]
+
+
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_compiled_step_in_the_scheduler_gives_the_eager_tokens(backend):
+    from biogpt.generation import SamplingParams
+
+    prompts = [*PROMPTS, [2, 7, 7, 8, 9], [2, 44]]
+    lengths = [9, 4, 12, 6, 7]
+    params = [SamplingParams(max_tokens=n, temperature=0.8 if i % 2 else 0.0, top_p=0.9, seed=i)
+              for i, n in enumerate(lengths)]  # fmt: skip
+    arrivals = [0, 0, 2, 1, 3]
+    model = tiny_biogpt()
+    eager = serve(model, prompts, params, arrivals)
+    compile_decode(model, backend=backend)
+    assert serve(model, prompts, params, arrivals) == eager
+    assert [len(t) for t in eager] == lengths
+
+
 def test_compiled_step_refuses_a_kernel_form():
     from biogpt.backends.cpu.forms import quantize_int8_reference
 

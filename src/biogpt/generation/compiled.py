@@ -3,9 +3,10 @@
 A decoding step of a batch of rows is a few hundred small kernels; on a GPU launching them from Python takes
 longer than running them, so the step is compiled once with static shapes (`model.decode_step`: attention over
 the whole pre-allocated cache with a mask, the slot and positions as tensors) and, on CUDA, replayed as a CUDA
-graph (`mode="reduce-overhead"`). The engine uses it for greedy decoding and sampling where `compile_decode`
-was called; everything else (prefill, beam search, constraints, logits processing) is unchanged, so the tokens
-are the eager path's (tests/test_compiled.py checks it).
+graph (`mode="reduce-overhead"`). The engine uses it for greedy decoding and sampling, and the
+continuous-batching scheduler for its decoding steps, where `compile_decode` was called; everything else
+(prefill, beam search, constraints, logits processing) is unchanged, so the tokens are the eager path's
+(tests/test_compiled.py checks it).
 
 It runs the plain fp32 and bf16 forms; the CPU int8 and prepacked bf16 forms call native kernels that a graph
 cannot hold, and are already fused where it pays.
@@ -47,6 +48,29 @@ class CompiledDecoder:
         logits = self.fn(ids, cache.k, cache.v, cache.valid, cache.next_pos, slot)
         cache.length += 1
         return logits
+
+
+    def rows(self, ids: torch.Tensor, cache: KVCache, n: int) -> torch.Tensor:
+        """The continuous-batching scheduler's step: rows [0, n) of `cache` (all sharing its length) take one
+        token each, ids [n, 1] -> logits [n, V]. It runs the next power of two of rows (at most the cache's), so
+        that a handful of shapes are compiled whatever the batch; the spare rows are free rows and compute on
+        zeros (their results are dropped, and a row is rewritten when a sequence takes it)."""
+        rows = cache.k.shape[1]
+        b = min(1 << (n - 1).bit_length(), rows)
+        if not getattr(cache, "static_ready", False):  # finite numbers wherever a step may read with weight 0
+            for buf in (cache.k, cache.v):
+                buf[:, n:].zero_()
+                buf[:, :n, :, cache.length :].zero_()
+            cache.static_ready = True
+        if cache.length >= cache.max_len:
+            raise GenerationError(f"cache holds {cache.max_len} tokens; {cache.length + 1} needed")
+        view = cache.rows(b)
+        full = torch.zeros(b, 1, dtype=ids.dtype, device=ids.device)
+        full[:n] = ids
+        slot = torch.tensor([cache.length], device=ids.device)
+        logits = self.fn(full, view.k, view.v, view.valid, view.next_pos, slot)
+        cache.length += 1
+        return logits[:n]
 
 
 def compile_decode(model: nn.Module, backend: str | None = None, mode: str | None = None) -> nn.Module:
