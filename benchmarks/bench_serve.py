@@ -256,6 +256,7 @@ def main() -> None:
                     help="biogpt serve's and offline generate's precision (the transformers server: fp32)")  # fmt: skip
     ap.add_argument("--threads", type=int, default=1, help="threads of each server and of offline generate")
     ap.add_argument("--device", default="cpu", help="biogpt serve's and offline generate's device (cpu, cuda)")
+    ap.add_argument("--compile", action="store_true", help="biogpt serve --compile (the compiled decoding step)")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 32])
     ap.add_argument("--requests-per-client", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of (a), biogpt serve and (b)")
@@ -287,7 +288,7 @@ def main() -> None:
     port, mport = free_port(), free_port()
     cmd = [sys.executable, "-m", "biogpt.cli", "serve", "--port", str(port), "--threads", str(args.threads),
            "--max-concurrency", "32", "--max-queue", str(args.max_queue), "--log-level", "warning",
-           "--dtype", args.dtype, "--device", args.device]  # fmt: skip
+           "--dtype", args.dtype, "--device", args.device, *(["--compile"] if args.compile else [])]  # fmt: skip
     if args.model != "demo":  # the id the clients send; a batch cache sized to the workload
         cmd += ["--model", path, "--served-model-name", "demo",
                 "--max-model-len", str(max(args.prompt_lengths) + max(args.output_lengths) + 8)]  # fmt: skip

@@ -4,7 +4,7 @@
 #    check that the resumed run's losses equal an uninterrupted run's; tokens/s and MFU;
 # 2. decoding at batch 1, 16 and 64, bf16, biogpt eager and with the compiled step (CUDA graphs) against
 #    transformers bf16 with SDPA attention, same weights, same run; `extract` documents/s (benchmarks/bench_gpu.py);
-# 3. `biogpt serve --device cuda --dtype bf16` at 16 and 64 clients (benchmarks/bench_serve.py).
+# 3. `biogpt serve --device cuda --dtype bf16 --compile` at 16 and 64 clients (benchmarks/bench_serve.py).
 # Every figure is printed and written to $RUN/gpu_figures.json (the README's GPU table is made from it).
 #   bash scripts/gpu_check.sh [PEAK_TFLOPS]     (default 989, an H100/H200's dense bf16 peak)
 #   SKIP_TRAIN=1 bash scripts/gpu_check.sh      (parts 2 and 3 only)
@@ -39,8 +39,8 @@ json.dump({"pretrain tokens_s": rates[-1]["tokens_per_s"], "pretrain mfu": rates
 PY
 fi
 python benchmarks/bench_gpu.py --device cuda --batches 1 16 64 --json "$RUN/decode_figures.json"
-python benchmarks/bench_serve.py --model random-base --dtype bf16 --device cuda --threads 4 --clients 16 64 \
-    --rounds 1 --json "$RUN/serve_figures.json"
+python benchmarks/bench_serve.py --model random-base --dtype bf16 --device cuda --compile --threads 4 \
+    --clients 16 64 --rounds 1 --json "$RUN/serve_figures.json"
 python - "$RUN" <<'PY'
 import json, os, sys
 run = sys.argv[1]

@@ -130,3 +130,12 @@ def test_int8_on_a_gpu_is_one_error(tmp_path):
     args = argparse.Namespace(model="demo", dtype="int8", device="cuda", vocab=None)
     with pytest.raises(BioGPTError, match="--dtype int8 runs on the CPU; on --device cuda use bf16"):
         load_for_inference(args)
+
+
+def test_compile_with_int8_is_one_error(capsys):
+    from biogpt.cli import main
+
+    code = main(["generate", "--dtype", "int8", "--compile", "x"])
+    err = capsys.readouterr().err.splitlines()
+    errors = [line for line in err if line.startswith("error: ")]
+    assert code == 2 and len(errors) == 1 and "compiled decoding runs the plain fp32 and bf16 forms" in errors[0], err

@@ -153,6 +153,10 @@ def load_for_inference(args: argparse.Namespace):
         pack_bf16(model)  # the CPU form: weights laid out once for oneDNN's bf16 kernels
     if tok is None:
         raise BioGPTError(f"{args.model}: no vocabulary beside the weights; pass --vocab DIR")
+    if getattr(args, "compile", False):
+        from biogpt.generation import compile_decode
+
+        compile_decode(model)  # raises GenerationError for the CPU kernel forms
     return model, tok
 
 
@@ -166,3 +170,6 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, help="CPU threads (default: PyTorch's, one per core)")
     p.add_argument("--device", type=device_arg, default="cpu",
                    help="cpu, cuda or cuda:N (default: %(default)s); on a GPU use --dtype bf16 (or fp32)")  # fmt: skip
+    p.add_argument("--compile", action="store_true",
+                   help="decode through one compiled static-shape step (torch.compile; CUDA graphs on a GPU); "
+                        "fp32 and bf16 only")  # fmt: skip
