@@ -40,10 +40,7 @@ class CompiledDecoder:
             raise GenerationError(f"cache holds {cache.max_len} tokens; {cache.length + 1} needed")
         if not getattr(cache, "static_ready", False):  # once per cache: finite zeros past the prompt
             cache.zero_unfilled()
-            if cache.k.device.type == "cuda":  # the graph reads and writes these buffers where they are
-                for t in (cache.k, cache.v, cache.valid, cache.next_pos):
-                    torch._dynamo.mark_static_address(t)
-            cache.static_ready = True
+            _mark_static(cache)
         slot = torch.tensor([cache.length], device=ids.device)
         logits = self.fn(ids, cache.k, cache.v, cache.valid, cache.next_pos, slot)
         cache.length += 1
@@ -61,7 +58,7 @@ class CompiledDecoder:
             for buf in (cache.k, cache.v):
                 buf[:, n:].zero_()
                 buf[:, :n, :, cache.length :].zero_()
-            cache.static_ready = True
+            _mark_static(cache)
         if cache.length >= cache.max_len:
             raise GenerationError(f"cache holds {cache.max_len} tokens; {cache.length + 1} needed")
         view = cache.rows(b)
@@ -71,6 +68,15 @@ class CompiledDecoder:
         logits = self.fn(full, view.k, view.v, view.valid, view.next_pos, slot)
         cache.length += 1
         return logits[:n]
+
+
+def _mark_static(cache: KVCache) -> None:
+    """The cache is ready for the static step; on CUDA its buffers are marked as staying where they are, so a
+    captured graph reads and writes them in place instead of copying them in and out."""
+    if cache.k.device.type == "cuda":
+        for t in (cache.k, cache.v, cache.valid, cache.next_pos):
+            torch._dynamo.mark_static_address(t)
+    cache.static_ready = True
 
 
 def compile_decode(model: nn.Module, backend: str | None = None, mode: str | None = None) -> nn.Module:
