@@ -84,12 +84,26 @@ def compare(measured: dict[str, float], baseline: dict[str, float], tolerance: f
     return failed
 
 
+def _machine() -> str:
+    """The CPU's model name and core count, recorded beside a baseline."""
+    import os
+
+    name = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), name)
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} CPUs"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", default=",".join(RUNS), help=f"of {', '.join(RUNS)}")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tolerance", type=float, default=0.15, help="largest fall allowed, as a fraction")
     ap.add_argument("--update", action="store_true", help="write the figures measured as the new baseline")
+    ap.add_argument("--note", help="with --update: where and how the baseline was measured (kept in the table)")
     args = ap.parse_args()
     names = args.only.split(",")
     unknown = [n for n in names if n not in RUNS]
@@ -102,6 +116,9 @@ def main() -> None:
     if args.update:
         table["figures"].update(measured)
         table["threads"] = args.threads
+        table["machine"] = _machine()
+        if args.note:
+            table["note"] = args.note
         BASELINE.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
         print(f"wrote {len(measured)} figures to {BASELINE}")
         return
