@@ -1,6 +1,6 @@
 """Speed regression guard: the generation, extraction and serving benchmarks, briefly, against a committed table.
 
-    python benchmarks/check_speed.py [--only generate,extract,serve] [--threads 2] [--tolerance 0.15]
+    python benchmarks/check_speed.py [--only generate,extract,serve] [--tolerance 0.15]
     python benchmarks/check_speed.py --update      (re-measure and write benchmarks/baseline.json)
 
 Every figure it compares is relative to something measured in the same run on the same machine, so that it
@@ -100,7 +100,7 @@ def _machine() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", default=",".join(RUNS), help=f"of {', '.join(RUNS)}")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, help="threads of every benchmark (default: the baseline's, else 2)")
     ap.add_argument("--tolerance", type=float, default=0.15, help="largest fall allowed, as a fraction")
     ap.add_argument("--update", action="store_true", help="write the figures measured as the new baseline")
     ap.add_argument("--note", help="with --update: where and how the baseline was measured (kept in the table)")
@@ -109,13 +109,16 @@ def main() -> None:
     unknown = [n for n in names if n not in RUNS]
     if unknown:
         raise SystemExit(f"error: unknown benchmark {', '.join(unknown)} (of {', '.join(RUNS)})")
+    table = json.loads(BASELINE.read_text()) if BASELINE.exists() else {"figures": {}}
+    threads = args.threads or table.get("threads", 2)
+    if not args.update and threads != table.get("threads", threads):
+        raise SystemExit(f"error: the baseline was measured with {table['threads']} threads, not {threads}")
     measured: dict[str, float] = {}
     for name in names:
-        measured.update(measure(name, args.threads))
-    table = json.loads(BASELINE.read_text()) if BASELINE.exists() else {"figures": {}}
+        measured.update(measure(name, threads))
     if args.update:
         table["figures"].update(measured)
-        table["threads"] = args.threads
+        table["threads"] = threads
         table["machine"] = _machine()
         if args.note:
             table["note"] = args.note
