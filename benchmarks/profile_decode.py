@@ -35,13 +35,15 @@ def categories(model) -> dict[str, list[torch.nn.Module]]:
     return cats
 
 
-def timed(totals: dict[str, float], key: str, module: torch.nn.Module) -> None:
-    """Add the wall time of every call of `module` to totals[key]."""
+def timed(totals: dict[str, float], key: str, module: torch.nn.Module, decoding: list[bool]) -> None:
+    """Add the wall time of every call of `module` during a decoding step (decoding[0]) to totals[key]."""
     start: list[float] = []
     module.register_forward_pre_hook(lambda *_: start.append(time.perf_counter()))
 
     def post(*_):
-        totals[key] += time.perf_counter() - start.pop()
+        t = start.pop()
+        if decoding[0]:
+            totals[key] += time.perf_counter() - t
 
     module.register_forward_hook(post)
 
@@ -81,11 +83,18 @@ def main() -> None:
     engine.generate(model, ids, **kw)  # warm-up (kernel build, first-call costs)
 
     totals: dict[str, float] = defaultdict(float)
+    decoding = [False]  # inside a decoding step (one new token per row), not the prefill
     for key, mods in categories(model).items():
         for m in mods:
-            timed(totals, key, m)
-    step: list[float] = []  # the model's decoding steps only (one new token per row)
-    model.register_forward_pre_hook(lambda _m, a: step.append(time.perf_counter()) if a[0].shape[1] == 1 else None)
+            timed(totals, key, m, decoding)
+
+    def step_start(_m, a):
+        decoding[0] = a[0].shape[1] == 1
+        if decoding[0]:
+            step.append(time.perf_counter())
+
+    step: list[float] = []  # the model's decoding steps only
+    model.register_forward_pre_hook(step_start)
     model.register_forward_hook(
         lambda _m, a, _o: totals.__setitem__("model step", totals["model step"] + time.perf_counter() - step.pop())
         if a[0].shape[1] == 1 else None)  # fmt: skip
