@@ -170,5 +170,14 @@ def _greedy_or_sample(model, ids, mask, max_new, rows, do_sample, temperature, t
         done = done | (nxt == eos)
         if bool(done.all()) or step == max_new - 1:
             break
-        logits = model(nxt[:, None], ones, cache=cache, last_only=True)[:, -1]
+        logits = _step(model, nxt[:, None], ones, cache)
     return GenerationOutput(seqs, logprobs=torch.stack(lps, 1) if want_lp else None)
+
+
+def _step(model: nn.Module, ids: torch.Tensor, ones: torch.Tensor, cache) -> torch.Tensor:
+    """One decoding step, ids [B, 1] -> logits [B, V]: through the compiled static step where compile_decode set
+    one (generation/compiled.py), else the model's forward."""
+    compiled = getattr(model, "compiled_step", None)
+    if compiled is not None:
+        return compiled(ids, cache)
+    return model(ids, ones, cache=cache, last_only=True)[:, -1]

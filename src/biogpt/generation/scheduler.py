@@ -395,10 +395,14 @@ class Scheduler:
             if cache.length + 1 > self.max_len or first > cache.length // 2:
                 cache.shift(-first)
                 self.compactions += 1
-        view = cache.rows(n)
         ids = torch.tensor([[s.generated[-1]] for s in self.running], device=self.device)
-        logits = self.model(ids, torch.ones_like(ids), cache=view, last_only=True)[:, -1]  # [n, V]
-        cache.length = view.length
+        compiled = getattr(self.model, "compiled_step", None)  # generation/compiled.py
+        if compiled is not None:
+            logits = compiled.rows(ids, cache, n)  # [n, V]
+        else:
+            view = cache.rows(n)
+            logits = self.model(ids, torch.ones_like(ids), cache=view, last_only=True)[:, -1]  # [n, V]
+            cache.length = view.length
         greedy = logits.argmax(-1).tolist()
         done = [r for r, s in enumerate(self.running) if self._accept_or_fail(s, logits[r], greedy[r])]
         self._free(done)
