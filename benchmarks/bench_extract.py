@@ -1,6 +1,6 @@
 """Mining speed: `biogpt extract` end to end against what a user runs today, on the same documents, side by side.
 
-    python benchmarks/bench_extract.py [--docs 32] [--new-tokens 32] [--config base|tiny] [--threads 2]
+    python benchmarks/bench_extract.py [--docs 32] [--new-tokens 32] [--config base|tiny] [--threads 2] [--json F]
 
 Both sides get the BC5CDR test abstracts and a task model of the base configuration with random weights
 (K = 9 prompt tokens), and generate exactly --new-tokens tokens per document (end-of-sequence suppressed on
@@ -9,7 +9,13 @@ both sides, so the work is equal):
   tokens appended, `generate()` batched and left-padded, fp32, greedy, decode, the original post-processing;
 - biogpt: `biogpt.mining.pipeline.run` (read the JSONL, build sources, generate, parse, ground, write JSONL) in
   each precision mode.
-It prints documents/s and the ratio against transformers, and checks that fp32 outputs are identical.
+It prints documents/s and the ratio against transformers, and checks that fp32 outputs are identical. `--json`
+writes each mode's documents/s and ratio (for benchmarks/check_speed.py).
+
+The prefill (the prompts, the bulk of the work) is bound by arithmetic: the script measures this CPU's peak for
+the prefill's matrix products in each form (benchmarks/peaks.py: fp32, bf16, int8 and, with AMX, AMX int8) and
+prints each mode's prefill rate (the Linears' 2 x weights x tokens operations over the prefill forwards' wall
+time; attention is not counted) as a fraction of its form's peak.
 """
 
 import argparse
@@ -19,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from peaks import matmul_peaks  # benchmarks/peaks.py
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ROOT.parent / "shared" / "data" / "tasks"
@@ -33,6 +40,7 @@ def main() -> None:
     ap.add_argument("--config", default="base", choices=["base", "tiny"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--modes", default="fp32,bf16,int8")
+    ap.add_argument("--json", help="write each mode's documents/s and ratio over transformers to this file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -106,6 +114,25 @@ def main() -> None:
         elif mode == "int8":
             quantize_int8(model)
         ex = Extractor(model, t, "bc5cdr", batch_size=args.batch_size)
+        c = model.config
+        per_token = 2 * c.n_layer * (4 * c.d_model**2 + 2 * c.d_model * c.d_ffn)  # the Linears' operations
+        starts: list[float] = []
+
+        def pre(_m, a, kw):
+            ids = kw.get("input_ids", a[0] if a else None)
+            starts.append(time.perf_counter() if ids is not None and ids.shape[1] > 1 else -1.0)
+
+        def post(_m, a, kw, _out):
+            t0 = starts.pop()
+            if t0 >= 0:
+                ids = kw.get("input_ids", a[0] if a else None)
+                mask = kw.get("attention_mask", a[1] if len(a) > 1 else None)
+                prefill["s"] += time.perf_counter() - t0
+                prefill["ops"] += per_token * (int(mask.ne(0).sum()) if mask is not None else ids.numel())
+
+        prefill.update(s=0.0, ops=0)
+        model.register_forward_pre_hook(pre, with_kwargs=True)
+        model.register_forward_hook(post, with_kwargs=True)
         # equal work: exactly n tokens per document (</s> never chosen), as the transformers side
         from biogpt.generation import engine
 
@@ -126,19 +153,32 @@ def main() -> None:
         mx.generate = real
         return [json.loads(line)["output"] for line in out.read_text().splitlines()], secs
 
+    peaks = matmul_peaks()
+    print("this CPU's peak for the prefill's products ([512, 1024] x [1024, 4096]), GFLOP/s: "
+          + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items()))  # fmt: skip
+    prefill: dict = {}
     t0 = time.perf_counter()
     ref = today()
     t_ref = time.perf_counter() - t0
     print(f"config {args.config}, {len(docs)} BC5CDR test abstracts, {n} new tokens each, batch {args.batch_size}, "
           f"{args.threads} threads")  # fmt: skip
     print(f"transformers fp32 (generate + original post-processing): {len(docs) / t_ref:.2f} docs/s ({t_ref:.1f} s)")
+    figures = {"transformers_docs_s": len(docs) / t_ref, "peaks_gflops": peaks, "modes": {}}
     for mode in args.modes.split(","):
         outs, secs = ours(mode)
+        form = "AMX int8" if mode == "int8" and "AMX int8" in peaks else mode
+        rate = prefill["ops"] / prefill["s"] / 1e9 if prefill["s"] else 0.0
+        print(f"  prefill {mode}: {prefill['s']:.1f} s of {secs:.1f} s, {rate:.0f} GFLOP/s, "
+              f"{rate / peaks[form]:.0%} of the {form} peak")  # fmt: skip
+        figures["modes"][mode] = {"docs_s": len(docs) / secs, "vs_transformers": t_ref / secs,
+                                  "prefill_of_peak": rate / peaks[form], "prefill_share": prefill["s"] / secs}
         same = sum(a == b for a, b in zip(outs, ref))
         note = f"; outputs identical to transformers fp32: {same}/{len(ref)}"
         print(f"biogpt extract {mode}: {len(docs) / secs:.2f} docs/s ({secs:.1f} s), {t_ref / secs:.2f}x{note}")
         if mode == "fp32" and same != len(ref):
             raise SystemExit("fp32 outputs differ from transformers")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1))
 
 
 if __name__ == "__main__":

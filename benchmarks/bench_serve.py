@@ -198,13 +198,13 @@ def line(name: str, s: dict) -> str:
 # --- (a) offline ------------------------------------------------------------------------------------------------
 
 
-def offline(jobs: list[tuple[list[int], int]], batch: int, path: str, dtype: str) -> float:
+def offline(jobs: list[tuple[list[int], int]], batch: int, path: str, dtype: str, device: str = "cpu") -> float:
     """Output tokens/s of offline generate in batches of `batch` (each batch runs to its longest output; only
     the requested tokens count), on the model in the form `biogpt serve --dtype` loads."""
     if "model" not in MODEL:
         from biogpt.cli.args import load_for_inference
 
-        MODEL["model"] = load_for_inference(argparse.Namespace(model=path, dtype=dtype, vocab=None))[0]
+        MODEL["model"] = load_for_inference(argparse.Namespace(model=path, dtype=dtype, vocab=None, device=device))[0]
     model = MODEL["model"]
     t0 = time.perf_counter()
     useful = 0
@@ -255,6 +255,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "int8"],
                     help="biogpt serve's and offline generate's precision (the transformers server: fp32)")  # fmt: skip
     ap.add_argument("--threads", type=int, default=1, help="threads of each server and of offline generate")
+    ap.add_argument("--device", default="cpu", help="biogpt serve's and offline generate's device (cpu, cuda)")
+    ap.add_argument("--compile", action="store_true", help="biogpt serve --compile (the compiled decoding step)")
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 32])
     ap.add_argument("--requests-per-client", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of (a), biogpt serve and (b)")
@@ -263,6 +265,7 @@ def main() -> None:
     ap.add_argument("--max-queue", type=int, default=64)
     ap.add_argument("--prompt-lengths", type=int, nargs="+", default=list(PROMPT_LENGTHS), help="prompt token mix")
     ap.add_argument("--output-lengths", type=int, nargs="+", default=list(OUTPUT_LENGTHS), help="output token mix")
+    ap.add_argument("--json", help="write the ratios at 16 clients (medians over the rounds) to this file")
     ap.add_argument("--serve-minimal", type=int, help=argparse.SUPPRESS)  # internal: run server (b) on this port
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -285,7 +288,7 @@ def main() -> None:
     port, mport = free_port(), free_port()
     cmd = [sys.executable, "-m", "biogpt.cli", "serve", "--port", str(port), "--threads", str(args.threads),
            "--max-concurrency", "32", "--max-queue", str(args.max_queue), "--log-level", "warning",
-           "--dtype", args.dtype]  # fmt: skip
+           "--dtype", args.dtype, "--device", args.device, *(["--compile"] if args.compile else [])]  # fmt: skip
     if args.model != "demo":  # the id the clients send; a batch cache sized to the workload
         cmd += ["--model", path, "--served-model-name", "demo",
                 "--max-model-len", str(max(args.prompt_lengths) + max(args.output_lengths) + 8)]  # fmt: skip
@@ -293,18 +296,20 @@ def main() -> None:
     mini = start([sys.executable, __file__, "--serve-minimal", str(mport), "--threads", str(args.threads),
                   "--model", path], mport, args.threads)  # fmt: skip
     soak = []
+    per_clients = {}
     try:
         print(head)
         for c in args.clients:
             jobs = workload(c * args.requests_per_client, vocab, seed=c, **lens)
             results, wall = asyncio.run(drive(port, c, jobs, one_openai))
+            per_clients[c] = summary(results, wall)["tok_s"]
             print(line(f"biogpt serve, {c} clients", summary(results, wall)), flush=True)
 
         # the ratios at 16 clients: the three measured in turn, several rounds, on the same prompts
         jobs16 = workload(16 * args.requests_per_client, vocab, seed=16, **lens)
         ratios = []
         for r in range(args.rounds):
-            ceiling = offline(jobs16, 16, path, args.dtype)
+            ceiling = offline(jobs16, 16, path, args.dtype, args.device)
             results, wall = asyncio.run(drive(port, 16, jobs16, one_openai))
             ours = summary(results, wall)
             results, wall = asyncio.run(drive(mport, 16, jobs16[: args.minimal_requests], one_minimal))
@@ -342,6 +347,10 @@ def main() -> None:
           f"(target >= 0.8x), {b_med:.1f}x the minimal transformers server fp32 (target >= 8x); "
           f"rounds: {each}")  # fmt: skip
     print(f"server peak memory (VmHWM): {peak / 1024:.0f} MiB")
+    if args.json:
+        figures = {"vs_offline_16": a_med, "vs_transformers_server_16": b_med, "peak_mib": peak / 1024,
+                   "tokens_s_by_clients": per_clients}  # fmt: skip
+        Path(args.json).write_text(json.dumps(figures, indent=1))
     if soak:
         rss = [kib / 1024 for _, kib in soak]
         third = max(1, len(rss) // 3)

@@ -332,6 +332,28 @@ def test_beam_search_honours_stop_token_ids_and_cancellation(tiny):
     assert got[c.id] == ([], "cancelled", None)
 
 
+def test_a_beam_search_cancelled_mid_search_stops_at_the_next_step(tiny):
+    """The client goes away during the search (a forward hook cancels it at the third model call): the search ends
+    at its next step, long before its 100 tokens, and the sequence finishes as cancelled."""
+    sch = Scheduler(tiny, eos_token_id=-1)
+    got, calls = {}, []
+    (c,) = sch.submit([[2, 11, 42, 7, 99]], [SamplingParams(max_tokens=100, num_beams=3)],
+                      lambda seq, d: got.setdefault(seq.id, d.finish_reason))  # fmt: skip
+
+    def hook(module, args, out):
+        calls.append(1)
+        if len(calls) == 3:
+            sch.cancel([c])
+
+    handle = tiny.register_forward_hook(hook)
+    try:
+        drain(sch)
+    finally:
+        handle.remove()
+    assert got[c.id] == "cancelled"
+    assert len(calls) == 3, f"the search made {len(calls)} model calls; it was cancelled during the third"
+
+
 def test_stop_returns_within_its_timeout_while_a_step_runs(tiny):
     sch = Scheduler(tiny)
     sch.start()

@@ -38,5 +38,9 @@ class GenerationError(BioGPTError):
     """A generation request the model cannot serve: no room left for new tokens, bad decoding settings."""
 
 
+class GenerationCancelled(GenerationError):
+    """A search stopped between two steps because its `should_stop()` said so (a client that went away)."""
+
+
 class InputError(BioGPTError):
     """An input file that cannot be read at all, or is in no known format (a bad record is a counted skip)."""

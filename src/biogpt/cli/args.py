@@ -106,6 +106,19 @@ def check_device(device: str) -> None:
         raise BioGPTError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
 
 
+def device_arg(text: str) -> str:
+    """--device of the inference verbs: cpu, cuda or cuda:N, checked when parsed (a usage error, exit 2, before
+    a model is loaded or a server starts)."""
+    index = text[5:] if text.startswith("cuda:") else "0"
+    if text not in ("cpu", "cuda") and not (text.startswith("cuda:") and index.isascii() and index.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text[:40]!r}")
+    try:
+        check_device(text)
+    except BioGPTError as e:
+        raise argparse.ArgumentTypeError(str(e).split(": ", 1)[1]) from None
+    return text
+
+
 def resolve_model(args: argparse.Namespace) -> None:
     """No --model: the embedded demo model, announced on the first line (it is a demo, not BioGPT's weights)."""
     from biogpt.api import DEMO, demo_path, is_demo
@@ -127,16 +140,23 @@ def load_for_inference(args: argparse.Namespace):
 
     resolve_model(args)
     int8 = args.dtype == "int8"
+    device = getattr(args, "device", "cpu")
+    if int8 and device != "cpu":
+        raise BioGPTError(f"--dtype int8 runs on the CPU; on --device {device} use bf16 (or fp32, the exact mode)")
     dtype = None
-    if args.dtype == "bf16" or (args.dtype == "auto" and native_bf16()):
+    if args.dtype == "bf16" or (args.dtype == "auto" and (device != "cpu" or native_bf16())):
         dtype = torch.bfloat16
-    model, tok = load(args.model, dtype=dtype, vocab=args.vocab)
+    model, tok = load(args.model, dtype=dtype, device=device, vocab=args.vocab)
     if int8:
         quantize_int8(model)
     elif dtype == torch.bfloat16:
         pack_bf16(model)  # the CPU form: weights laid out once for oneDNN's bf16 kernels
     if tok is None:
         raise BioGPTError(f"{args.model}: no vocabulary beside the weights; pass --vocab DIR")
+    if getattr(args, "compile", False):
+        from biogpt.generation import compile_decode
+
+        compile_decode(model)  # raises GenerationError for the CPU kernel forms
     return model, tok
 
 
@@ -159,3 +179,8 @@ def add_model_options(p: argparse.ArgumentParser, biomedgpt: bool = False) -> No
                             "where the CPU runs it natively; BiomedGPT: fp32, bf16 or auto "
                             "(default: %(default)s)")  # fmt: skip
     p.add_argument("--threads", type=positive_int, help="CPU threads (default: PyTorch's, one per core)")
+    p.add_argument("--device", type=device_arg, default="cpu",
+                   help="cpu, cuda or cuda:N (default: %(default)s); on a GPU use --dtype bf16 (or fp32)")  # fmt: skip
+    p.add_argument("--compile", action="store_true",
+                   help="decode through one compiled static-shape step (torch.compile; CUDA graphs on a GPU); "
+                        "fp32 and bf16 only")  # fmt: skip

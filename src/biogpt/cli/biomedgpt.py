@@ -57,8 +57,8 @@ def load_model(args: argparse.Namespace):
     if args.dtype == "int8":
         raise BioGPTError("--dtype int8 applies to BioGPT and GPT-2 models; run BiomedGPT with fp32, bf16 or auto")
     dtype = torch.bfloat16 if args.dtype == "bf16" or (args.dtype == "auto" and native_bf16()) else None
-    return load(args.model, dtype=dtype, vocab=args.vocab, ema=getattr(args, "ema", False),
-                image_size=getattr(args, "image_size", None))  # fmt: skip
+    return load(args.model, dtype=dtype, device=getattr(args, "device", "cpu"), vocab=args.vocab,
+                ema=getattr(args, "ema", False), image_size=getattr(args, "image_size", None))  # fmt: skip
 
 
 # --- biogpt generate with a BiomedGPT model --------------------------------------------------------------

@@ -1,5 +1,6 @@
 """One generation engine for the CLI, the tasks and everything built on them: ids in, ids out."""
 
+from biogpt.generation.compiled import compile_decode
 from biogpt.generation.constraints import (
            AllowedSequences,
            Choice,
@@ -14,4 +15,5 @@ from biogpt.generation.engine import GenerationOutput, generate, left_pad
 from biogpt.generation.scheduler import Delta, QueueFull, SamplingParams, Scheduler
 
 __all__ = ["AllowedSequences", "Choice", "Constraint", "ForcedPrefix", "GenerationOutput", "Lit", "SourceSpans", "Span",
-           "Template", "generate", "left_pad", "Delta", "QueueFull", "SamplingParams", "Scheduler"]  # fmt: skip
+           "Template", "compile_decode", "generate", "left_pad", "Delta", "QueueFull", "SamplingParams",
+           "Scheduler"]  # fmt: skip

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from biogpt.errors import GenerationCancelled
 from biogpt.generation.prefill import prefill
 from biogpt.generation.processors import process
 
@@ -19,7 +20,7 @@ def _gather(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.take_along_dim(t, idx, dim=1)
 
 
-def beam_search(model, ids, mask, max_new, rows, nb, n_return, lp, early_stopping, pad, opts):
+def beam_search(model, ids, mask, max_new, rows, nb, n_return, lp, early_stopping, pad, opts, should_stop=None):
     B, T0 = ids.shape
     eos = opts["eos"]
     dev = ids.device
@@ -49,6 +50,8 @@ def beam_search(model, ids, mask, max_new, rows, nb, n_return, lp, early_stoppin
     ones = torch.ones(B * nb, 1, dtype=torch.long, device=dev)
     cur = T0
     while True:
+        if should_stop is not None and should_stop():
+            raise GenerationCancelled("the beam search was cancelled")
         log_probs = F.log_softmax(logits.float(), -1)
         flat_seqs = running[:, :, :cur].reshape(B * nb, cur)
         log_probs = process(log_probs, flat_seqs, cur - T0, constraints=flat_rows, **beam_opts)

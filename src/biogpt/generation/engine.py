@@ -10,7 +10,7 @@ a set of allowed strings, spans of a source text) are ours.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -69,8 +69,11 @@ def generate(
     forced_tokens: Sequence[Sequence[int]] | None = None,
     constraints: Sequence[Constraint | None] | Constraint | None = None,
     output_logprobs: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> GenerationOutput:
-    """Generate up to `max_new_tokens` after each prompt. See the module docstring for what matches what."""
+    """Generate up to `max_new_tokens` after each prompt. See the module docstring for what matches what.
+    `should_stop()`, asked before each beam-search step, ends the search with GenerationCancelled: a server's
+    beam search, which runs whole between two decoding steps, stops soon after its client goes away."""
     if not isinstance(input_ids, torch.Tensor):
         input_ids, attention_mask = left_pad(input_ids, pad_token_id)
     dev = next(model.parameters()).device
@@ -121,7 +124,7 @@ def generate(
         )  # fmt: skip
     seqs, scores = beam_search(
         model, input_ids, attention_mask, max_new_tokens, rows, num_beams, num_return_sequences, length_penalty,
-        early_stopping, pad_token_id, opts,
+        early_stopping, pad_token_id, opts, should_stop,
     )  # fmt: skip
     logprobs = None
     if output_logprobs:
@@ -167,5 +170,14 @@ def _greedy_or_sample(model, ids, mask, max_new, rows, do_sample, temperature, t
         done = done | (nxt == eos)
         if bool(done.all()) or step == max_new - 1:
             break
-        logits = model(nxt[:, None], ones, cache=cache, last_only=True)[:, -1]
+        logits = _step(model, nxt[:, None], ones, cache)
     return GenerationOutput(seqs, logprobs=torch.stack(lps, 1) if want_lp else None)
+
+
+def _step(model: nn.Module, ids: torch.Tensor, ones: torch.Tensor, cache) -> torch.Tensor:
+    """One decoding step, ids [B, 1] -> logits [B, V]: through the compiled static step where compile_decode set
+    one (generation/compiled.py), else the model's forward."""
+    compiled = getattr(model, "compiled_step", None)
+    if compiled is not None:
+        return compiled(ids, cache)
+    return model(ids, ones, cache=cache, last_only=True)[:, -1]

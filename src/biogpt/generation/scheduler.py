@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from biogpt.errors import GenerationError
+from biogpt.errors import GenerationCancelled, GenerationError
 from biogpt.generation.constraints import Constraint
 from biogpt.generation.engine import generate
 from biogpt.generation.processors import process, sample
@@ -334,6 +334,8 @@ class Scheduler:
                 if s.params.num_beams > 1:
                     try:
                         self._beam(s)
+                    except GenerationCancelled:  # its client went away, or the server stops, mid-search
+                        self._finish(s, "cancelled")
                     except Exception as e:  # this request fails, the batch goes on
                         log.exception("beam search failed")
                         self._finish(s, "error", error=f"generation failed: {e}")
@@ -393,10 +395,14 @@ class Scheduler:
             if cache.length + 1 > self.max_len or first > cache.length // 2:
                 cache.shift(-first)
                 self.compactions += 1
-        view = cache.rows(n)
         ids = torch.tensor([[s.generated[-1]] for s in self.running], device=self.device)
-        logits = self.model(ids, torch.ones_like(ids), cache=view, last_only=True)[:, -1]  # [n, V]
-        cache.length = view.length
+        compiled = getattr(self.model, "compiled_step", None)  # generation/compiled.py
+        if compiled is not None:
+            logits = compiled.rows(ids, cache, n)  # [n, V]
+        else:
+            view = cache.rows(n)
+            logits = self.model(ids, torch.ones_like(ids), cache=view, last_only=True)[:, -1]  # [n, V]
+            cache.length = view.length
         greedy = logits.argmax(-1).tolist()
         done = [r for r, s in enumerate(self.running) if self._accept_or_fail(s, logits[r], greedy[r])]
         self._free(done)
@@ -516,7 +522,8 @@ class Scheduler:
         out = generate(self.model, [s.prompt], max_new_tokens=p.max_tokens, min_new_tokens=p.min_tokens,
                        num_beams=p.num_beams, length_penalty=p.length_penalty, repetition_penalty=p.repetition_penalty,
                        eos_token_id=self.eos, pad_token_id=self.pad, constraints=p.constraint,
-                       output_logprobs=p.logprobs is not None)  # fmt: skip
+                       output_logprobs=p.logprobs is not None,
+                       should_stop=lambda: s.cancelled or self._stop)  # fmt: skip
         self.tokens_in += len(s.prompt)
         if s.cancelled:  # while it ran: nothing is reported
             self._finish(s, "cancelled")

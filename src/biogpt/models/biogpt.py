@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from biogpt.models.cache import KVCache, causal_mask, positions
+from biogpt.models.cache import KVCache, causal_mask, positions, static_attention, static_mask
 
 POSITION_OFFSET = 2  # fairseq: the first real token is row padding_idx + 1 = 2
 PAD_ID = 1
@@ -93,6 +93,9 @@ class Block(nn.Module):
             causal = mask is None and cache is None and T > 1
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=causal)
             a = a.transpose(1, 2).reshape(B, T, d)
+        if not self.training:  # no dropout modules to call: 3 fewer calls per layer and decoding step
+            x = x + self.out(a)
+            return x + self.fc2(self.act(self.fc1(self.ln2(x))))
         x = x + self.drop(self.out(a))
         return x + self.drop(self.fc2(self.act_drop(self.act(self.fc1(self.ln2(x))))))
 
@@ -154,7 +157,7 @@ class BioGPT(nn.Module):
         if int(pos.max()) >= self.config.max_positions:
             raise ValueError(f"sequence longer than the model's {self.config.max_positions} positions")
         x = self.tok_emb(input_ids) * self.embed_scale + self.pos_emb(pos + POSITION_OFFSET)
-        x = self.emb_drop(x)
+        x = self.emb_drop(x) if self.training else x
         mask = causal_mask(real, cache, T, device)  # [B, 1, T, S] or None (plain causal is exact)
 
         for i, block in enumerate(self.blocks):
@@ -169,6 +172,25 @@ class BioGPT(nn.Module):
         if self.head is not None:
             return self.head(x).float()
         return F.linear(x, self.tok_emb.weight).float()  # tied head, no bias
+
+    def decode_step(
+        self, ids: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor, next_pos: torch.Tensor,
+        slot: torch.Tensor,
+    ) -> torch.Tensor:  # fmt: skip
+        """One new token per row in static shapes, the step torch.compile or a CUDA graph captures once
+        (generation/compiled.py): ids [B, 1]; k, v, valid, next_pos: a KVCache's tensors, updated in place;
+        slot: long [1], the slot this token fills. Logits [B, V] float32, as forward's with the cache."""
+        pos = next_pos[:, None]  # [B, 1]
+        x = self.tok_emb(ids) * self.embed_scale + self.pos_emb(pos + POSITION_OFFSET)
+        valid.index_fill_(1, slot, True)
+        mask = static_mask(valid, slot)  # [B, 1, 1, S_max]
+        for i, b in enumerate(self.blocks):
+            x = x + b.out(static_attention(b.qkv(b.ln1(x)), k[i], v[i], slot, mask, b.n_head))
+            x = x + b.fc2(b.act(b.fc1(b.ln2(x))))
+        next_pos.add_(1)
+        x = self.ln_f(x)
+        logits = self.head(x) if self.head is not None else F.linear(x, self.tok_emb.weight)
+        return logits[:, -1].float()
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         """An empty cache for `batch` rows of up to `max_len` tokens (prompt + new), in `cache_dtype`."""

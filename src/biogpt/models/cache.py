@@ -7,6 +7,7 @@ search reorders rows in place, and runs the prompt once per input before repeati
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 class KVCache:
@@ -71,6 +72,12 @@ class KVCache:
         self.valid[:, :s] = other.valid[:, :s].repeat_interleave(n, 0)
         self.next_pos = other.next_pos.repeat_interleave(n)
         self.length, self.has_padding = s, other.has_padding
+
+    def zero_unfilled(self) -> None:
+        """Zero every slot past the filled ones: a static-shape step (static_attention) reads them with weight 0,
+        and 0 x an uninitialised NaN would be NaN."""
+        self.k[:, :, :, self.length :].zero_()
+        self.v[:, :, :, self.length :].zero_()
 
     # --- slots for continuous batching (biogpt.generation.scheduler): rows come and go, all share `length` --
 
@@ -163,3 +170,27 @@ def causal_mask(
     S = s + T
     keys, queries = torch.arange(S, device=device)[None, :], torch.arange(s, S, device=device)[:, None]
     return (((keys <= queries)[None] & cache.valid[:, None, :S]) | (keys == queries)[None])[:, None]
+
+
+def static_mask(valid: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+    """The attention mask [B, 1, 1, S_max] of one new token per row written at `slot` (long [1]): the real slots
+    up to it (valid [B, S_max], which must already mark the new slot). Static shape: no Python number depends
+    on the step, so a compiled or captured step can be replayed."""
+    keys = torch.arange(valid.shape[1], device=valid.device)
+    return (valid & (keys <= slot))[:, None, None, :]
+
+
+def static_attention(
+    qkv: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot: torch.Tensor, mask: torch.Tensor, n_head: int,
+    scale: float | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """Attention of one new token per row over one layer's whole cache, in static shapes: qkv [B, 1, 3d]; k, v
+    [B, H, S_max, D] (this token's key and value are written at `slot`); mask [B, 1, 1, S_max] (static_mask).
+    Slots past the filled ones get weight 0, so they must hold finite numbers (zeros: KVCache.zero_unfilled)."""
+    B, _, d3 = qkv.shape
+    d = d3 // 3
+    q, kn, vn = qkv.view(B, 1, 3, n_head, d // n_head).permute(2, 0, 3, 1, 4)  # 3 x [B, H, 1, D]
+    k.index_copy_(2, slot, kn.to(k.dtype))
+    v.index_copy_(2, slot, vn.to(v.dtype))
+    a = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, scale=scale)
+    return a.transpose(1, 2).reshape(B, 1, d)  # [B, 1, d]

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from biogpt.models.cache import KVCache, causal_mask, positions
+from biogpt.models.cache import KVCache, causal_mask, positions, static_attention, static_mask
 
 ACTIVATIONS = {"gelu_new": "tanh", "gelu": "none"}  # HF activation_function -> nn.GELU(approximate=...)
 
@@ -104,6 +104,9 @@ class Block(nn.Module):
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=causal,
                                                scale=self.scale)  # fmt: skip
             a = a.transpose(1, 2).reshape(B, T, d)
+        if not self.training:  # no dropout modules to call: 2 fewer calls per layer and decoding step
+            x = x + self.out(a)
+            return x + self.fc2(self.act(self.fc1(self.ln2(x))))
         x = x + self.drop(self.out(a))
         return x + self.drop(self.fc2(self.act(self.fc1(self.ln2(x)))))
 
@@ -181,6 +184,22 @@ class GPT2(nn.Module):
         if self.head is not None:
             return self.head(x).float()
         return F.linear(x, self.tok_emb.weight).float()  # tied head, no bias
+
+    def decode_step(
+        self, ids: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor, next_pos: torch.Tensor,
+        slot: torch.Tensor,
+    ) -> torch.Tensor:  # fmt: skip
+        """One new token per row in static shapes (see BioGPT.decode_step): ids [B, 1] -> logits [B, V] float32."""
+        x = self.tok_emb(ids) + self.pos_emb(next_pos[:, None])  # [B, 1, d]
+        valid.index_fill_(1, slot, True)
+        mask = static_mask(valid, slot)  # [B, 1, 1, S_max]
+        for i, b in enumerate(self.blocks):
+            x = x + b.out(static_attention(b.qkv(b.ln1(x)), k[i], v[i], slot, mask, b.n_head, b.scale))
+            x = x + b.fc2(b.act(b.fc1(b.ln2(x))))
+        next_pos.add_(1)
+        x = self.ln_f(x)
+        logits = self.head(x) if self.head is not None else F.linear(x, self.tok_emb.weight)
+        return logits[:, -1].float()
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         """An empty cache for `batch` rows of up to `max_len` tokens (prompt + new), in `cache_dtype`."""

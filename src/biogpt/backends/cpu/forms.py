@@ -37,6 +37,7 @@ benchmarks/bench_generate.py) and for inference only: save or convert the fp32 m
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import torch
@@ -106,15 +107,27 @@ class AMXInt8Linear(nn.Module):
         M = x2.shape[0]
         y = torch.empty(M, N)
         if M:
-            work = torch.empty(M * self._k_padded + 4 * M, dtype=torch.int8)  # int8 rows + their scales
+            work = self._workspace(M * self._k_padded + 4 * M)  # int8 rows + their scales
             bias = self._bias.data_ptr() if self._bias is not None else None
             self._kernel(x2.data_ptr(), M, K, self._tiles.data_ptr(), self._scale.data_ptr(), bias, int(self.gelu), N,
                          y.data_ptr(), work.data_ptr(), torch.get_num_threads())  # fmt: skip
         return y.view(*x.shape[:-1], N)
 
+    def _workspace(self, nbytes: int) -> torch.Tensor:
+        """Scratch bytes for the quantized activations, kept between calls (one buffer per thread, grown to the
+        largest call): a decoding step then allocates nothing for it."""
+        local = _scratch.__dict__
+        buf = local.get("buf")
+        if buf is None or buf.numel() < nbytes:
+            buf = local["buf"] = torch.empty(nbytes, dtype=torch.int8)
+        return buf
+
     def extra_repr(self) -> str:
         gelu = ", then GELU" if self.gelu else ""
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 AMX{gelu}"
+
+
+_scratch = threading.local()  # AMXInt8Linear's scratch buffer, shared by every layer that a thread runs
 
 
 class DecodeAttention(nn.Module):
