@@ -422,6 +422,18 @@ def hostile_requests() -> list[tuple[str, str, str, bytes]]:
         ("wrong types", "POST", "/v1/completions", j({"model": 1, "prompt": {"a": [None]}}).encode()),
         ("chat", "POST", "/v1/chat/completions", j({"model": NAME, "messages": []}).encode()),
         ("no route", "GET", "/v2/nothing", b""),
+        # structured outputs: each of these took seconds per token, or minutes, before the DFA and its limits
+        ("regex .* 200 tokens", "POST", "/v1/completions",
+         comp(max_tokens=200, ignore_eos=True, structured_outputs={"regex": ".*"})),
+        ("regex (.?){100} x3", "POST", "/v1/completions",
+         comp(max_tokens=60, structured_outputs={"regex": "(.?){100}(.?){100}(.?){100}"})),
+        ("regex 10k class x50", "POST", "/v1/completions",
+         comp(structured_outputs={"regex": "[" + "".join(chr(0x4E00 + i) for i in range(10_000)) + "]{50}"})),
+        ("regex 300 nested groups", "POST", "/v1/completions",
+         comp(structured_outputs={"regex": "(" * 300 + "a" + ")" * 300})),
+        ("regex non-ASCII digit", "POST", "/v1/completions", comp(structured_outputs={"regex": "a{\u0661,3}"})),
+        ("choice 2000 long options", "POST", "/v1/completions",
+         comp(structured_outputs={"choice": ["option " + "x" * 200 + str(i) for i in range(2000)]})),
     ]
 
 
