@@ -724,3 +724,15 @@ def test_scores_are_the_models_logprobs(task, k, short_task_models, abstracts, m
             assert scores == pytest.approx(want, rel=0, abs=1e-5 * len(new)), r["output"]
             checked += len(want)
     assert checked >= len(docs)  # grounded decoding parses every output: at least one score per record
+
+
+@pytest.mark.slow
+def test_two_workers_give_the_bytes_of_one_process(short_task_models, abstracts, tmp_path):
+    """Chunks shared out to two worker processes come back as one process writes them, byte for byte (one
+    thread each, as the single process: another thread count may change a log-probability's last digit)."""
+    common = ["extract", "--task", "bc5cdr", "--model", str(short_task_models[9]), str(abstracts), "--quiet",
+              "--chunk-size", "5", "--batch-size", "4", "--threads", "1"]  # fmt: skip
+    assert main([*common, "-o", str(tmp_path / "one.jsonl")]) == 0
+    assert main([*common, "-o", str(tmp_path / "two.jsonl"), "--workers", "2"]) == 0
+    one = (tmp_path / "one.jsonl").read_bytes()
+    assert len(one.splitlines()) == 24 and (tmp_path / "two.jsonl").read_bytes() == one

@@ -66,7 +66,7 @@ def test_label_smoothed_loss_is_fairseqs(tok, records):
 
 def test_batches_are_the_teacher_forcing_batches(tok, records):
     pairs = training_pairs(tok, records, 1024)
-    for got, want in zip(make_batch(tok, pairs[:5]), teacher_forcing_batch(tok, records[:5])):
+    for got, want in zip(make_batch(tok, pairs[:5]), teacher_forcing_batch(tok, records[:5]), strict=True):
         assert torch.equal(got, want)
     position = {"epoch": 0, "index": 0}
     stream = seq2seq_batches(tok, pairs, 4, 1, position)
