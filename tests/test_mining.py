@@ -386,20 +386,17 @@ def test_kill_9_at_several_points_then_the_same_command(task_models, abstracts, 
     want = out.read_bytes()
     out.unlink()
     manifest = tmp_path / "out.jsonl.parts" / "manifest.json"
-    for target in (1, 4, 8):  # committed chunks before the kill; the kill lands while the next one is written
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            if manifest.exists():
-                try:
-                    if len(json.loads(manifest.read_text())["chunks"]) >= target:
-                        break
-                except json.JSONDecodeError:
-                    pass
+    for target in (1, 4, 8):  # the run stops once the manifest holds `target` chunks (pipeline's test hook) ...
+        env = {**os.environ, pipeline.PAUSE_ENV: str(target)}
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        for _ in range(60000):  # ... which is an event to wait for, not a time (at most 20 minutes: a hang guard)
+            if manifest.exists() and len(json.loads(manifest.read_text())["chunks"]) >= target:
+                break
+            assert proc.poll() is None, "the run ended before it was killed"
             time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
+        os.kill(proc.pid, signal.SIGKILL)  # ... and is killed there
         proc.wait()
-        assert not out.exists()
+        assert not out.exists() and len(json.loads(manifest.read_text())["chunks"]) == target
     subprocess.run(cmd, check=True, capture_output=True)
     assert out.read_bytes() == want
 
