@@ -5,10 +5,8 @@ the README's main job runs on it."""
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import pytest
 import torch
 
 import biogpt
@@ -20,7 +18,10 @@ from .conftest import TASKS
 ROOT = Path(__file__).resolve().parents[1]
 TASK_NAMES = ("pubmedqa", "bc5cdr", "ddi", "kd-dti", "hoc")
 
-pytestmark = pytest.mark.skipif(not (DEMO_DIR / "model.safetensors").exists(), reason="no demo model built")
+
+def test_the_demo_model_is_shipped():
+    """The demo model is part of the package: missing, every demo test fails (none is skipped)."""
+    assert (DEMO_DIR / "model.safetensors").is_file() and (DEMO_DIR / "config.json").is_file()
 
 
 def test_demo_is_shipped_small_and_documented():
@@ -77,16 +78,15 @@ def test_demo_in_bf16_and_int8_agrees_with_fp32():
         ex = Extractor(model, tok, "bc5cdr", grounded=True, batch_size=4)
         outs[mode] = [r["output"] for r in ex.extract([title_abstract(str(i), "", t) for i, t in enumerate(texts)])]
     # measured: bf16 16 of 16 outputs equal to fp32's, int8 15 of 16 (so extract's --dtype auto stays fp32)
-    assert sum(a == b for a, b in zip(outs["bf16"], outs["fp32"])) >= len(texts) - 1
-    assert sum(a == b for a, b in zip(outs["int8"], outs["fp32"])) >= len(texts) - 2
+    assert len(outs["bf16"]) == len(outs["int8"]) == len(outs["fp32"]) == len(texts)
+    assert sum(a == b for a, b in zip(outs["bf16"], outs["fp32"], strict=True)) >= len(texts) - 1
+    assert sum(a == b for a, b in zip(outs["int8"], outs["fp32"], strict=True)) >= len(texts) - 2
 
 
-def test_readme_main_job_runs_in_under_a_minute():
-    t0 = time.perf_counter()
+def test_readme_main_job_runs():
+    """The README's main job, end to end (its time is measured by the benchmarks, not asserted here)."""
     r = subprocess.run([sys.executable, "-m", "biogpt.cli", "extract", "--task", "bc5cdr", "--grounded", "--linked",
-                        "examples/pubmed_sample.xml", "-o", "-"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=120)  # fmt: skip
-    secs = time.perf_counter() - t0
+                        "examples/pubmed_sample.xml", "-o", "-"], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert r.stderr.splitlines()[0].startswith("using biogpt's embedded demo model")
     records = [json.loads(line) for line in r.stdout.splitlines()]
@@ -98,4 +98,3 @@ def test_readme_main_job_runs_in_under_a_minute():
     assert "done: 5 documents (0 skipped, 0 malformed records), 100.0% parsed" in r.stderr
     assert "grounding rate 100.0%" in r.stderr and all(x["relations"] for x in records)
     assert all(e["id"] and e["curie"].startswith("MESH:") for x in records for e in x["entities"])  # all linked
-    assert secs < 60, secs

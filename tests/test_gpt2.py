@@ -487,7 +487,8 @@ def test_pubmedqa_generative_with_label_trie(tmp_path):
     assert all(p in qa.LABELS for p in got)
     # the reference: transformers' logits, walking the label trie greedily, one full forward per step
     labels = {tuple(ids): label for ids, label in zip(qa.label_ids(tok), qa.LABELS)}
-    for ex, pred in zip(items, got):
+    assert len(got) == len(items) == 6
+    for ex, pred in zip(items, got, strict=True):
         ids = qa.prompt_ids(tok, ex.source, model.config.max_positions - 8)
         assert len(ids) <= 56 and tok.decode(ids).endswith(" answer:")
         out: list[int] = []

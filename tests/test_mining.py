@@ -210,6 +210,23 @@ def task_models(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def short_task_models(tmp_path_factory):
+    """Like task_models, but recording fairseq's max_source_positions 600 and max_target_positions 660: answers
+    of at most 660 - 600 - K tokens in every task, so that a random model's free decoding stays short."""
+    out = {}
+    for k in (1, 9):
+        cfg = BioGPTConfig(vocab_size=42384 + k, n_layer=2, d_model=32, n_head=4, d_ffn=64, num_prompt_tokens=k,
+                           task_settings={"max_source_positions": 600, "max_target_positions": 660})  # fmt: skip
+        torch.manual_seed(k)
+        m = BioGPT(cfg)
+        m.init_weights(seed=k)
+        d = tmp_path_factory.mktemp(f"short{k}")
+        save_hf(m.eval(), Tokenizer.from_pretrained(VOCABS["base"], num_prompt_tokens=k), d)
+        out[k] = d
+    return out
+
+
+@pytest.fixture(scope="module")
 def abstracts(tmp_path_factory):
     """24 BC5CDR test abstracts as JSONL (with a PubMedQA-style question on each)."""
     docs = json.loads((TASKS / "BC5CDR" / "test.json").read_text())
@@ -370,20 +387,17 @@ def test_kill_9_at_several_points_then_the_same_command(task_models, abstracts, 
     want = out.read_bytes()
     out.unlink()
     manifest = tmp_path / "out.jsonl.parts" / "manifest.json"
-    for target in (1, 4, 8):  # committed chunks before the kill; the kill lands while the next one is written
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
-        while time.time() < deadline and proc.poll() is None:
-            if manifest.exists():
-                try:
-                    if len(json.loads(manifest.read_text())["chunks"]) >= target:
-                        break
-                except json.JSONDecodeError:
-                    pass
+    for target in (1, 4, 8):  # the run stops once the manifest holds `target` chunks (pipeline's test hook) ...
+        env = {**os.environ, pipeline.PAUSE_ENV: str(target)}
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        for _ in range(60000):  # ... which is an event to wait for, not a time (at most 20 minutes: a hang guard)
+            if manifest.exists() and len(json.loads(manifest.read_text())["chunks"]) >= target:
+                break
+            assert proc.poll() is None, "the run ended before it was killed"
             time.sleep(0.02)
-        os.kill(proc.pid, signal.SIGKILL)
+        os.kill(proc.pid, signal.SIGKILL)  # ... and is killed there
         proc.wait()
-        assert not out.exists()
+        assert not out.exists() and len(json.loads(manifest.read_text())["chunks"]) == target
     subprocess.run(cmd, check=True, capture_output=True)
     assert out.read_bytes() == want
 
@@ -540,3 +554,183 @@ def test_template_spans_never_start_on_an_apostrophe():
     first = g.allowed(list(tok.encode("the interaction between", add_eos_prefix=False)))
     assert tok.piece_to_id["&apos;s</w>"] in src and tok.piece_to_id["&apos;s</w>"] not in first
     assert tok.piece_to_id["dose</w>"] in first and tok.piece_to_id["patient</w>"] in first
+
+
+# --- extraction feeds the model exactly what evaluation feeds it ---------------------------------------------
+
+TASK_FOLDERS = {"bc5cdr": "BC5CDR", "ddi": "DDI", "kd-dti": "KD-DTI", "hoc": "HoC", "pubmedqa": "PubMedQA"}
+
+
+def _tsv_lines(path: Path) -> list[str]:
+    return [line.rsplit("\t", 1)[0] for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+
+
+def split_as_documents(task: str, setting: str = "reasoning-free") -> list[dict]:
+    """The task's test split as a user would hand it to `extract` (JSONL), one record per scored example, in
+    split order: title and abstract (BC5CDR, KD-DTI), the abstract (DDI), the sentence (HoC), the question and
+    its context (PubMedQA: with the long answer in the reasoning-free setting, the contexts otherwise)."""
+    root = TASKS / TASK_FOLDERS[task]
+    if task in ("bc5cdr", "ddi", "kd-dti"):
+        docs = json.loads((root / "test.json").read_text(encoding="utf-8"))
+        key = "relations" if task == "bc5cdr" else "triples"  # examples() drops documents without any
+        if task == "ddi":
+            return [{"id": k, "text": d["abstract"]} for k, d in docs.items() if d.get(key)]
+        return [{"id": k, "title": d["title"], "abstract": d["abstract"]} for k, d in docs.items() if d.get(key)]
+    if task == "hoc":
+        return [{"id": str(n), "text": line} for n, line in enumerate(_tsv_lines(root / "test.tsv"))]
+    if setting == "reasoning-required":
+        items = json.loads((root / "ori_pqal.json").read_text(encoding="utf-8"))
+        ids = json.loads((root / "test_ground_truth.json").read_text(encoding="utf-8"))
+        return [{"id": i, "question": items[i]["QUESTION"], "text": " ".join(items[i]["CONTEXTS"])} for i in ids]
+    out = []
+    for n, line in enumerate(_tsv_lines(root / "test.tsv")):
+        q, context = line.removeprefix("question: ").split(" context: ", 1)
+        out.append({"id": str(n), "question": q, "text": context})
+    return out
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("task,setting,lowercase", [
+    ("bc5cdr", "", True), ("ddi", "", True), ("kd-dti", "", True), ("hoc", "", True),
+    ("pubmedqa", "reasoning-free", True), ("pubmedqa", "reasoning-required", False),
+])  # fmt: skip
+def test_extract_builds_the_ids_eval_builds(task, setting, lowercase, tmp_path):
+    """For every test example of every task, the prefix `extract` feeds the model (its reader, then
+    mining.tasks) equals the one `biogpt eval` feeds it (tasks/*: examples() then inference_prefix), id for id."""
+    from biogpt.mining import tasks as mtasks
+    from biogpt.tasks import get_task, inference_prefix
+
+    options = {"setting": setting, "lowercase": lowercase} if task == "pubmedqa" else {}
+    t = get_task(task, **options)
+    tok = Tokenizer.from_pretrained(VOCABS["base"], num_prompt_tokens=t.num_prompt_tokens)
+    examples = t.examples(TASKS, "test")
+    path = _write_jsonl(tmp_path / "docs.jsonl", split_as_documents(task, setting or "reasoning-free"))
+    docs = list(read_documents(path))
+    assert len(docs) == len(examples) > 100 and all(isinstance(d, Document) for d in docs)
+    for doc, ex in zip(docs, examples):
+        got = mtasks.encode_prefix(t, tok, mtasks.source_text(task, t, doc))[0]
+        assert got == inference_prefix(t, tok, ex.source), (task, ex.id)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task,k", [("bc5cdr", 9), ("ddi", 9), ("kd-dti", 9), ("hoc", 1), ("pubmedqa", 9)])
+def test_extract_outputs_equal_eval_saved_outputs(task, k, short_task_models, tmp_path, capsys):
+    """On a tiny random task model, `extract` writes, for the first test documents, the very outputs `biogpt eval
+    --save-outputs` saves for the same examples: free and `--grounded`."""
+    n, model = 4, str(short_task_models[k])
+    docs = _write_jsonl(tmp_path / "docs.jsonl", split_as_documents(task)[:n])
+    for grounded in ([], ["--grounded"]):
+        saved, out = tmp_path / "eval.txt", tmp_path / "extract.jsonl"
+        assert main(["eval", task, "--model", model, "--data", str(TASKS), "--limit", str(n), "--batch-size", "4",
+                     "--save-outputs", str(saved), "--json", *grounded]) == 0  # fmt: skip
+        assert main(["extract", "--task", task, "--model", model, str(docs), "-o", str(out), "--batch-size", "4",
+                     "--quiet", *grounded]) == 0  # fmt: skip
+        capsys.readouterr()
+        want = saved.read_text(encoding="utf-8").split("\n")[:-1]
+        got = [json.loads(line)["output"] for line in out.read_text(encoding="utf-8").splitlines()]
+        assert len(want) == len(got) == n
+        assert got == want, grounded
+        assert any(o.strip() for o in got)  # outputs that say something: equal empties would prove nothing
+
+
+# --- scores are values, not bounds ---------------------------------------------------------------------------
+
+
+def _reference_logprobs(hf, prefix: list[int], new: list[int]) -> list[float]:
+    """log p(new[i] | prefix + new[:i]) from transformers' model (float64), one unpadded forward pass."""
+    ids = torch.tensor([prefix + new])
+    with torch.no_grad():  # the head on the positions that chose the new tokens only
+        logits = hf.output_projection(hf.biogpt(ids).last_hidden_state[0, len(prefix) - 1 : -1])
+    return torch.log_softmax(logits, -1).gather(1, torch.tensor(new)[:, None])[:, 0].tolist()
+
+
+def _expected_scores(task: str, tok: Tokenizer, new: list[int], lps: list[float]) -> list[float]:
+    """The score each relation / label / answer must carry: the generated tokens (up to </s>) cut at the task's
+    separator, each statement's reference log-probabilities summed; statements parsed as the record's are."""
+    from biogpt.mining import tasks as mtasks
+
+    sep = set(tok.encode("|" if task == "hoc" else ";", add_eos_prefix=False))  # HoC's "|" is Moses' "&#124;"
+    parts, cur, cur_lp = [], [], 0.0
+    for t, lp in zip(new, lps):
+        if t == 2:
+            break
+        if t in sep and task != "pubmedqa":
+            parts.append(mtasks.Part(tok.decode(cur), cur_lp))
+            cur, cur_lp = [], 0.0
+        else:
+            cur.append(t)
+            cur_lp += lp
+    parts.append(mtasks.Part(tok.decode(cur), cur_lp))
+    parts = [p for p in parts if p.text.strip()]
+    if task == "hoc":
+        return [x["logprob"] for x in mtasks.read_labels(parts)]
+    if task == "pubmedqa":
+        answer = mtasks.read_answer(parts)
+        return [] if answer is None else [answer["logprob"]]
+    seen, out = set(), []
+    for r in mtasks.read_relations(task, parts):
+        key = (r["head"].lower(), r["tail"].lower(), r["type"])
+        if key not in seen:  # a repeated relation is recorded once, with its first score
+            seen.add(key)
+            out.append(r["logprob"])
+    return out
+
+
+@pytest.mark.parametrize("task,k", [("bc5cdr", 9), ("ddi", 9), ("kd-dti", 9), ("hoc", 1), ("pubmedqa", 9)])
+def test_scores_are_the_models_logprobs(task, k, short_task_models, abstracts, monkeypatch):
+    """Each record's `sequence_logprob` and each relation's / label's / answer's `score` equal transformers'
+    log-probabilities of those tokens (one forward pass over the prefix and the generated tokens), free and
+    grounded: within 1e-5 per token summed (fp32 decoding against a float64 reference)."""
+    from transformers import BioGptForCausalLM
+
+    import biogpt
+    from biogpt.mining import extractor as mex
+    from biogpt.mining import tasks as mtasks
+
+    model, tok = biogpt.load(short_task_models[k])
+    hf = BioGptForCausalLM.from_pretrained(short_task_models[k]).double().eval()
+    docs = [d for d in read_documents(abstracts) if isinstance(d, Document)][:4]
+    produced: dict[tuple, list[int]] = {}
+    real = mex.generate
+
+    def spy(m, prompts, **kw):  # the generated ids behind each record
+        out = real(m, prompts, **kw)
+        longest = max(len(p) for p in prompts)
+        for p, row in zip(prompts, out.sequences.tolist()):
+            produced[tuple(p)] = row[longest:]
+        return out
+
+    monkeypatch.setattr(mex, "generate", spy)
+    checked = 0
+    for grounded in (False, True):
+        ex = Extractor(model, tok, task, grounded=grounded, batch_size=4)
+        for doc, r in zip(docs, ex.extract(docs)):
+            prefix = mtasks.encode_prefix(ex.task, tok, mtasks.source_text(task, ex.task, doc))[0]
+            new = produced[tuple(prefix)]
+            new = new[: new.index(2) + 1] if 2 in new else new
+            lps = _reference_logprobs(hf, prefix, new)
+            assert r["sequence_logprob"] == pytest.approx(sum(lps), rel=0, abs=1e-5 * len(new))
+            scores = {"hoc": [x["score"] for x in r.get("labels", [])],
+                      "pubmedqa": [r["answer"]["score"]] if r.get("answer") else []}.get(
+                task, [x["score"] for x in r["relations"]])  # fmt: skip
+            want = _expected_scores(task, tok, new, lps)
+            assert len(scores) == len(want), (r["output"], scores, want)
+            assert scores == pytest.approx(want, rel=0, abs=1e-5 * len(new)), r["output"]
+            checked += len(want)
+    assert checked >= len(docs)  # grounded decoding parses every output: at least one score per record
+
+
+@pytest.mark.slow
+def test_two_workers_give_the_bytes_of_one_process(short_task_models, abstracts, tmp_path):
+    """Chunks shared out to two worker processes come back as one process writes them, byte for byte (one
+    thread each, as the single process: another thread count may change a log-probability's last digit)."""
+    common = ["extract", "--task", "bc5cdr", "--model", str(short_task_models[9]), str(abstracts), "--quiet",
+              "--chunk-size", "5", "--batch-size", "4", "--threads", "1"]  # fmt: skip
+    assert main([*common, "-o", str(tmp_path / "one.jsonl")]) == 0
+    assert main([*common, "-o", str(tmp_path / "two.jsonl"), "--workers", "2"]) == 0
+    one = (tmp_path / "one.jsonl").read_bytes()
+    assert len(one.splitlines()) == 24 and (tmp_path / "two.jsonl").read_bytes() == one

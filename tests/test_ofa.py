@@ -95,7 +95,7 @@ def test_text_logits_match_reference(src, dec):
         want = ref(input_ids=src, decoder_input_ids=dec).logits
         got = ours(src, dec)
     assert got.shape == (2, 5, 120)
-    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)  # measured below 1e-5 here (was 1e-4)
 
 
 @pytest.mark.parametrize("src,dec", [(SRC, DEC), (SRC_PADDED, DEC_PADDED)], ids=["unpadded", "padded"])
@@ -107,7 +107,7 @@ def test_image_text_logits_match_reference(src, dec):
         with torch.no_grad():
             want = ref(input_ids=src, patch_images=img, patch_masks=masks, decoder_input_ids=dec).logits
             got = ours(src, dec, img, masks)
-        torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
 def test_padded_row_equals_row_alone():
@@ -133,7 +133,7 @@ def test_entangled_decoder_positions_match_reference():
         ).logits
         got = ours(SRC, DEC, images())
         plain = ours_from(random_reference(seed=3))(SRC, DEC, images())
-    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     assert (got - plain).abs().max() > 1e-2  # the flag matters on these weights
 
 
@@ -148,7 +148,7 @@ def test_entangled_encoder_positions_match_reference():
             decoder_input_ids=DEC,
         ).logits
         got = ours(SRC_PADDED, DEC, images())
-    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("with_image", [False, True])
@@ -249,7 +249,7 @@ def with_bpe(d):
     return d
 
 
-def logits_of(model, ref, atol=1e-4):
+def logits_of(model, ref, atol=1e-5):  # measured below 1e-5 against modelscope's OFA (was 1e-4)
     img = images()
     with torch.no_grad():
         want = ref(
@@ -290,7 +290,7 @@ def test_hf_port_directory(tmp_path):
     OFATokenizer.from_pretrained(BPE).save_pretrained(tmp_path)  # vocab.json + merges.txt, as the port ships
     assert is_ofa(tmp_path)
     model, tok = load_ofa(tmp_path)
-    logits_of(model, ref)
+    logits_of(model, ref, atol=2.5e-5)  # measured 1.2e-5 on this 59,457-word vocabulary
     assert tok.encode(" what is the summary") == OFATokenizer.from_pretrained(BPE).encode(" what is the summary")
 
 

@@ -93,3 +93,26 @@ def test_eval_caption_errors(ofa_dir, tmp_path, capsys):
     assert code == 2 and f"{bad}:2: " in err and "not an image" in err
     code, _, err = run(["eval-biomedgpt", "caption", "--model", ofa_dir], capsys)
     assert code == 2 and "caption needs --data FILE" in err
+
+
+# several references per image; the values below were computed once with pycocoevalcap 1.2 (pip), whose
+# Cider (CIDEr-D: clipped, length-penalised, idf over these references, x 10) and Rouge (ROUGE-L, beta 1.2)
+# caption evaluation reports: Cider().compute_score(REFERENCES, {k: [c]}) and Rouge().compute_score(...)
+REFERENCES = {
+    "a": ["the heart is normal in size", "heart size normal lungs clear", "no acute cardiopulmonary abnormality"],
+    "b": ["there is a small left pleural effusion", "small left effusion", "left pleural effusion no pneumothorax"],
+    "c": ["the lungs are clear", "clear lungs no effusion", "no focal consolidation the lungs are clear"],
+    "d": ["mild cardiomegaly", "the heart is mildly enlarged", "cardiomegaly without edema"],
+}
+CANDIDATES = {"a": "heart size is normal", "b": "small left pleural effusion", "c": "the lungs are clear no effusion",
+              "d": "the heart is normal"}  # fmt: skip
+PYCOCOEVALCAP_CIDER = 2.8288774758150965
+PYCOCOEVALCAP_ROUGE_L = {"a": 0.6535714285714286, "b": 1.0, "c": 0.8299319727891156, "d": 0.6535714285714286}
+
+
+def test_cider_d_and_rouge_l_equal_the_reference_scorers():
+    keys = sorted(REFERENCES)
+    cands, refs = [CANDIDATES[k] for k in keys], [REFERENCES[k] for k in keys]
+    assert cider_d(cands, refs) == pytest.approx(PYCOCOEVALCAP_CIDER, abs=1e-12)
+    for k in keys:
+        assert rouge_l(CANDIDATES[k], REFERENCES[k]) == pytest.approx(PYCOCOEVALCAP_ROUGE_L[k], abs=1e-12), k

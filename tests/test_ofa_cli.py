@@ -88,7 +88,8 @@ def test_load_dispatches_to_ofa(ofa_dir, loaded):
     assert isinstance(model, OFA) and isinstance(tok, OFATokenizer)
     assert biogpt.api.family(ofa_dir) == "ofa" and biogpt.api.family("demo") == "biogpt"
     want, _ = load_ofa(ofa_dir)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), want.state_dict().values()))
+    assert list(model.state_dict()) == list(want.state_dict())  # the same tensors, by name, then values
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), want.state_dict().values(), strict=True))
     with pytest.raises(biogpt.CheckpointError, match="ema=True applies to BiomedGPT fairseq checkpoints"):
         biogpt.load("demo", ema=True)
 

@@ -66,7 +66,7 @@ def test_label_smoothed_loss_is_fairseqs(tok, records):
 
 def test_batches_are_the_teacher_forcing_batches(tok, records):
     pairs = training_pairs(tok, records, 1024)
-    for got, want in zip(make_batch(tok, pairs[:5]), teacher_forcing_batch(tok, records[:5])):
+    for got, want in zip(make_batch(tok, pairs[:5]), teacher_forcing_batch(tok, records[:5]), strict=True):
         assert torch.equal(got, want)
     position = {"epoch": 0, "index": 0}
     stream = seq2seq_batches(tok, pairs, 4, 1, position)
@@ -135,3 +135,27 @@ def test_errors(tok, records, tmp_path):
         train_ofa(tiny_ofa(), tok, records, tmp_path, 1, epsilon=1.0)
     with pytest.raises(TrainingError, match="no training examples"):
         train_ofa(tiny_ofa(), tok, [], tmp_path, 1)
+
+
+def test_resumed_finetune_equals_an_uninterrupted_one(tmp_path, capsys):
+    """2 updates, then resumed to 3, give the weights of 3 updates run at once (data order, optimizer state,
+    schedule and random state all carried by the checkpoint)."""
+    model_dir = tmp_path / "tiny"
+    save_ofa(tiny_ofa(), OFATokenizer.from_pretrained(BPE), model_dir)
+
+    def argv(out, updates):
+        return ["finetune-biomedgpt", "meqsum", "--model", model_dir, "--output", tmp_path / out, "--data", TRAIN,
+                "--limit", 16, "--max-updates", updates, "--lr", 1e-3, "--warmup", 1, "--batch-size", 4,
+                "--update-freq", 2]  # fmt: skip
+
+    assert run(argv("whole", 3), capsys)[0] == 0
+    assert run(argv("parts", 2), capsys)[0] == 0
+    code, out, _ = run(argv("parts", 3), capsys)
+    assert code == 0 and "resumed from" in out
+    whole = biogpt.load(tmp_path / "whole" / "final")[0].state_dict()
+    parts = biogpt.load(tmp_path / "parts" / "final")[0].state_dict()
+    start = biogpt.load(model_dir)[0].state_dict()
+    assert list(whole) == list(parts)
+    assert not all(torch.equal(whole[k], start[k]) for k in whole)  # three updates changed the weights
+    for k in whole:
+        torch.testing.assert_close(parts[k], whole[k], rtol=0, atol=0, msg=k)

@@ -83,9 +83,10 @@ def test_beam_search_matches_reference_generator(setting):
     ours_range = tuple(int(x) for x in crange.split(",")) if crange else None
     got = beam_search(ours, SRC_PADDED, img, masks, constraint_trie=AnswerTrie(ANSWERS) if use_trie else None,
                       constraint_range=ours_range, prefix_tokens=prefix, **kw)  # fmt: skip
-    for w, g in zip(want, got):
+    assert len(got) == len(want) == 2  # one list of hypotheses per source
+    for w, g in zip(want, got, strict=True):
         assert [h.tokens for h in g] == [h["tokens"].tolist() for h in w]
-        for hw, hg in zip(w, g):
+        for hw, hg in zip(w, g, strict=True):
             assert hg.score == pytest.approx(float(hw["score"]), abs=1e-4)
             assert hg.positional_scores == pytest.approx(hw["positional_scores"].tolist(), abs=1e-4)
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 from biogpt.errors import TaskError
 from biogpt.generation.seq2seq import beam_search, rank_candidates, right_pad
+from biogpt.images import patch_images
 from biogpt.models.ofa import OFA, OFAConfig
 from biogpt.tasks.biomedgpt import (
     DECODING,
@@ -164,3 +165,42 @@ def test_finetune_lowers_the_loss(tok):
     assert not model.training
     with pytest.raises(TaskError, match="at least one step"):
         finetune(model, tok, recs, steps=0)
+
+
+def _brute_force_scores(model, tok, record: Record, answers: list[str]) -> list[float]:
+    """Each answer's "allcand" score for one record alone, by a full forward pass per answer: the sum over its
+    tokens and </s> of the log-softmax of the logits restricted to what the answers allow after that prefix."""
+    cands = [tok.encode(" " + a) for a in answers]
+    src = torch.tensor([tok.encode_source(record.text)])
+    img = None if record.image is None else patch_images([record.image], model.config.image_size)
+    out = []
+    for c in cands:
+        with torch.no_grad():
+            logits = model(src, torch.tensor([[0, *c]]), img, None if img is None else torch.tensor([True]))[0]
+        total = 0.0
+        for t, target in enumerate([*c, 2]):
+            prefix = c[:t]
+            allowed = {d[t] for d in cands if len(d) > t and d[:t] == prefix} | ({2} if prefix in cands else set())
+            masked = torch.full_like(logits[t], -math.inf)
+            masked[sorted(allowed)] = logits[t, sorted(allowed)]
+            total += torch.log_softmax(masked.double(), -1)[target].item()
+        out.append(total)
+    return out
+
+
+def test_rank_answers_is_the_argmax_of_every_answer_scored_alone(tok):
+    """rank_answers (batched, right-padded, images masked per row, one trie) picks, for every record, the answer
+    whose brute-force score is highest."""
+    model = big_vocab_model()
+    img = base64.b64decode(b64_png())
+    records = [Record("1", vqa_text("is it normal"), img), Record("2", vqa_text("which organ is enlarged here"), None),
+               Record("3", vqa_text("where"), base64.b64decode(b64_png((200, 10, 90)))), Record("4", vqa_text("what"))]
+    answers = ["yes", "no", "left lung", "left lower lobe", "heart", "liver"]
+    got = rank_answers(model, tok, records, answers, batch_size=3)
+    want = []
+    for r in records:
+        scores = _brute_force_scores(model, tok, r, answers)
+        assert sorted(scores)[-1] - sorted(scores)[-2] > 1e-6  # no tie to break
+        want.append(answers[max(range(len(answers)), key=scores.__getitem__)])
+    assert got == want
+    assert len(set(want)) > 1  # not one answer for every record

@@ -97,7 +97,8 @@ def test_greedy_equals_offline_generate(model, greedy_ref, how):
         outs = [cb.tokens[s.id] for s in seqs]
         if how == "interleaved":
             assert sch.compactions > 0
-    for p, o, r in zip(prompts, outs, ref):
+    assert len(outs) == len(ref) == len(prompts)
+    for p, o, r in zip(prompts, outs, ref, strict=True):
         assert len(o) == N
         first = next((i for i, (a, b) in enumerate(zip(o, r)) if a != b), None)
         assert o == r, f"prompt of {len(p)} tokens: first difference at step {first}"

@@ -358,7 +358,7 @@ def start_server():
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         procs.append(proc)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 600  # a guard against a hang, far above any machine's start-up
         while True:
             try:
                 if httpx.get(f"{url}/health", timeout=1).status_code == 200:
@@ -423,14 +423,17 @@ def stream_in_thread(url: str, body: dict) -> tuple[threading.Thread, list[str],
 @pytest.mark.slow
 def test_sigterm_drains_then_exits_zero(start_server):
     url, proc = start_server("--shutdown-timeout", "30")
-    body = {"model": NAME, "prompt": PROMPT, "max_tokens": 300, "ignore_eos": True, "stream": True}
+    body = {"model": NAME, "prompt": PROMPT, "max_tokens": 1000, "ignore_eos": True, "stream": True}
     t, frames, first = stream_in_thread(url, body)
-    assert first.wait(30)
+    assert first.wait(600)
     proc.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
-    health = httpx.get(f"{url}/health")
+    for _ in range(3000):  # until the signal is handled (an event, not a guess at how long that takes)
+        health = httpx.get(f"{url}/health")
+        if health.status_code != 200:
+            break
+        time.sleep(0.02)
     refused = httpx.post(f"{url}/v1/completions", json={"model": NAME, "prompt": PROMPT})
-    t.join(60)
+    t.join(600)
     assert health.status_code == 503 and health.json() == {"status": "draining"}
     assert refused.status_code == 503 and refused.json()["error"]["code"] == 503
     assert frames[-1] == "[DONE]"

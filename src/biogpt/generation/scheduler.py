@@ -492,9 +492,12 @@ class Scheduler:
         return reason is not None
 
     def _new_text(self, s: Seq, final: bool) -> str:
-        """The text not yet reported. While running, a tail that could begin a stop string is held back, and
-        nothing is reported when detokenizing the longer sequence rewrote what was already sent."""
+        """The text not yet reported. While running, the last word (which the next token may still rewrite) and
+        a tail that could begin a stop string are held back, and nothing is reported when detokenizing the
+        longer sequence rewrote what was already sent."""
         keep = 0 if final or not s.params.stop else max(len(x) for x in s.params.stop) - 1
+        if not final:  # the last word may still change: an escape such as "&#124;" arrives in pieces
+            keep = max(keep, len(s.text) - (s.text.rfind(" ") + 1))
         upto = max(s.sent, len(s.text) - keep)
         new = s.text[s.sent : upto]
         s.sent = upto

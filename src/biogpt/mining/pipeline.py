@@ -273,6 +273,7 @@ def _run(inputs, out: Path, fmt, extract, settings, infons, input_format, chunk_
     else:
         results = stream(inputs, input_format, chunk_size, strict, frozenset(state.manifest["chunks"]))
     committed = 0
+    pause_at = _pause_point()
     try:
         for key, records, problems in results:
             keys.append(key)
@@ -287,6 +288,8 @@ def _run(inputs, out: Path, fmt, extract, settings, infons, input_format, chunk_
             committed += 1
             if _stop_after is not None and committed >= _stop_after:
                 raise KeyboardInterrupt  # tests: as if killed here (the manifest already holds this chunk)
+            if pause_at is not None and len(state.manifest["chunks"]) >= pause_at:
+                _wait_to_be_killed()
     except BaseException:
         if not state.manifest["chunks"]:  # nothing to resume: leave nothing behind
             shutil.rmtree(state.parts, ignore_errors=True)
@@ -296,6 +299,21 @@ def _run(inputs, out: Path, fmt, extract, settings, infons, input_format, chunk_
     state.assemble(keys, fmt, infons, to_stdout, on_record)
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+PAUSE_ENV = "BIOGPT_TEST_PAUSE_AFTER_CHUNKS"
+
+
+def _pause_point() -> int | None:
+    """Tests' fault-injection point: with $BIOGPT_TEST_PAUSE_AFTER_CHUNKS=N the run stops once the manifest holds
+    N chunks and waits to be killed, so that a real `kill -9` lands at a known commit, however fast the machine."""
+    value = os.environ.get(PAUSE_ENV, "")
+    return int(value) if value.isdigit() else None
+
+
+def _wait_to_be_killed() -> None:
+    while True:
+        time.sleep(3600)
 
 
 def _progress(enabled: bool):
