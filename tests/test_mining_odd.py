@@ -153,11 +153,12 @@ def fake_extract(docs: list[Document]) -> list[dict]:
         r = base_record("bc5cdr", d)
         spans = [{"start": s, "end": s + 3, "text": d.text[s : s + 3]} for p in d.passages
                  for s in range(p.offset, p.offset + len(p.text) - 3, 5)]  # fmt: skip
-        r.update(entities=[{"id": "E|1\t\n", "text": "x", "type": "Chemical\u2028\t", "grounded": bool(spans),
-                            "spans": spans}, {"id": "E2", "text": "y", "type": "Disease", "grounded": False,
-                                              "spans": []}],
-                 relations=[{"id": "R1", "type": "CID\t|", "head": "E|1\t\n", "tail": "E2", "score": -1.0,
-                             "grounded": False}],
+        r.update(entities=[{"ref": "E|1\t\n", "id": "D|1\t\n", "curie": "MESH:D|1\t\n", "link": "exact", "text": "x",
+                            "type": "Chemical\u2028\t", "grounded": bool(spans), "spans": spans},
+                           {"ref": "E2", "id": None, "curie": None, "link": None, "text": "y", "type": "Disease",
+                            "grounded": False, "spans": []}],
+                 relations=[{"id": "R1", "type": "CID\t|", "head": "E|1\t\n", "tail": "E2", "head_id": "D|1\t\n",
+                             "tail_id": None, "score": -1.0, "grounded": False}],
                  parsed=True, sequence_logprob=-1.0, output="odd\u2028output\x01")  # fmt: skip
         out.append(r)
     return out
@@ -192,8 +193,8 @@ def check_outputs(out: dict[str, Path], records: list[dict]) -> None:
         spans = sorted((a["start"], a["end"]) for a in d.annotations)
         assert spans == sorted((s["start"], s["end"]) for e in r["entities"] for s in e["spans"])
         assert all(d.text[a["start"] : a["end"]] == a["text"] for a in d.annotations)
-        assert [x["nodes"] for x in d.relations] == [[_pubtator(x["head"]), _pubtator(x["tail"])]
-                                                     for x in r["relations"]]  # fmt: skip
+        pairs = dict.fromkeys((x["type"], x["head_id"] or "-1", x["tail_id"] or "-1") for x in r["relations"])
+        assert [x["nodes"] for x in d.relations] == [[_pubtator(h), _pubtator(t)] for _, h, t in pairs]  # one a pair
 
 
 def _pubtator(text: str) -> str:

@@ -99,10 +99,12 @@ def test_page_pasted_abstract_highlights_and_downloads_equal_the_cli(browser, se
     assert sorted(tuple(m) for m in marks) == spans
     relations = page.locator("#documents table tbody tr")
     assert relations.count() == len(record["relations"])
-    heads = {e["id"]: e["text"] for e in record["entities"]}
+    entities = {e["ref"]: e for e in record["entities"]}
     first = relations.nth(0).locator("td").all_inner_texts()
     r = record["relations"][0]
-    assert first[0] == heads[r["head"]] and first[2] == r["type"] and first[3] == heads[r["tail"]]
+    head, tail = entities[r["head"]], entities[r["tail"]]
+    assert first[0] == head["text"] and first[2] == r["type"] and first[3] == tail["text"]
+    assert first[1] == (head["curie"] or "") and first[4] == (tail["curie"] or "")  # the linked identifiers
     page.get_by_text("Raw model output").click()
     assert page.locator("details pre").inner_text() == record["output"]
     for fmt, label in (("jsonl", "JSONL"), ("bioc_json", "BioC JSON"), ("pubtator", "PubTator")):

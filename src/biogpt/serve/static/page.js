@@ -117,8 +117,8 @@ function highlighted(text, entities, classes) {
   for (const s of spans) {
     advance(s.start);
     const mark = el("mark", { "data-start": String(s.start), "data-end": String(s.end), "data-type": s.type,
-                              "data-entity": s.entity.id, class: classes.get(s.type) || "t0",
-                              title: `${s.type}: ${s.entity.text} (${s.entity.id})` });
+                              "data-entity": s.entity.ref ?? s.entity.id, class: classes.get(s.type) || "t0",
+                              title: `${s.type}: ${s.entity.text}` + (s.entity.curie ? ` (${s.entity.curie})` : "") });
     const parent = stack[stack.length - 1];
     parent.node.append(mark);
     stack.push({ node: mark, end: Math.min(s.end, parent.end) });
@@ -128,12 +128,10 @@ function highlighted(text, entities, classes) {
 }
 
 function identifier(entity) {
-  if (!entity) return "";
-  const label = entity.curie || "";
-  if (entity.link && /^https?:\/\//i.test(entity.link)) {
-    return el("a", { href: entity.link, target: "_blank", rel: "noopener noreferrer" }, label || entity.link);
-  }
-  return label;
+  // the database identifier as a CURIE (MESH:D008012), with how the name was linked (exact, normalised, ...)
+  if (!entity || !(entity.curie || entity.id) || entity.ref === undefined) return "";
+  const label = entity.curie || entity.id;
+  return entity.link ? el("span", { title: `linked: ${entity.link}` }, label) : label;
 }
 
 function confidence(score) {
@@ -157,7 +155,7 @@ function renderRecord(r, classes) {
   const box = el("article", { class: "doc", "aria-label": `Document ${r.id}` }, el("h2", {}, r.id));
   if (r.skipped) { box.append(el("p", { class: "note" }, "Skipped: " + r.skipped)); return box; }
   box.append(highlighted(r.text, r.entities, classes));
-  const byId = new Map((r.entities || []).map((e) => [e.id, e]));
+  const byId = new Map((r.entities || []).map((e) => [e.ref ?? e.id, e]));  // relations name entities by ref
   const name = (id) => {
     const e = byId.get(id);
     if (!e) return id;
