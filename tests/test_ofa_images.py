@@ -73,8 +73,9 @@ def test_batch_and_base64():
 
 
 def test_bad_images(tmp_path):
-    with pytest.raises(InputError, match="not an image Pillow can read"):
+    with pytest.raises(InputError, match="not an image Pillow can read") as e:
         patch_image(b"this is text", 8)
+    assert str(e.value) == "the image: not an image Pillow can read; give a PNG, JPEG, BMP, TIFF, GIF image"
     (tmp_path / "x.png").write_bytes(png(Image.new("RGB", (8, 8)))[:40])  # truncated
     with pytest.raises(InputError, match="x.png: not an image Pillow can read"):
         patch_image(tmp_path / "x.png", 8)

@@ -91,7 +91,9 @@ def _decode(src: str | Path | bytes, name: str, max_pixels: int, load: bool = Tr
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise InputError(f"{name}: refused as a decompression bomb ({e})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
+    except UnidentifiedImageError:  # its message names Pillow's internal buffer object, nothing of use
+        raise InputError(f"{name}: not an image Pillow can read; give a {formats} image") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise InputError(f"{name}: not an image Pillow can read ({e}); give a {formats} image") from None
     return img
 
