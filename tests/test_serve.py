@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -20,6 +21,7 @@ import pytest
 
 import biogpt
 from biogpt.generation import generate
+from biogpt.generation.scheduler import HOLD_ENV
 from biogpt.mining import Extractor
 from biogpt.mining.linking import default_linker
 from biogpt.mining.readers import Document, Passage, title_abstract
@@ -350,9 +352,11 @@ def start_server():
     """Starts `biogpt serve` (demo model) in a subprocess on a free loopback port: (base url, process)."""
     procs = []
 
-    def start(*extra: str):
+    def start(*extra: str, hold: str | None = None):
         port = free_port()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if hold is not None:  # N:PATH: requests stop at their N-th token while PATH exists (scheduler's hold point)
+            env[HOLD_ENV] = hold
         cmd = [sys.executable, "-m", "biogpt.cli", "serve", "--port", str(port), "--threads", "1", "--log-level",
                "warning", *extra]  # fmt: skip
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -380,28 +384,44 @@ def metric(url: str, name: str) -> float:
     return float(re.search(rf"^{name} (\S+)$", httpx.get(f"{url}/metrics").text, re.M)[1])
 
 
+def wait_for(check, what: str) -> None:
+    """Poll until check() holds: the wait is for an event; the bound only stops a hung test."""
+    for _ in range(30000):
+        if check():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"never happened: {what}")
+
+
+def held(tmp_path, n: int) -> tuple[str, Path]:
+    """The hold point's setting and file: requests stop at their n-th token until the file is removed."""
+    gate = tmp_path / "hold"
+    gate.touch()
+    return f"{n}:{gate}", gate
+
+
 @pytest.mark.slow
-def test_real_server_streaming_and_disconnect_frees_the_row(start_server, demo):
-    url, _ = start_server()
-    text, _, _ = greedy_text(demo, PROMPT, 20)
+def test_real_server_streaming_and_disconnect_frees_the_row(start_server, demo, tmp_path):
+    setting, gate = held(tmp_path, 5)
+    url, _ = start_server(hold=setting)
+    text, _, _ = greedy_text(demo, PROMPT, 4)
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
-    stream = client.completions.create(model=NAME, prompt=PROMPT, max_tokens=20, temperature=0, stream=True)
+    stream = client.completions.create(model=NAME, prompt=PROMPT, max_tokens=4, temperature=0, stream=True)
     got = "".join(c.choices[0].text for c in stream if c.choices)
-    assert got == text
+    assert got == text  # 4 tokens: below the hold point
     body = {"model": NAME, "prompt": PROMPT, "max_tokens": 1000, "ignore_eos": True, "stream": True}
     before = metric(url, "biogpt_generation_tokens_total")
-    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=30) as r:
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=600) as r:
         lines = r.iter_lines()
         seen = [line for line in (next(lines) for _ in range(6)) if line.startswith("data: ")]
         assert len(seen) >= 2 and metric(url, "biogpt_running_batch_size") == 1
-    deadline = time.monotonic() + 10  # closed after a few tokens: the sequence is cancelled, its row freed
-    while metric(url, "biogpt_running_batch_size") != 0:
-        assert time.monotonic() < deadline, "the disconnected client's row was not freed"
-        time.sleep(0.05)
-    produced = metric(url, "biogpt_generation_tokens_total") - before
-    time.sleep(0.5)
-    assert produced < 1000
-    assert metric(url, "biogpt_generation_tokens_total") - before == produced  # nothing more after the cancel
+        # held at its 5th token: it cannot finish while the client is here, however fast the machine
+        wait_for(lambda: metric(url, "biogpt_generation_tokens_total") - before == 5, "5 tokens generated")
+    wait_for(lambda: metric(url, "biogpt_running_batch_size") == 0, "the disconnected client's row freed")
+    gate.unlink()  # let everything run: a cancelled sequence that still ran would now add tokens
+    short = {"model": NAME, "prompt": PROMPT, "max_tokens": 3, "ignore_eos": True}
+    assert httpx.post(f"{url}/v1/completions", json=short, timeout=600).json()["usage"]["completion_tokens"] == 3
+    assert metric(url, "biogpt_generation_tokens_total") - before == 5 + 3  # nothing more after the cancel
 
 
 def stream_in_thread(url: str, body: dict) -> tuple[threading.Thread, list[str], threading.Event]:
@@ -421,18 +441,18 @@ def stream_in_thread(url: str, body: dict) -> tuple[threading.Thread, list[str],
 
 
 @pytest.mark.slow
-def test_sigterm_drains_then_exits_zero(start_server):
-    url, proc = start_server("--shutdown-timeout", "30")
-    body = {"model": NAME, "prompt": PROMPT, "max_tokens": 1000, "ignore_eos": True, "stream": True}
+def test_sigterm_drains_then_exits_zero(start_server, tmp_path):
+    setting, gate = held(tmp_path, 5)
+    url, proc = start_server("--shutdown-timeout", "600", hold=setting)
+    body = {"model": NAME, "prompt": PROMPT, "max_tokens": 20, "ignore_eos": True, "stream": True}
     t, frames, first = stream_in_thread(url, body)
-    assert first.wait(600)
+    assert first.wait(600)  # running, and held at its 5th token until the gate goes
     proc.send_signal(signal.SIGTERM)
-    for _ in range(3000):  # until the signal is handled (an event, not a guess at how long that takes)
-        health = httpx.get(f"{url}/health")
-        if health.status_code != 200:
-            break
-        time.sleep(0.02)
+    wait_for(lambda: httpx.get(f"{url}/health").status_code != 200, "the signal handled")
+    health = httpx.get(f"{url}/health")
     refused = httpx.post(f"{url}/v1/completions", json={"model": NAME, "prompt": PROMPT})
+    assert t.is_alive()  # still streaming while the server drains
+    gate.unlink()
     t.join(600)
     assert health.status_code == 503 and health.json() == {"status": "draining"}
     assert refused.status_code == 503 and refused.json()["error"]["code"] == 503
@@ -440,21 +460,22 @@ def test_sigterm_drains_then_exits_zero(start_server):
     last = json.loads(frames[-2])
     assert last["choices"][0]["finish_reason"] == "length"  # the running request finished
     assert sum(len(json.loads(f)["choices"]) for f in frames[:-1]) >= 2
-    assert proc.wait(30) == 0
+    assert proc.wait(600) == 0
 
 
 @pytest.mark.slow
-def test_shutdown_timeout_cancels_with_an_error_frame(start_server):
-    url, proc = start_server("--shutdown-timeout", "0.5")
+def test_shutdown_timeout_cancels_with_an_error_frame(start_server, tmp_path):
+    setting, _ = held(tmp_path, 5)  # never released: the request cannot finish within any shutdown timeout
+    url, proc = start_server("--shutdown-timeout", "0.5", hold=setting)
     body = {"model": NAME, "prompt": PROMPT, "max_tokens": 1000, "ignore_eos": True, "stream": True}
     t, frames, first = stream_in_thread(url, body)
-    assert first.wait(30)
+    assert first.wait(600)
     proc.send_signal(signal.SIGTERM)
-    t.join(60)
+    t.join(600)
     assert frames[-1] == "[DONE]"
     err = json.loads(frames[-2])["error"]
     assert err["code"] == 503 and "shut down" in err["message"]
-    assert proc.wait(30) == 0
+    assert proc.wait(600) == 0
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import random
 import threading
 import time
@@ -168,6 +169,7 @@ class Scheduler:
         self._wake = threading.Event()
         self._stop = False
         self._thread: threading.Thread | None = None
+        self._hold = _hold_point()
 
     # --- from any thread ---------------------------------------------------------------------------------
 
@@ -278,6 +280,11 @@ class Scheduler:
                 self._wake.wait(0.5)
                 self._wake.clear()
                 continue
+            if self._held():  # tests only: decode nothing, but still free what is cancelled
+                self._drop_cancelled()
+                self._wake.wait(0.02)
+                self._wake.clear()
+                continue
             try:
                 self.step()
             except Exception as e:  # a bug or an out-of-memory: fail what is in flight, keep serving
@@ -286,6 +293,14 @@ class Scheduler:
                     self._finish(s, "error", error=f"generation failed: {e}")
                 self.running, self.prefilling = [], []
                 self.cache.length = 0
+
+    def _held(self) -> bool:
+        """The tests' hold point (see `_hold_point`) is reached: a running sequence has its N tokens and the
+        hold file exists."""
+        if self._hold is None or not self.running:
+            return False
+        n, path = self._hold
+        return any(len(s.generated) >= n for s in self.running) and os.path.exists(path)
 
     # --- the step ------------------------------------------------------------------------------------------
 
@@ -562,3 +577,14 @@ class Scheduler:
                 s.on_delta(s, delta)
                 return
             s.on_delta(s, delta)
+
+
+HOLD_ENV = "BIOGPT_TEST_HOLD"
+
+
+def _hold_point() -> tuple[int, str] | None:
+    """Tests' fault-injection point: with $BIOGPT_TEST_HOLD=N:PATH, once a running sequence has generated N
+    tokens the scheduler decodes nothing more while the file PATH exists (cancellations and shutdown still act),
+    so that a request is still running at a known token, however fast the machine, until the test lets it go."""
+    n, _, path = os.environ.get(HOLD_ENV, "").partition(":")
+    return (int(n), path) if n.isdigit() and path else None

@@ -31,6 +31,9 @@ class DrainingServer(uvicorn.Server):
         if sch is not None and not sch.wait_idle(self.shutdown_timeout):
             print(f"shutdown timeout ({self.shutdown_timeout:g}s): cancelling what is still running", file=sys.stderr)
             sch.cancel(list(sch.running) + list(sch.prefilling) + list(sch.waiting))
+            # the cancelled leave at the scheduler's next step, which reports each one (the streams' error frames)
+            # before uvicorn starts closing; the bound is the step in progress, as in the lifespan's stop
+            sch.wait_idle(5)
         self.should_exit = True
 
     async def on_tick(self, counter: int) -> bool:
