@@ -15,8 +15,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from biogpt.cli import main
-
 from .conftest import ROOT
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -32,7 +30,8 @@ def server():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    cmd = [sys.executable, "-m", "biogpt.cli", "serve", "--port", str(port), "--api-key", KEY, "--log-level", "warning"]
+    cmd = [sys.executable, "-m", "biogpt.cli", "serve", "--port", str(port), "--api-key", KEY, "--log-level", "warning",
+           "--threads", "1"]  # as the reference `biogpt extract` runs: equal float sums need equal threads
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
@@ -65,7 +64,10 @@ def cli_outputs(tmp_path: Path, inp: Path, extra=()) -> dict[str, bytes]:
     out = {}
     for fmt, ext in (("jsonl", "jsonl"), ("bioc_json", "json"), ("pubtator", "pubtator")):
         path = tmp_path / f"cli.{ext}"
-        assert main(["extract", "--task", "bc5cdr", "--grounded", str(inp), "-o", str(path), "--quiet", *extra]) == 0
+        cmd = [sys.executable, "-m", "biogpt.cli", "extract", "--task", "bc5cdr", "--grounded", str(inp), "-o",
+               str(path), "--quiet", "--threads", "1", *extra]  # one thread, as the server: the same float sums
+        done = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
         out[fmt] = path.read_bytes()
     return out
 
