@@ -5,7 +5,7 @@
 # 2. decoding at batch 1, 16 and 64, bf16, biogpt eager and with the compiled step (CUDA graphs) against
 #    transformers bf16 with SDPA attention, same weights, same run; `extract` documents/s (benchmarks/bench_gpu.py);
 # 3. `biogpt serve --device cuda --dtype bf16 --compile` at 16 and 64 clients (benchmarks/bench_serve.py).
-# Every figure is printed and written to $RUN/gpu_figures.json (the README's GPU table is made from it).
+# Every figure is printed and written to $RUN/gpu_figures.json (the GPU table in docs/performance.md is made from it).
 #   bash scripts/gpu_check.sh [PEAK_TFLOPS]     (default 989, an H100/H200's dense bf16 peak)
 #   SKIP_TRAIN=1 bash scripts/gpu_check.sh      (parts 2 and 3 only)
 set -euo pipefail

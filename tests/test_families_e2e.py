@@ -415,10 +415,10 @@ def test_server_refuses_bombs_with_400_and_decodes_once(ofa_dir, monkeypatch):
     assert ok.status_code == 200 and decodes == [True, True]  # one decode per request
 
 
-# --- 9. the README's request for an image of any size ----------------------------------------------------
+# --- 9. the BiomedGPT page's request for an image of any size -------------------------------------------------------
 
 
-def test_readme_image_request_works_for_large_images(ofa_dir, tmp_path):
+def test_documented_image_request_works_for_large_images(ofa_dir, tmp_path):
     import argparse
     import shlex
     import subprocess
@@ -429,7 +429,8 @@ def test_readme_image_request_works_for_large_images(ofa_dir, tmp_path):
     from .conftest import ROOT
     from .test_ofa_serve import serve
 
-    line = next(x for x in (ROOT / "README.md").read_text().splitlines() if x.startswith("python -c 'import base64"))
+    line = next(x for x in (ROOT / "docs" / "biomedgpt.md").read_text().splitlines()
+                if x.startswith("python -c 'import base64"))
     big = tmp_path / "chest.png"
     big.write_bytes(png_bytes(size=(600, 600)))  # about 1 MB: far over a command line's ~96 kB of base64
     assert big.stat().st_size > 1_000_000
@@ -443,7 +444,7 @@ def test_readme_image_request_works_for_large_images(ofa_dir, tmp_path):
 
     small = serve(create_app(loader=lambda: load_model(args), model_name="biomedgpt"), post)
     assert small.status_code == 413 and "--max-body-mb" in small.json()["error"]["message"]
-    words = shlex.split(next(x for x in (ROOT / "README.md").read_text().splitlines()
+    words = shlex.split(next(x for x in (ROOT / "docs" / "biomedgpt.md").read_text().splitlines()
                              if x.startswith("biogpt serve --model biomedgpt-base/")), comments=True)  # fmt: skip
     mb = int(words[words.index("--max-body-mb") + 1])
     app = create_app(loader=lambda: load_model(args), model_name="biomedgpt", max_body=mb << 20)

@@ -1,4 +1,4 @@
-"""The package's layering (see the README's Layout): a module imports only from its own group or below, and
+"""The package's layering (see docs/layout.md): a module imports only from its own group or below, and
 library modules import at the top (no function-local import hiding a cycle). The CLI may import lazily, so
 that `biogpt tokenize` does not load PyTorch."""
 
