@@ -54,10 +54,19 @@ def test_readme_is_a_short_front_door_with_links_that_resolve():
 def test_readme_keeps_the_two_setup_commands():
     lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
     assert (
+        "apt-get update && apt-get install -y chromium libxml2-utils default-jre-headless && "
         'pip install torch==2.13.0 && pip install -e ".[dev]" && pip install --no-deps modelscope==1.40.2 && '
         "biogpt extract --task bc5cdr --grounded --linked examples/pubmed_sample.xml -o -" in lines
     )
     assert "python -m pytest -q" in lines
+
+
+def test_ci_installs_what_the_readme_installs():
+    """.ci/run installs the README's system packages and pins, so a green CI means the two commands work."""
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "apt-get install -y -qq chromium libxml2-utils default-jre-headless" in ci
+    for pin in ("torch==2.13.0", '-e ".[dev]"', "--no-deps modelscope==1.40.2", "python -m pytest -q"):
+        assert pin in ci, pin
 
 
 def test_docs_pages_link_only_to_files_that_exist():
