@@ -2,7 +2,6 @@
 (BioGPT and GPT-2, tiny random models), `biogpt embed` (formats, resuming after kill -9), and /v1/embeddings
 with the official `openai` client."""
 
-import asyncio
 import base64
 import json
 import os
@@ -11,9 +10,7 @@ import subprocess
 import sys
 import time
 
-import httpx
 import numpy as np
-import openai
 import pytest
 import torch
 
@@ -25,6 +22,7 @@ from biogpt.serve import create_app
 
 from . import test_gpt2, test_model
 from .conftest import ROOT
+from .test_serve import serve
 
 EXAMPLES = ROOT / "examples" / "pubmed_sample.xml"
 INPUTS = [[2, 5, 6, 7, 8, 9, 10, 11], [2, 12, 13], [2, 40, 41, 42, 43, 44], [2, 99], [2, 7, 8, 9, 10, 11, 12, 13]]
@@ -197,20 +195,6 @@ def test_embed_command_bad_input(tmp_path, capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("error: ") and message in err[-1], err
-
-
-def serve(app, fn, key: str = "none"):
-    """Run `await fn(http, client)` against the app in-process, its lifespan (scheduler thread) around it."""
-
-    async def go():
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-                client = openai.AsyncOpenAI(base_url="http://test/v1", api_key=key, max_retries=0,
-                                            http_client=httpx.AsyncClient(transport=transport))  # fmt: skip
-                return await fn(http, client)
-
-    return asyncio.run(go())
 
 
 def test_v1_embeddings_with_the_openai_client(demo, demo_reference):

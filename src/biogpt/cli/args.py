@@ -92,6 +92,20 @@ def input_files(paths: list[str]) -> None:
             raise BioGPTError(f"{p}: not readable")
 
 
+def check_inputs_and_output(args: argparse.Namespace, fmt: str, other_formats: str) -> None:
+    """Before a model is loaded: `-o -` only for JSONL, every input readable and (unless --input-format) in a
+    known format, the output writable. Shared by the verbs that read documents (extract, embed)."""
+    from biogpt.mining.readers import detect_format
+
+    if args.output == "-" and fmt != "jsonl":
+        raise BioGPTError(f"-o - writes JSONL to standard output; give a file name for {other_formats}")
+    input_files(args.input)
+    if args.input_format is None:
+        for path in args.input:  # a file in no known format fails here, before the model is loaded
+            detect_format(Path(path))
+    writable_file(args.output, "-o")
+
+
 def set_threads(threads: int | None) -> None:
     if threads:
         import torch

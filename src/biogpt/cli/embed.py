@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from biogpt.cli.args import add_model_options, input_files, positive_int, set_threads, writable_file
+from biogpt.cli.args import add_model_options, check_inputs_and_output, input_files, positive_int, set_threads
 from biogpt.errors import BioGPTError
 
 FAULT_ENV = "BIOGPT_EMBED_PAUSE_AFTER"  # tests: "N:MARKER": after N committed chunks, create MARKER and wait
@@ -34,19 +34,12 @@ def _pause_hook():
 def cmd_embed(args: argparse.Namespace) -> int:
     from biogpt.cli.args import load_for_inference
     from biogpt.mining import embedding
-    from biogpt.mining.readers import detect_format
     from biogpt.models.ofa import OFA
 
     if args.dtype == "auto":
         args.dtype = "fp32"
     fmt = embedding.output_format(args.output, args.format)
-    if args.output == "-" and fmt != "jsonl":
-        raise BioGPTError("-o - writes JSONL to standard output; give a file name for .npy or .parquet")
-    input_files(args.input)
-    if args.input_format is None:
-        for path in args.input:  # a file in no known format fails here, before the model is loaded
-            detect_format(Path(path))
-    writable_file(args.output, "-o")
+    check_inputs_and_output(args, fmt, ".npy or .parquet")
     set_threads(args.threads)
     model, tok = load_for_inference(args)
     if isinstance(model, OFA):

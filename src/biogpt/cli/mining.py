@@ -7,7 +7,7 @@ import multiprocessing as mp
 import sys
 from pathlib import Path
 
-from biogpt.cli.args import add_model_options, input_files, positive_int, set_threads, writable_file
+from biogpt.cli.args import add_model_options, check_inputs_and_output, positive_int, set_threads, writable_file
 from biogpt.errors import BioGPTError
 
 _worker = None
@@ -95,18 +95,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from biogpt.api import DEMO
     from biogpt.mining import pipeline
     from biogpt.mining.aggregate import Aggregate
-    from biogpt.mining.readers import detect_format
 
     if args.dtype == "auto":  # the fastest mode the tests show equal to fp32 on the tasks: fp32 itself (bf16
         args.dtype = "fp32"  # and int8 change some demo-model outputs: tests/test_demo.py)
     fmt = output_format(args)
-    if args.output == "-" and fmt != "jsonl":
-        raise BioGPTError("-o - writes JSONL to standard output; give a file name for other formats")
-    input_files(args.input)
-    if args.input_format is None:
-        for path in args.input:  # a file in no known format fails here, before the model is loaded
-            detect_format(Path(path))
-    writable_file(args.output, "-o")
+    check_inputs_and_output(args, fmt, "other formats")
     if args.summary is not None:
         writable_file(args.summary, "--summary")
     _check_linking(args)
