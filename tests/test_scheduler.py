@@ -222,6 +222,25 @@ def test_cancel_frees_the_row_and_spares_the_others(model):
     assert cb.finish[w.id] == "cancelled" and cb.tokens.get(w.id, []) == [] and sch.idle
 
 
+def test_cancel_all_reaches_every_state_in_the_schedulers_thread(model):
+    """A shutdown deadline cancels what runs, what is half prefilled and what waits, whatever list each is in."""
+    prompts = prompts_of((40, 7, 9), seed=8)
+    sch = Scheduler(model, max_batch=1, prefill_chunk=16, eos_token_id=NO_EOS, max_len=512)
+    cb = Collect()
+    run_, half, queued = sch.submit(prompts[1:2] + prompts[:1] + prompts[2:], [SamplingParams(max_tokens=300)] * 3, cb)
+    sch.step()
+    sch.step()
+    assert sch.running == [run_] and queued in sch.waiting
+    sch.start()
+    try:
+        sch.cancel_all()
+        assert sch.wait_idle(60)
+    finally:
+        sch.stop(5)
+    assert {cb.finish[s.id] for s in (run_, half, queued)} == {"cancelled"}
+    assert cb.tokens.get(queued.id, []) == []
+
+
 def test_admission_errors(model):
     with pytest.raises(GenerationError, match="max_len 513 exceeds the model's 512 positions"):
         Scheduler(model, max_len=513)

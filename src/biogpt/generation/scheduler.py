@@ -168,6 +168,7 @@ class Scheduler:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = False
+        self._cancel_all = False
         self._thread: threading.Thread | None = None
         self._hold = _hold_point()
 
@@ -225,6 +226,13 @@ class Scheduler:
             s.cancelled = True
         self._wake.set()
 
+    def cancel_all(self) -> None:
+        """Stop every sequence queued, prefilling or running (a shutdown deadline). The scheduler's own thread
+        marks them before its next step: a snapshot taken here could miss one that moves from `prefilling` to
+        `running` between reading the two lists."""
+        self._cancel_all = True
+        self._wake.set()
+
     @property
     def queue_length(self) -> int:
         return len(self.waiting) + self.reserved
@@ -276,6 +284,12 @@ class Scheduler:
 
     def _loop(self) -> None:
         while not self._stop:
+            if self._cancel_all:
+                self._cancel_all = False
+                with self._lock:
+                    everyone = list(self.waiting) + self.prefilling + list(self.running)
+                self.cancel(everyone)
+                self._drop_cancelled()
             if self.idle:
                 self._wake.wait(0.5)
                 self._wake.clear()

@@ -120,6 +120,7 @@ class State:
         self.ofa: OFACompletions | None = None  # a BiomedGPT model: served without the scheduler
         self.load_error: str | None = None
         self.draining = False
+        self.in_flight = 0  # HTTP requests between arrival and their last byte (the drain waits for them)
         self.created = int(time.time())
         self._index: TokenIndex | None = None
         self.metrics = Metrics({
@@ -186,9 +187,11 @@ class Guard:
                 status["code"] = message["status"]
             await send(message)
 
+        self.state.in_flight += 1
         try:
             await self._guarded(scope, receive, counting_send, path)
         finally:
+            self.state.in_flight -= 1
             self.state.metrics.request(path if path in ROUTES else "other", status["code"])
 
     async def _guarded(self, scope, receive, send, path):

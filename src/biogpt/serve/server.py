@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 
 import uvicorn
 from fastapi import FastAPI
@@ -30,10 +31,15 @@ class DrainingServer(uvicorn.Server):
         sch = self.state.scheduler
         if sch is not None and not sch.wait_idle(self.shutdown_timeout):
             print(f"shutdown timeout ({self.shutdown_timeout:g}s): cancelling what is still running", file=sys.stderr)
-            sch.cancel(list(sch.running) + list(sch.prefilling) + list(sch.waiting))
-            # the cancelled leave at the scheduler's next step, which reports each one (the streams' error frames)
-            # before uvicorn starts closing; the bound is the step in progress, as in the lifespan's stop
+            sch.cancel_all()
+            # the cancelled leave before the scheduler's next step, which reports each one (the streams' error
+            # frames) before uvicorn starts closing; the bound is the step in progress, as in the lifespan's stop
             sch.wait_idle(5)
+        # the streams write their last frames on the event loop after the scheduler reported them: uvicorn's
+        # own close would cut a response still being written, so wait (bounded) for the requests to end
+        end = time.monotonic() + 5
+        while self.state.in_flight and time.monotonic() < end:
+            time.sleep(0.01)
         self.should_exit = True
 
     async def on_tick(self, counter: int) -> bool:
