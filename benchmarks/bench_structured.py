@@ -20,7 +20,7 @@ import torch
 
 import biogpt
 from biogpt.generation import generate
-from biogpt.serve.structured import RegexConstraint, TokenIndex, choice_constraint, compile_regex
+from biogpt.generation.structured import RegexConstraint, TokenIndex, choice_constraint, compile_regex
 
 
 class Timed:

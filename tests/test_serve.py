@@ -21,13 +21,13 @@ import pytest
 
 import biogpt
 from biogpt.generation import generate
+from biogpt.generation.regex import NFA, RegexError
 from biogpt.generation.scheduler import HOLD_ENV
 from biogpt.mining import Extractor
 from biogpt.mining.linking import default_linker
 from biogpt.mining.readers import Document, Passage, title_abstract
 from biogpt.mining.writers import bioc_document, jsonl_line, pubtator_document
 from biogpt.serve import create_app
-from biogpt.serve.structured import NFA, RegexError
 
 NAME = "demo"
 PROMPT = "Aspirin is"

@@ -21,7 +21,7 @@ import biogpt
 from biogpt.cli import main
 from biogpt.generation import SamplingParams, Scheduler, generate
 from biogpt.serve import create_app
-from biogpt.serve.app import INTERNAL
+from biogpt.serve.middleware import INTERNAL
 from biogpt.serve.protocol import MAX_EXTRACT_DOCS, MAX_STOP, MAX_STOP_CHARS
 from biogpt.text.fastbpe import MAX_WORD
 
@@ -129,7 +129,7 @@ def test_extraction_documents_count_against_the_queue(demo):
 
 
 def test_an_extraction_runs_in_batches_and_stops_when_its_client_goes_away(demo, monkeypatch):
-    import biogpt.serve.app as app_module
+    import biogpt.serve.extraction as app_module
 
     calls = []
 

@@ -14,9 +14,11 @@ import pytest
 import biogpt
 from biogpt import Tokenizer
 from biogpt.generation import generate
+from biogpt.generation import regex as R
+from biogpt.generation import structured as S
+from biogpt.generation.regex import RegexError
+from biogpt.generation.structured import RegexConstraint, TokenIndex, compile_regex
 from biogpt.serve import create_app
-from biogpt.serve import structured as S
-from biogpt.serve.structured import RegexConstraint, RegexError, TokenIndex, compile_regex
 
 from .test_serve import error_of, serve
 
@@ -388,7 +390,7 @@ def test_compiler_language_equals_reference():
     rng = random.Random(3)
     alphabet = "abcdxy019. _-\t(&"
     for p in PATTERNS + [r"a|b", r"(ab)+c?", r"[a-z]{2,4}", r"(a|bc){0,3}d", r"[a\-c]\s\S", r"^a.c$"]:
-        new, ref = S.NFA(p), RefNFA(p)
+        new, ref = R.NFA(p), RefNFA(p)
         for _ in range(300):
             t = "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 8)))
             assert new.matches(t) == ref.matches(t) == bool(re.fullmatch(p, t)), (p, t)
@@ -427,7 +429,7 @@ def test_pathological_patterns_cost_bounded_work(demo, pattern, steps):
     _, tok = demo
     index = TokenIndex(tok)
     regex = compile_regex(pattern, index)
-    assert regex.dfa.work <= S.MAX_WORK and len(regex.dfa.sets) <= 2 + 300
+    assert regex.dfa.work <= R.MAX_WORK and len(regex.dfa.sets) <= 2 + 300
     counter = Counting(tok)
     constraint = RegexConstraint(regex, counter)
     counts = walk_counts(constraint, counter, steps, seed=4)
@@ -459,7 +461,7 @@ def test_each_limit_is_a_regex_error_naming_it(demo, monkeypatch):
     nested = "((" + "[" + "".join(chr(0x4E00 + i) for i in range(250)) + "]{100}){100})"
     with pytest.raises(RegexError, match="re-reads more than .*compile steps limit"):
         compile_regex(nested, index)  # copies of copies: parsing is counted too
-    monkeypatch.setattr(S, "MAX_WORK", 1000)
+    monkeypatch.setattr(R, "MAX_WORK", 1000)
     with pytest.raises(RegexError, match="compile steps"):
         compile_regex(r"[a-z]+ (is|was) .{0,30}", index)
 
