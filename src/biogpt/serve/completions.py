@@ -78,6 +78,7 @@ class Completions:
         return await self.collect(sub, request)
 
     async def _ofa(self, req: CompletionRequest) -> dict:
+        """A BiomedGPT request: one batch of prompts, beam search in a worker thread (serve/ofa.py)."""
         if not isinstance(req.prompt, str) and len(req.prompt) > MAX_OFA_PROMPTS:
             raise APIError(400, f"{len(req.prompt)} prompts in one request; a BiomedGPT request takes at most "
                                 f"{MAX_OFA_PROMPTS} (one batch)", param="prompt")  # fmt: skip
@@ -220,6 +221,7 @@ class Completions:
                     yield "", len(d.tokens)
 
     def _echo_frame(self, sub: Submitted, s: Seq) -> str:
+        """The frame that echoes a sequence's prompt (with its logprobs block when asked)."""
         lp = prompt_block(self.state, s) if sub.req.logprobs is not None else None
         return frame({**sub.head, "choices": [{"index": sub.index[s.id], "text": sub.echo(s), "logprobs": lp,
                                                "finish_reason": None}]})  # fmt: skip

@@ -86,6 +86,7 @@ class Guard:
             self.state.metrics.request(path if path in ROUTES else "other", status["code"])
 
     async def _guarded(self, scope, receive, send, path):
+        """The open paths pass unchecked; every other one needs the key and a ready server."""
         refusal = self._refusal(scope) if path not in OPEN_PATHS else None
         if refusal is not None:
             return await refusal(scope, receive, send)
@@ -141,6 +142,7 @@ class Guard:
         return await self.app(scope, replay, send)
 
     async def _too_large(self, scope, receive, send):
+        """413, saying how to send less or allow more."""
         resp = error_response(413, f"the request body exceeds {self.max_body} bytes; send fewer or shorter "
                                    "prompts, documents or images per request, or start the server with a larger "
                                    "--max-body-mb (a base64 image is 4/3 of its file)",
