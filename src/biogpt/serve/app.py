@@ -36,6 +36,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from biogpt.api import family_of
 from biogpt.errors import BioGPTError, GenerationError
 from biogpt.generation.scheduler import Delta, QueueFull, SamplingParams, Scheduler, Seq
 from biogpt.mining.extractor import Extractor
@@ -43,8 +44,6 @@ from biogpt.mining.generative import GenerativeExtractor
 from biogpt.mining.linking import Linker, default_linker
 from biogpt.mining.readers import Document, Passage, title_abstract
 from biogpt.mining.writers import bioc_document, jsonl_line, pubtator_document
-from biogpt.models.gpt2 import GPT2
-from biogpt.models.ofa import OFA
 from biogpt.serve import embeddings, page
 from biogpt.serve.metrics import Metrics
 from biogpt.serve.protocol import (
@@ -144,18 +143,18 @@ class State:
 
     def attach(self, model: torch.nn.Module, tok: Tokenizer) -> None:
         self.model, self.tok = model.eval(), tok
-        if isinstance(model, OFA):
+        desc = family_of(model)
+        if desc.encoder_decoder:
             self.ofa = OFACompletions(model, tok)
             return
-        # BioMedLM (GPT-2 family): <|endoftext|> ends a sequence and pads; BioGPT: </s> = 2, <pad> = 1
-        ids = {"eos_token_id": tok.eos_token_id, "pad_token_id": tok.eos_token_id} if self.byte_level else {}
+        ids = desc.special_ids(tok)  # the family's end and padding ids (BioMedLM: <|endoftext|> for both)
         self.scheduler = Scheduler(model, tok.decode, observe=self.metrics.observe, **ids, **self.scheduler_options)
         self.scheduler.start()
 
     @property
     def byte_level(self) -> bool:
         """A GPT-2 family model (BioMedLM) with its byte-level tokenizer, rather than BioGPT's Moses + BPE."""
-        return isinstance(self.model, GPT2)
+        return family_of(self.model).byte_level
 
     def encode(self, text: str, special: bool = True) -> list[int]:
         """Token ids of a text; `special`: with the leading </s> BioGPT's prompts start with (GPT-2 adds none)."""
