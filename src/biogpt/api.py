@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from biogpt.text.ofa import OFATokenizer
 
 __all__ = ["DEMO", "DTYPES", "FAMILIES", "FORMS", "Family", "convert", "demo_path", "family", "family_for",
-           "family_of", "is_demo", "load", "register"]  # fmt: skip
+           "family_of", "is_demo", "load", "precision", "register"]  # fmt: skip
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}  # fmt: skip

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,6 @@ class Family:
     encoder_decoder: bool = False  # seq2seq (instruction + optional image in, text out); no scheduler
     byte_level: bool = False  # byte-level BPE, no leading special token on a prompt
     moses: bool = False  # Moses + fastBPE tokenizer: it lowercases and checks ids itself
-    extra: dict[str, Any] = field(default_factory=dict)  # anything a family wants to carry for its own code
 
 
 def vocab_family(d: Path) -> str:
