@@ -131,7 +131,7 @@ def test_os_errors_are_one_line(model_dir, tmp_path, capsys, monkeypatch):
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device", str(tmp_path / "out"))
 
-    monkeypatch.setattr("biogpt.api.save_hf", full_disk)
+    monkeypatch.setattr("biogpt.families.biogpt.save_hf", full_disk)
     code, err = run(["convert", model_dir, tmp_path / "out"], capsys)
     assert code == 2 and err == f"error: {tmp_path / 'out'}: No space left on device\n"
 

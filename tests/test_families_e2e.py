@@ -117,7 +117,7 @@ def test_vqa_eval_decodes_with_the_answer_sets_bound(ofa_dir, tmp_path, capsys, 
     seen = []
     real = bt.beam_search
     monkeypatch.setattr(bt, "beam_search", lambda *a, **k: seen.append(k["max_len_b"]) or real(*a, **k))
-    code, _, _ = run(["eval-biomedgpt", "vqa", "--model", ofa_dir, "--data", tmp_path / "test.tsv",
+    code, _, _ = run(["eval", "vqa", "--model", ofa_dir, "--data", tmp_path / "test.tsv",
                       "--answers", tmp_path / "ans.json"], capsys)  # fmt: skip
     tok = OFATokenizer.from_pretrained(BPE)
     assert code == 0 and seen == [len(tok.encode(" " + long_answer)) + 1]
@@ -142,7 +142,7 @@ def test_generate_decodes_each_prompt_as_alone(ofa_dir, tmp_path, capsys):
 def test_server_decodes_each_prompt_as_alone_and_counts_generated_tokens(ofa_dir, ofa_loaded):
     import argparse
 
-    from biogpt.cli.biomedgpt import load_model
+    from biogpt.cli.args import load_for_inference as load_model
     from biogpt.generation.seq2seq import right_pad
     from biogpt.images import patch_images
     from biogpt.serve import create_app
@@ -292,12 +292,12 @@ def test_biomedgpt_saved_outputs_score_again(ofa_dir, tmp_path, capsys):
     for task, data in (("vqa", tmp_path / "vqa.tsv"), ("nli", tmp_path / "nli.tsv")):
         extra = ["--answers", tmp_path / "ans.json"] if task == "vqa" else []
         saved = tmp_path / f"{task}.jsonl"
-        code, out, _ = run(["eval-biomedgpt", task, "--model", ofa_dir, "--data", data, *extra,
+        code, out, _ = run(["eval", task, "--model", ofa_dir, "--data", data, *extra,
                             "--save-outputs", saved], capsys)  # fmt: skip
         assert code == 0
-        code, again, _ = run(["eval-biomedgpt", task, "--predictions", saved, "--data", data], capsys)
+        code, again, _ = run(["eval", task, "--predictions", saved, "--data", data], capsys)
         assert code == 0 and json.loads(again) == json.loads(out)
-    code, _, err = run(["eval-biomedgpt", "vqa", "--predictions", tmp_path / "nli.jsonl", "--data",
+    code, _, err = run(["eval", "vqa", "--predictions", tmp_path / "nli.jsonl", "--data",
                         tmp_path / "vqa.tsv"], capsys)  # fmt: skip
     assert code == 2 and "example 'q1' has no prediction" in err
 
@@ -330,23 +330,23 @@ def test_data_files_of_another_layout_are_one_error(ofa_dir, tmp_path, capsys):
     vqa = tmp_path / "vqa_test.tsv"
     vqa.write_text(f"1\t{b64}\tis it normal?\t1.0|!+yes\tobj\n")
     (tmp_path / "cls.json").write_text('{"normal": 0, "pneumonia": 1}')
-    code, _, err = run(["eval-biomedgpt", "medmnist", "--model", ofa_dir, "--data", vqa, "--answers",
+    code, _, err = run(["eval", "medmnist", "--model", ofa_dir, "--data", vqa, "--answers",
                         tmp_path / "cls.json"], capsys)  # fmt: skip
     assert code == 2 and "vqa_test.tsv:1: 5 tab-separated columns, expected 3 (a caption or classification" in err
-    code, _, err = run(["finetune-biomedgpt", "meqsum", "--model", ofa_dir, "--data", vqa, "--output",
+    code, _, err = run(["finetune", "meqsum", "--model", ofa_dir, "--data", vqa, "--output",
                         tmp_path / "ft"], capsys)  # fmt: skip
     assert code == 2 and "expected 2 (a MeQSum file has question<TAB>summary)" in err
     mnist = tmp_path / "mnist.tsv"
     mnist.write_text(f"1\t{b64}\tnormal\n2\t{b64}\tis it normal?\n")
-    code, _, err = run(["eval-biomedgpt", "medmnist", "--model", ofa_dir, "--data", mnist, "--answers",
+    code, _, err = run(["eval", "medmnist", "--model", ofa_dir, "--data", mnist, "--answers",
                         tmp_path / "cls.json"], capsys)  # fmt: skip
     assert code == 2 and "mnist.tsv:2: label 'is it normal?' is not in the answer set" in err
     mnist.write_text("1\tthe lungs are clear\tnormal\n")
-    code, _, err = run(["eval-biomedgpt", "medmnist", "--model", ofa_dir, "--data", mnist, "--answers",
+    code, _, err = run(["eval", "medmnist", "--model", ofa_dir, "--data", mnist, "--answers",
                         tmp_path / "cls.json"], capsys)  # fmt: skip
     assert code == 2 and "mnist.tsv:1: its image column: not an image" in err
     vqa.write_text("1\tsome text\tis it normal?\t1.0|!+yes\tobj\n")
-    code, _, err = run(["eval-biomedgpt", "vqa", "--model", ofa_dir, "--data", vqa, "--answers",
+    code, _, err = run(["eval", "vqa", "--model", ofa_dir, "--data", vqa, "--answers",
                         tmp_path / "cls.json"], capsys)  # fmt: skip
     assert code == 2 and "its image column: not an image" in err and "a VQA file has" in err
 
@@ -393,7 +393,7 @@ def test_server_refuses_bombs_with_400_and_decodes_once(ofa_dir, monkeypatch):
     import argparse
 
     import biogpt.images as images
-    from biogpt.cli.biomedgpt import load_model
+    from biogpt.cli.args import load_for_inference as load_model
     from biogpt.serve import create_app
 
     from .test_ofa_serve import serve
@@ -423,7 +423,7 @@ def test_documented_image_request_works_for_large_images(ofa_dir, tmp_path):
     import shlex
     import subprocess
 
-    from biogpt.cli.biomedgpt import load_model
+    from biogpt.cli.args import load_for_inference as load_model
     from biogpt.serve import create_app
 
     from .conftest import ROOT
@@ -512,7 +512,7 @@ def test_mistyped_local_path_is_no_such_file(tmp_path, capsys, monkeypatch):
 
 
 def test_finetune_log_keeps_small_learning_rates(ofa_dir, tmp_path, capsys):
-    code, out, _ = run(["finetune-biomedgpt", "meqsum", "--model", ofa_dir, "--output", tmp_path / "ft",
+    code, out, _ = run(["finetune", "meqsum", "--model", ofa_dir, "--output", tmp_path / "ft",
                         "--max-updates", 1, "--lr", 4e-5, "--warmup", 100, "--limit", 2, "--batch-size", 2,
                         "--update-freq", 1], capsys)  # fmt: skip
     logged = [json.loads(line) for line in out.splitlines() if line.startswith("{")]

@@ -58,7 +58,7 @@ def test_read_report_captions(tmp_path):
 def test_eval_caption_metrics_match_the_library(ofa_dir, tmp_path, capsys):
     model, tok = biogpt.load(ofa_dir)
     data = caption_tsv(tmp_path / "test.tsv")
-    argv = ["eval-biomedgpt", "caption", "--model", ofa_dir, "--data", tmp_path, "--output", tmp_path / "m.json",
+    argv = ["eval", "caption", "--model", ofa_dir, "--data", tmp_path, "--output", tmp_path / "m.json",
             "--save-outputs", tmp_path / "o.jsonl", "--batch-size", 2]  # fmt: skip
     code, out, err = run(argv, capsys)
     assert code == 0 and "caption: 3 examples scored" in err
@@ -75,7 +75,7 @@ def test_eval_caption_metrics_match_the_library(ofa_dir, tmp_path, capsys):
     saved = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
     assert saved == [{"id": r.id, "prediction": p} for r, p in zip(recs, preds)]
 
-    code, out, _ = run(["eval-biomedgpt", "caption", "--model", ofa_dir, "--data", data, "--limit", 1], capsys)
+    code, out, _ = run(["eval", "caption", "--model", ofa_dir, "--data", data, "--limit", 1], capsys)
     assert code == 0
     assert json.loads(out) == {"task": "caption", "rouge_l": pytest.approx(rouge_l(cands[0], refs[0]), abs=1e-12),
                                "cider_d": pytest.approx(cider_d(cands[:1], refs[:1]), abs=1e-12), "n": 1}  # fmt: skip
@@ -85,13 +85,13 @@ def test_eval_caption_errors(ofa_dir, tmp_path, capsys):
     good = caption_tsv(tmp_path / "ok.tsv").read_text().splitlines()
     bad = tmp_path / "bad.tsv"
     bad.write_text("\n".join([good[0], "img1\tonly two columns", good[2]]) + "\n")
-    code, _, err = run(["eval-biomedgpt", "caption", "--model", ofa_dir, "--data", bad], capsys)
+    code, _, err = run(["eval", "caption", "--model", ofa_dir, "--data", bad], capsys)
     assert code == 2 and f"{bad}:2: 2 tab-separated columns, expected uniq_id<TAB>base64 image<TAB>caption" in err
     not_image = base64.b64encode(b"not a picture").decode()
     bad.write_text("\n".join([good[0], f"img1\t{not_image}\ta report"]) + "\n")
-    code, _, err = run(["eval-biomedgpt", "caption", "--model", ofa_dir, "--data", bad], capsys)
+    code, _, err = run(["eval", "caption", "--model", ofa_dir, "--data", bad], capsys)
     assert code == 2 and f"{bad}:2: " in err and "not an image" in err
-    code, _, err = run(["eval-biomedgpt", "caption", "--model", ofa_dir], capsys)
+    code, _, err = run(["eval", "caption", "--model", ofa_dir], capsys)
     assert code == 2 and "caption needs --data FILE" in err
 
 

@@ -181,7 +181,7 @@ def test_generate_errors(ofa_dir, tmp_path, capsys):
 @pytest.mark.slow
 def test_eval_meqsum_on_the_real_test_split(ofa_dir, loaded, tmp_path, capsys):
     model, tok = loaded
-    argv = ["eval-biomedgpt", "meqsum", "--model", ofa_dir, "--data", MEQSUM, "--limit", 4,
+    argv = ["eval", "meqsum", "--model", ofa_dir, "--data", MEQSUM, "--limit", 4,
             "--output", tmp_path / "m.json", "--save-outputs", tmp_path / "o.jsonl"]  # fmt: skip
     code, out, err = run(argv, capsys)
     assert code == 0 and "meqsum: 4 examples scored" in err
@@ -212,7 +212,7 @@ def test_eval_vqa_medmnist_nli(ofa_dir, loaded, tmp_path, capsys):
     trie = AnswerTrie.from_answers(answers, tok.encode)
     for mode, preds in (("beamsearch", generate_text(model, tok, recs, DECODING["vqa"], trie=trie)),
                         ("allcand", rank_answers(model, tok, recs, answers))):  # fmt: skip
-        argv = ["eval-biomedgpt", "vqa", "--model", ofa_dir, "--data", tmp_path, "--answers", tmp_path / "ans.json",
+        argv = ["eval", "vqa", "--model", ofa_dir, "--data", tmp_path, "--answers", tmp_path / "ans.json",
                 "--inference", mode]  # fmt: skip
         code, out, _ = run(argv, capsys)
         assert code == 0 and all(p in answers for p in preds)
@@ -222,7 +222,7 @@ def test_eval_vqa_medmnist_nli(ofa_dir, loaded, tmp_path, capsys):
     (tmp_path / "mnist.tsv").write_text(f"7\t{b64}\tpneumonia\n8\t{b64}\tnormal\n")
     (tmp_path / "cls.json").write_text('{"normal": "0", "pneumonia": "1"}')
     preds = rank_answers(model, tok, read_captions(tmp_path / "mnist.tsv"), ["normal", "pneumonia"])
-    argv = ["eval-biomedgpt", "medmnist", "--model", ofa_dir, "--data", tmp_path / "mnist.tsv",
+    argv = ["eval", "medmnist", "--model", ofa_dir, "--data", tmp_path / "mnist.tsv",
             "--answers", tmp_path / "cls.json"]  # fmt: skip
     code, out, _ = run(argv, capsys)
     assert code == 0
@@ -233,23 +233,23 @@ def test_eval_vqa_medmnist_nli(ofa_dir, loaded, tmp_path, capsys):
     rows = [{"sentence1": p, "sentence2": h, "gold_label": g} for (p, h), g in zip(pairs, ["entailment", "neutral"])]
     (tmp_path / "nli.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     preds = predict_nli(model, tok, pairs)
-    code, out, _ = run(["eval-biomedgpt", "nli", "--model", ofa_dir, "--data", tmp_path / "nli.jsonl"], capsys)
+    code, out, _ = run(["eval", "nli", "--model", ofa_dir, "--data", tmp_path / "nli.jsonl"], capsys)
     assert code == 0
     want = (int(preds[0] == "yes") + int(preds[1] == "maybe")) / 2
     assert json.loads(out) == {"task": "nli", "accuracy": want, "n": 2}
 
 
 def test_eval_errors(ofa_dir, tmp_path, capsys):
-    code, _, err = run(["eval-biomedgpt", "vqa", "--model", ofa_dir, "--data", MEQSUM / "test.tsv"], capsys)
+    code, _, err = run(["eval", "vqa", "--model", ofa_dir, "--data", MEQSUM / "test.tsv"], capsys)
     assert code == 2 and "vqa needs --answers FILE" in err
-    code, _, err = run(["eval-biomedgpt", "nli", "--model", ofa_dir], capsys)
+    code, _, err = run(["eval", "nli", "--model", ofa_dir], capsys)
     assert code == 2 and "nli needs --data FILE" in err
     (tmp_path / "bad.tsv").write_text("a\tb\tunsure\n")
-    code, _, err = run(["eval-biomedgpt", "nli", "--model", ofa_dir, "--data", tmp_path / "bad.tsv"], capsys)
+    code, _, err = run(["eval", "nli", "--model", ofa_dir, "--data", tmp_path / "bad.tsv"], capsys)
     assert code == 2 and "label 'unsure' is not entailment, contradiction or neutral" in err
-    code, _, err = run(["eval-biomedgpt", "meqsum", "--model", "demo", "--limit", 1], capsys)
+    code, _, err = run(["eval", "meqsum", "--model", "demo", "--limit", 1], capsys)
     assert code == 2 and "demo is not a BiomedGPT (OFA) model" in err
-    code, _, err = run(["eval-biomedgpt", "meqsum"], capsys)
+    code, _, err = run(["eval", "meqsum"], capsys)
     assert code == 2 and "give --model" in err
 
 

@@ -111,7 +111,7 @@ def inverse_sqrt_lr_1() -> float:
 def test_cli_finetune_and_resume(tmp_path, capsys):
     model_dir = tmp_path / "tiny"
     save_ofa(tiny_ofa(), OFATokenizer.from_pretrained(BPE), model_dir)
-    argv = ["finetune-biomedgpt", "meqsum", "--model", model_dir, "--output", tmp_path / "run", "--data", TRAIN,
+    argv = ["finetune", "meqsum", "--model", model_dir, "--output", tmp_path / "run", "--data", TRAIN,
             "--limit", 16, "--max-updates", 2, "--lr", 1e-3, "--warmup", 1, "--batch-size", 4, "--update-freq", 2,
             "--dtype", "bf16"]  # fmt: skip
     code, out, _ = run(argv, capsys)
@@ -126,7 +126,7 @@ def test_cli_finetune_and_resume(tmp_path, capsys):
     assert code == 0 and "resumed from" in out
     code, _, err = run(argv[:-2] + ["--dtype", "fp32"], capsys)  # same folder, other settings
     assert code == 2 and "dtype: 'bf16' in the checkpoint, 'fp32' now" in err
-    code, _, err = run(["finetune-biomedgpt", "meqsum", "--model", "demo", "--output", tmp_path / "x"], capsys)
+    code, _, err = run(["finetune", "meqsum", "--model", "demo", "--output", tmp_path / "x"], capsys)
     assert code == 2 and "demo is not a BiomedGPT (OFA) model" in err
 
 
@@ -144,7 +144,7 @@ def test_resumed_finetune_equals_an_uninterrupted_one(tmp_path, capsys):
     save_ofa(tiny_ofa(), OFATokenizer.from_pretrained(BPE), model_dir)
 
     def argv(out, updates):
-        return ["finetune-biomedgpt", "meqsum", "--model", model_dir, "--output", tmp_path / out, "--data", TRAIN,
+        return ["finetune", "meqsum", "--model", model_dir, "--output", tmp_path / out, "--data", TRAIN,
                 "--limit", 16, "--max-updates", updates, "--lr", 1e-3, "--warmup", 1, "--batch-size", 4,
                 "--update-freq", 2]  # fmt: skip
 

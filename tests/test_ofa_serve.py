@@ -14,7 +14,7 @@ import pytest
 
 import biogpt
 from biogpt.checkpoints.ofa import save_ofa
-from biogpt.cli.biomedgpt import load_model
+from biogpt.cli.args import load_for_inference as load_model
 from biogpt.generation.seq2seq import beam_search, right_pad
 from biogpt.models.ofa import OFA
 from biogpt.serve import create_app

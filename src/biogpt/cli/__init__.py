@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from biogpt.cli import biomedgpt, embed, mining, models, serve, tasks, text, training
+from biogpt.cli import biomedgpt, embed, finetune, mining, models, serve, tasks, text, training
 
 
 class Parser(argparse.ArgumentParser):
@@ -19,18 +19,29 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
+def _version() -> str:
+    """The installed package's version (its metadata: no import of the package's heavy modules)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("biogpt")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = Parser(prog="biogpt", description="BioGPT, exact and fast, without fairseq.")
+    ap.add_argument("--version", action="version", version=f"biogpt {_version()}")
     sub = ap.add_subparsers(dest="command", required=True)
     text.add_parsers(sub)
     models.add_parsers(sub)
     tasks.add_parsers(sub)
     training.add_parsers(sub)
+    finetune.add_parsers(sub)
     mining.add_parsers(sub)
     embed.add_parsers(sub)
     serve.add_parsers(sub)
     biomedgpt.add_parsers(sub)
-    biomedgpt.add_finetune_parsers(sub)
     return ap
 
 

@@ -146,28 +146,17 @@ def resolve_model(args: argparse.Namespace) -> None:
 
 
 def load_for_inference(args: argparse.Namespace):
-    """The model in the requested precision mode and its tokenizer (from beside the weights or --vocab)."""
-    import torch
-
-    from biogpt.api import load
-    from biogpt.backends.cpu import native_bf16, pack_bf16, quantize_int8
+    """The model in the requested precision (--dtype, a form `biogpt.load` applies) and its tokenizer (from
+    beside the weights or --vocab); --ema and --image-size go to the families that take them."""
+    from biogpt.api import family_of, load
 
     resolve_model(args)
-    int8 = args.dtype == "int8"
-    device = getattr(args, "device", "cpu")
-    if int8 and device != "cpu":
-        raise BioGPTError(f"--dtype int8 runs on the CPU; on --device {device} use bf16 (or fp32, the exact mode)")
-    dtype = None
-    if args.dtype == "bf16" or (args.dtype == "auto" and (device != "cpu" or native_bf16())):
-        dtype = torch.bfloat16
-    model, tok = load(args.model, dtype=dtype, device=device, vocab=args.vocab)
-    if int8:
-        quantize_int8(model)
-    elif dtype == torch.bfloat16:
-        pack_bf16(model)  # the CPU form: weights laid out once for oneDNN's bf16 kernels
+    options = {k: getattr(args, k) for k in ("ema", "image_size") if getattr(args, k, None)}
+    model, tok = load(args.model, device=getattr(args, "device", "cpu"), form=args.dtype, vocab=args.vocab,
+                      **options)  # fmt: skip
     if tok is None:
         raise BioGPTError(f"{args.model}: no vocabulary beside the weights; pass --vocab DIR")
-    if getattr(args, "compile", False):
+    if getattr(args, "compile", False) and not family_of(model).encoder_decoder:
         from biogpt.generation import compile_decode
 
         compile_decode(model)  # raises GenerationError for the CPU kernel forms
@@ -198,3 +187,49 @@ def add_model_options(p: argparse.ArgumentParser, biomedgpt: bool = False) -> No
     p.add_argument("--compile", action="store_true",
                    help="decode through one compiled static-shape step (torch.compile; CUDA graphs on a GPU); "
                         "fp32 and bf16 only")  # fmt: skip
+
+
+class FamilyTasks(str):
+    """A help text listing each model family's tasks (`attr`: "tasks" or "finetune_tasks"), read from the
+    descriptors only when help is printed, so that building the parser does not import PyTorch."""
+
+    def __new__(cls, lead: str, attr: str):
+        self = super().__new__(cls, lead)
+        self.attr = attr
+        return self
+
+    def __mod__(self, params) -> str:
+        from biogpt.api import FAMILIES
+
+        listed = "; ".join(f"{d.short or d.title}: {', '.join(getattr(d, self.attr))}" for d in FAMILIES.values()
+                           if getattr(d, self.attr))  # fmt: skip
+        return f"{str(self) % params} ({listed})"
+
+
+def check_task(tasks: list[str], attr: str, verb: str) -> list:
+    """The families that have every one of `tasks` (descriptor attribute `attr`); an unknown task is an error."""
+    from biogpt.api import FAMILIES
+
+    for task in tasks:
+        if not any(task in getattr(d, attr) for d in FAMILIES.values()):
+            known = sorted({t for d in FAMILIES.values() for t in getattr(d, attr)})
+            raise BioGPTError(f"{verb}: unknown task {task[:40]!r}; choose from {', '.join(known)}")
+    return [d for d in FAMILIES.values() if all(t in getattr(d, attr) for t in tasks)]
+
+
+def deprecated(old: str, new: str, func):
+    """An old verb's handler: one line on stderr naming the verb to use, then the new verb's own handler."""
+
+    def run(args: argparse.Namespace) -> int:
+        print(f"warning: `biogpt {old}` is deprecated; use `biogpt {new}` (the same arguments)", file=sys.stderr)
+        return func(args)
+
+    return run
+
+
+def refuse_options(args: argparse.Namespace, options: dict, task: str) -> None:
+    """Options of another kind of task (`options`: name -> the value meaning "not given"), given: one error
+    naming the first."""
+    for name, off in options.items():
+        if getattr(args, name, off) != off:
+            raise BioGPTError(f"--{name.replace('_', '-')} does not apply to {task}")

@@ -1,7 +1,6 @@
-"""BiomedGPT (OFA) on the command line: loading any family for a verb, `biogpt generate --image`,
-`biogpt eval-biomedgpt TASK` (MeQSum summaries, VQA, NLI, MedMNIST classification, report captions) with the
-original's templates, decoding settings and metrics (tasks/biomedgpt.py), and `biogpt finetune-biomedgpt meqsum`
-(training/finetune_ofa.py)."""
+"""BiomedGPT (OFA) on the command line: `biogpt generate --image`, and `biogpt eval TASK` for the encoder-decoder
+tasks (MeQSum summaries, VQA, NLI, MedMNIST classification, report captions) with the original's templates,
+decoding settings and metrics (tasks/biomedgpt.py); `eval-biomedgpt` is that verb's old name, kept as an alias."""
 
 from __future__ import annotations
 
@@ -13,14 +12,11 @@ from typing import TYPE_CHECKING
 
 from biogpt.cli.args import (
     add_model_options,
-    check_device,
+    deprecated,
     input_files,
     load_for_inference,
-    nonneg_int,
-    positive_float,
     positive_int,
     set_threads,
-    writable_dir,
     writable_file,
 )
 from biogpt.errors import BioGPTError
@@ -34,31 +30,11 @@ NLI_LABELS = {"entailment": "yes", "contradiction": "no", "neutral": "maybe", "y
               "maybe": "maybe"}  # fmt: skip
 
 
-# --- loading --------------------------------------------------------------------------------------------
-
-
 def is_ofa_model(args: argparse.Namespace) -> bool:
-    """Whether --model names a BiomedGPT (OFA) checkpoint (no --model: the demo, a BioGPT model)."""
-    from biogpt.api import family
+    """Whether --model names an encoder-decoder (BiomedGPT) checkpoint (no --model: the demo, a BioGPT model)."""
+    from biogpt.api import family_for
 
-    return args.model is not None and family(args.model) == "ofa"
-
-
-def load_model(args: argparse.Namespace):
-    """(model, tokenizer) for any family: a BiomedGPT checkpoint in fp32 or bf16 (a plain cast: the packed CPU
-    forms are BioGPT's and GPT-2's), everything else as `load_for_inference` loads it."""
-    if not is_ofa_model(args):
-        return load_for_inference(args)
-    import torch
-
-    from biogpt.api import load
-    from biogpt.backends.cpu import native_bf16
-
-    if args.dtype == "int8":
-        raise BioGPTError("--dtype int8 applies to BioGPT and GPT-2 models; run BiomedGPT with fp32, bf16 or auto")
-    dtype = torch.bfloat16 if args.dtype == "bf16" or (args.dtype == "auto" and native_bf16()) else None
-    return load(args.model, dtype=dtype, device=getattr(args, "device", "cpu"), vocab=args.vocab,
-                ema=getattr(args, "ema", False), image_size=getattr(args, "image_size", None))  # fmt: skip
+    return args.model is not None and family_for(args.model).encoder_decoder
 
 
 # --- biogpt generate with a BiomedGPT model --------------------------------------------------------------
@@ -119,7 +95,7 @@ def generate_ofa(args: argparse.Namespace, model, tok) -> list[str]:
     return out
 
 
-# --- biogpt eval-biomedgpt ----------------------------------------------------------------------------------
+# --- biogpt eval TASK: the encoder-decoder tasks ------------------------------------------------------
 
 
 def _split_file(data: str, split: str) -> Path:
@@ -286,9 +262,9 @@ def cmd_eval_biomedgpt(args: argparse.Namespace) -> int:
     if args.task in ("vqa", "medmnist"):
         _answers(args)  # before the model loads: a missing or bad answer set is one error now
     if not is_ofa_model(args):
-        raise BioGPTError(f"{args.model} is not a BiomedGPT (OFA) model; `biogpt eval` evaluates BioGPT models")
+        raise BioGPTError(f"{args.model} is not a BiomedGPT (OFA) model; {args.task} is a BiomedGPT task")
     set_threads(args.threads)
-    model, tok = load_model(args)
+    model, tok = load_for_inference(args)
     metrics, outputs = run_eval(args, model, tok)
     report = json.dumps({"task": args.task, **metrics}, indent=2)
     print(report)
@@ -302,7 +278,7 @@ def cmd_eval_biomedgpt(args: argparse.Namespace) -> int:
 
 
 def _cmd_score_saved(args: argparse.Namespace) -> int:
-    """`eval-biomedgpt TASK --predictions FILE`: the metrics of saved outputs, printed as a run prints them."""
+    """`eval TASK --predictions FILE`: the metrics of saved outputs, printed as a run prints them."""
     if args.model is not None:
         raise BioGPTError("give one of --model (run inference) or --predictions FILE (score saved outputs)")
     if args.save_outputs:
@@ -319,26 +295,34 @@ def _cmd_score_saved(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_eval_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("task", choices=TASKS, help="meqsum (ROUGE-L), vqa (accuracy: overall/closed/open), nli "
-                                               "(accuracy), medmnist (accuracy), caption (report generation: ROUGE-L, "
-                                               "CIDEr-D)")  # fmt: skip
-    add_model_options(p, biomedgpt=True)
+def add_seq2seq_options(p: argparse.ArgumentParser) -> None:
+    """The options of the encoder-decoder (BiomedGPT) tasks, in `biogpt eval` and its old name."""
     p.add_argument("--ema", action="store_true", help="use a fairseq checkpoint's EMA weights, as the original "
                                                       "evaluation does")  # fmt: skip
     p.add_argument("--image-size", type=positive_int,
                    help="resize images to this side (default: the checkpoint's, else 256 for -S/-M, 384 for -B)")
-    p.add_argument("--predictions", help="score these saved outputs instead of running a model (what "
-                                         "--save-outputs wrote: JSON lines of id, prediction)")  # fmt: skip
-    p.add_argument("--data", help=f"the split file, or a folder with SPLIT.tsv (meqsum default: {DEFAULT_MEQSUM}); "
-                                  "vqa: OFA's VQA TSV (base64 images); medmnist, caption: OFA's caption TSV; nli: "
-                                  "MedNLI JSONL or premise<TAB>hypothesis<TAB>label")  # fmt: skip
-    p.add_argument("--split", default="test", help="split file name in a --data folder (default: %(default)s)")
     p.add_argument("--answers", help="answer set JSON (answer -> label): trainval_ans2label.json, *_class2label.json")
     p.add_argument("--inference", choices=["beamsearch", "allcand"], default="beamsearch",
                    help="vqa: trie-constrained beam search, or every answer ranked exactly "
                         "(default: %(default)s)")  # fmt: skip
     p.add_argument("--beam", type=positive_int, help="beam size (default: the task's, as the original's scripts)")
+
+
+DATA_HELP = (f"the split file, or a folder with SPLIT.tsv (meqsum default: {DEFAULT_MEQSUM}); vqa: OFA's VQA TSV "
+             "(base64 images); medmnist, caption: OFA's caption TSV; nli: MedNLI JSONL or "
+             "premise<TAB>hypothesis<TAB>label")  # fmt: skip
+
+
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("task", choices=TASKS, help="meqsum (ROUGE-L), vqa (accuracy: overall/closed/open), nli "
+                                               "(accuracy), medmnist (accuracy), caption (report generation: ROUGE-L, "
+                                               "CIDEr-D)")  # fmt: skip
+    add_model_options(p, biomedgpt=True)
+    add_seq2seq_options(p)
+    p.add_argument("--predictions", help="score these saved outputs instead of running a model (what "
+                                         "--save-outputs wrote: JSON lines of id, prediction)")  # fmt: skip
+    p.add_argument("--data", help=DATA_HELP)
+    p.add_argument("--split", default="test", help="split file name in a --data folder (default: %(default)s)")
     p.add_argument("--limit", type=positive_int, help="evaluate the first N examples only")
     p.add_argument("--batch-size", type=positive_int, default=8, help="inputs per batch (default: %(default)s)")
     p.add_argument("--output", help="write the metrics (JSON) here too")
@@ -346,66 +330,14 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("eval-biomedgpt", help="evaluate a BiomedGPT (OFA) model on MeQSum, VQA, NLI, MedMNIST or "
-                       "captions",
+    p = sub.add_parser("eval-biomedgpt", help="deprecated: use `biogpt eval TASK` (same arguments)",
                        description="Run a BiomedGPT task with the original's instruction template, decoding and "
                                    "metric, and print the metrics as JSON.")  # fmt: skip
     add_eval_arguments(p)
-    p.set_defaults(func=cmd_eval_biomedgpt)
+    p.set_defaults(func=deprecated("eval-biomedgpt", "eval", _cmd_eval))
 
 
-# --- biogpt finetune-biomedgpt ------------------------------------------------------------------------------
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from biogpt.cli.tasks import cmd_eval
 
-
-def cmd_finetune_biomedgpt(args: argparse.Namespace) -> int:
-    import torch
-
-    from biogpt.training.finetune_ofa import finetune_ofa
-
-    if not 0 <= args.label_smoothing < 1:
-        raise BioGPTError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
-    writable_dir(args.output, "--output")
-    if not is_ofa_model(args):
-        raise BioGPTError(f"{args.model} is not a BiomedGPT (OFA) model; `biogpt finetune` trains BioGPT and "
-                          "GPT-2 models")  # fmt: skip
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    check_device(device)
-    set_threads(args.threads)
-    final = finetune_ofa(args.task, args.model, args.output, data=args.data, split=args.split,
-                         max_updates=args.max_updates, epochs=args.epochs, lr=args.lr, warmup_updates=args.warmup,
-                         batch_size=args.batch_size, update_freq=args.update_freq, epsilon=args.label_smoothing,
-                         limit=args.limit, seed=args.seed, dtype=args.dtype, device=device, vocab=args.vocab,
-                         on_existing="overwrite" if args.overwrite else "resume")  # fmt: skip
-    print(f"final checkpoint: {final}")
-    return 0
-
-
-def add_finetune_parsers(sub) -> None:
-    p = sub.add_parser("finetune-biomedgpt", help="fine-tune a BiomedGPT (OFA) model on MeQSum",
-                       description="Fine-tune BiomedGPT on a text task through the training loop, with OFA's "
-                                   "label-smoothed cross-entropy; writes OUTPUT/final, a BiomedGPT "
-                                   "directory.")  # fmt: skip
-    p.add_argument("task", choices=["meqsum"], help="meqsum: question -> summary")
-    p.add_argument("--model", required=True, help="a BiomedGPT checkpoint (fairseq .pt, OFA-port or converted "
-                                                  "directory)")  # fmt: skip
-    p.add_argument("--output", required=True, help="run folder; rerun the same command to resume")
-    p.add_argument("--data", help=f"the split file, or a folder with SPLIT.tsv (default: {DEFAULT_MEQSUM})")
-    p.add_argument("--split", default="train", help="split file name in a --data folder (default: %(default)s)")
-    p.add_argument("--vocab", help="tokenizer folder, if not beside the checkpoint")
-    p.add_argument("--max-updates", type=positive_int, help="optimizer updates (default: --epochs passes)")
-    p.add_argument("--epochs", type=positive_int, default=10, help="(default: %(default)s)")
-    p.add_argument("--lr", type=positive_float, default=1e-4, help="peak learning rate (default: %(default)s)")
-    p.add_argument("--warmup", type=nonneg_int, default=100, help="warm-up updates (default: %(default)s)")
-    p.add_argument("--batch-size", type=positive_int, default=8, help="examples per micro-batch "
-                                                                      "(default: %(default)s)")  # fmt: skip
-    p.add_argument("--update-freq", type=positive_int, default=4, help="micro-batches per update, across ranks "
-                                                                       "(default: %(default)s)")  # fmt: skip
-    p.add_argument("--label-smoothing", type=float, default=0.1, help="(default: %(default)s, as OFA)")
-    p.add_argument("--limit", type=positive_int, help="train on the first N examples only")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
-                   help="bf16: autocast, fp32 master weights (default: %(default)s)")  # fmt: skip
-    p.add_argument("--seed", type=int, default=1, help="(default: %(default)s)")
-    p.add_argument("--device", help="cpu or cuda (default: cuda where available, else cpu)")
-    p.add_argument("--threads", type=positive_int, help="CPU threads (default: PyTorch's, one per core)")
-    p.add_argument("--overwrite", action="store_true", help="delete an earlier run in --output and start again")
-    p.set_defaults(func=cmd_finetune_biomedgpt)
+    return cmd_eval(args)

@@ -32,9 +32,9 @@ def _pause_hook():
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
+    from biogpt.api import family_of
     from biogpt.cli.args import load_for_inference
     from biogpt.mining import embedding
-    from biogpt.models.ofa import OFA
 
     if args.dtype == "auto":
         args.dtype = "fp32"
@@ -42,7 +42,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     check_inputs_and_output(args, fmt, ".npy or .parquet")
     set_threads(args.threads)
     model, tok = load_for_inference(args)
-    if isinstance(model, OFA):
+    if family_of(model).encoder_decoder:
         raise BioGPTError(f"{args.model}: embeddings come from BioGPT and GPT-2 family models; this is BiomedGPT (OFA)")
     settings = {"command": "embed", "model": str(args.model), "dtype": args.dtype, "pooling": args.pooling,
                 "normalize": not args.no_normalize, "batch_size": args.batch_size, "chunk_size": args.chunk_size,

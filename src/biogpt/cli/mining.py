@@ -15,16 +15,16 @@ _worker = None
 
 def _build_extractor(args: argparse.Namespace, progress_note: bool):
     import biogpt
+    from biogpt.api import family_of
     from biogpt.checkpoints.io import weights_sha256
     from biogpt.cli.args import load_for_inference
     from biogpt.mining import Extractor
     from biogpt.mining.generative import GenerativeExtractor
-    from biogpt.models.gpt2 import GPT2
 
     linker = _linker(args)
     model, tok = load_for_inference(args)
     info = {"name": str(args.model), "sha256": weights_sha256(args.model), "dtype": args.dtype}
-    if isinstance(model, GPT2):  # BioMedLM: PubMedQA in the generative format
+    if family_of(model).byte_level:  # BioMedLM: PubMedQA in the generative format
         ex = GenerativeExtractor(model, tok, args.task, batch_size=args.batch_size, model_info=info)
     else:
         ex = Extractor(model, tok, args.task, grounded=args.grounded, num_beams=args.num_beams,
@@ -166,9 +166,9 @@ def _write_atomically(path: Path, text: str) -> None:
 def _check_gpt2(args: argparse.Namespace) -> None:
     """A GPT-2 family model (BioMedLM) answers PubMedQA only, greedily under the label trie: other requests are
     refused before the model is loaded."""
-    from biogpt.api import family, is_demo
+    from biogpt.api import family_for, is_demo
 
-    if args.model is None or is_demo(args.model) or family(args.model) != "gpt2":
+    if args.model is None or is_demo(args.model) or not family_for(args.model).byte_level:
         return
     if args.task != "pubmedqa":
         raise BioGPTError(f"--task {args.task}: a GPT-2 family model (BioMedLM) has a format for pubmedqa only; use "

@@ -15,7 +15,7 @@ from biogpt.cli.args import (
     set_threads,
     writable_dir,
 )
-from biogpt.cli.biomedgpt import generate_ofa, is_ofa_model, load_model
+from biogpt.cli.biomedgpt import generate_ofa, is_ofa_model
 from biogpt.errors import BioGPTError
 
 # `biogpt generate` defaults for BioGPT and GPT-2; a BiomedGPT model takes its task's (cli/biomedgpt.py)
@@ -24,11 +24,12 @@ TEXT_DEFAULTS = {"max_new_tokens": 50, "min_new_tokens": 0, "num_beams": 1, "len
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    from biogpt.api import family_of
     from biogpt.generation import generate
 
     set_threads(args.threads)
     if is_ofa_model(args):
-        model, tok = load_model(args)
+        model, tok = load_for_inference(args)
         for text in generate_ofa(args, model, tok):
             print(text)
         return 0
@@ -62,7 +63,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         seed=args.seed,
         repetition_penalty=args.repetition_penalty,
         no_repeat_ngram_size=args.no_repeat_ngram_size,
-        **_special_ids(model),
+        **family_of(model).special_ids(tok),
     )
     for row in out.sequences.tolist():
         print(tok.decode(row))
@@ -79,107 +80,28 @@ def warn_room(prompts: list[list[int]], max_new_tokens: int, max_positions: int)
               f"{room} new tokens are generated, not --max-new-tokens {max_new_tokens}", file=sys.stderr)  # fmt: skip
 
 
-def _special_ids(model) -> dict:
-    """eos/pad ids for generate(): the engine's defaults are BioGPT's (2, 1); a GPT-2 model (BioMedLM) ends with
-    and pads by its <|endoftext|>."""
-    from biogpt.models.gpt2 import GPT2Config
+def ofa_size(cfg) -> str:
+    """BiomedGPT-S/-M/-B by shape, else "custom size" (the family's own `size_name`)."""
+    from biogpt.families.ofa import size_name
 
-    cfg = model.config
-    return dict(eos_token_id=cfg.eos_token_id, pad_token_id=cfg.eos_token_id) if isinstance(cfg, GPT2Config) else {}
+    return size_name(cfg)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from biogpt.api import family
-    from biogpt.checkpoints import load_state
-    from biogpt.text import load_vocab
+    from biogpt.api import family_for
 
-    kind = family(args.model)
-    if kind == "gpt2":
-        return _info_gpt2(args)
-    if kind == "ofa":
-        return _info_ofa(args)
-    state = load_state(args.model)
-    cfg, sd = state.config, state.state_dict
-    n = sum(v.numel() for v in sd.values())
-    print(f"model: {args.model} (BioGPT, {'Hugging Face directory' if state.format == 'hf' else 'fairseq checkpoint'})")
-    for k, v in cfg.to_dict().items():
-        print(f"  {k}: {v}")
-    print(f"parameters: {n:,} ({n / 1e6:.1f}M; output head tied to the token embedding)")
-    print(f"dtype: {next(iter(sd.values())).dtype}")
-    if state.vocab_dir is not None:
-        v = load_vocab(state.vocab_dir)
-        print(f"vocabulary: {state.vocab_dir} ({len(v.pieces)} tokens, {len(v.merges)} BPE merges)")
-    else:
-        print("vocabulary: none beside the weights")
-    k = cfg.num_prompt_tokens
-    first = cfg.vocab_size - k
-    how = f"; {state.prompt_source}" if k else ""
-    print(f"prompt tokens: {k}" + (f" (learned1..learned{k} = ids {first}..{cfg.vocab_size - 1}{how})" if k else ""))
-    return 0
-
-
-def _info_gpt2(args: argparse.Namespace) -> int:
-    from biogpt.checkpoints.gpt2 import load_state
-    from biogpt.text.bytelevel import ByteLevelTokenizer
-
-    state = load_state(args.model)
-    cfg, sd = state.config, state.state_dict
-    n = sum(v.numel() for v in sd.values())
-    print(f"model: {args.model} (GPT-2 family, as BioMedLM; Hugging Face directory)")
-    for k, v in cfg.to_dict().items():
-        print(f"  {k}: {v}")
-    print(f"parameters: {n:,} ({n / 1e6:.1f}M; output head tied to the token embedding)")
-    print(f"dtype: {next(iter(sd.values())).dtype}")
-    if state.vocab_dir is not None:
-        tok = ByteLevelTokenizer.from_pretrained(state.vocab_dir)
-        print(f"vocabulary: {state.vocab_dir} (byte-level BPE, {tok.vocab_size} tokens; <|endoftext|> = "
-              f"{tok.eos_token_id})")  # fmt: skip
-    else:
-        print("vocabulary: none beside the weights")
-    return 0
-
-
-def ofa_size(cfg) -> str:
-    """BiomedGPT-S/-M/-B by shape (the fairseq archs ofa_tiny/ofa_medium/ofa_base), else "custom"."""
-    from biogpt.models.ofa import OFAConfig
-
-    shape = ("d_model", "encoder_layers", "decoder_layers", "n_head", "d_ffn", "resnet_layers")
-    for name, preset in (("BiomedGPT-S", OFAConfig.tiny), ("BiomedGPT-M", OFAConfig.medium),
-                         ("BiomedGPT-B", OFAConfig.base)):  # fmt: skip
-        ref = preset()
-        if all(getattr(cfg, k) == getattr(ref, k) for k in shape):
-            return name
-    return "custom size"
-
-
-def _info_ofa(args: argparse.Namespace) -> int:
-    from biogpt.checkpoints.ofa import load_tokenizer, read_state
-
-    cfg, sd, where = read_state(args.model)
-    stats = (".running_mean", ".running_var", ".num_batches_tracked")  # BatchNorm buffers: not learned weights
-    n = sum(v.numel() for k, v in sd.items() if not k.endswith(stats))
-    m = sum(v.numel() for k, v in sd.items() if k.endswith(stats))
-    print(f"model: {args.model} (BiomedGPT / OFA encoder-decoder, {ofa_size(cfg)})")
-    for k, v in cfg.to_dict().items():
-        print(f"  {k}: {v}")
-    print(f"parameters: {n:,} ({n / 1e6:.1f}M; one token embedding shared by encoder, decoder and output head; "
-          f"plus {m:,} BatchNorm running statistics)")  # fmt: skip
-    print(f"dtype: {next(iter(sd.values())).dtype}")
-    try:
-        tok = load_tokenizer(where, cfg)
-        print(f"vocabulary: {tok.source} ({tok.vocab_size} ids: text + <mask>, <code_0>.. at {tok.code_start}, "
-              f"<bin_0>.. at {tok.bin_start})")  # fmt: skip
-    except BioGPTError:
-        print("vocabulary: none beside the weights (pass --vocab with encoder.json + vocab.bpe + dict.txt)")
+    for line in family_for(args.model).describe(args.model):
+        print(line)
     return 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from biogpt.api import convert, family
+    from biogpt.api import convert, family_for
 
     writable_dir(args.dst, "the output folder")
-    ofa = family(args.src) == "ofa"
-    if args.ema and not ofa:
+    desc = family_for(args.src)
+    ofa = desc.encoder_decoder
+    if args.ema and "ema" not in desc.load_options:
         raise BioGPTError(f"--ema applies to BiomedGPT fairseq checkpoints; {args.src} is not one")
     convert(args.src, args.dst, ema=args.ema, overwrite=args.overwrite)
     print(f"wrote a {'BiomedGPT' if ofa else 'Hugging Face'} directory to {args.dst}")

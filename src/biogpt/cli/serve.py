@@ -13,8 +13,7 @@ import argparse
 import os
 import sys
 
-from biogpt.cli.args import add_model_options, nonneg_float, positive_int, set_threads
-from biogpt.cli.biomedgpt import load_model
+from biogpt.cli.args import add_model_options, load_for_inference, nonneg_float, positive_int, set_threads
 from biogpt.errors import BioGPTError
 
 
@@ -37,7 +36,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def loader():
         from biogpt.checkpoints.io import weights_sha256
 
-        loaded = load_model(args)
+        loaded = load_for_inference(args)
         info["sha256"] = weights_sha256(args.model)
         return loaded
 

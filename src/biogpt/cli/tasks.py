@@ -10,10 +10,13 @@ from pathlib import Path
 
 from biogpt.cli.args import (
     DEFAULT_DATA,
+    FamilyTasks,
     add_model_options,
+    check_task,
     data_dir,
     load_for_inference,
     positive_int,
+    refuse_options,
     set_threads,
     writable_file,
 )
@@ -33,7 +36,29 @@ def _write_atomic(path: str, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+SEQ2SEQ_OPTIONS = {"ema": False, "image_size": None, "answers": None, "inference": "beamsearch", "beam": None}
+PROMPT_OPTIONS = {"grounded": False, "linked": False, "dictionary": [], "setting": None}
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    """`biogpt eval TASK`: the task and the model's family decide how it runs. A task only encoder-decoder
+    families have (BiomedGPT's) runs as cli/biomedgpt.py runs it; the others as below (a byte-level GPT-2 family
+    model: the generative format)."""
+    owners = check_task([args.task], "tasks", "eval")
+    seq2seq = all(d.encoder_decoder for d in owners)
+    refuse_options(args, PROMPT_OPTIONS if seq2seq else SEQ2SEQ_OPTIONS, args.task)
+    if seq2seq:
+        from biogpt.cli.biomedgpt import cmd_eval_biomedgpt
+
+        return cmd_eval_biomedgpt(args)
+    if args.split not in ("train", "valid", "test"):
+        raise BioGPTError(f"--split {args.split[:40]!r}: {args.task} has the splits train, valid and test")
+    args.data = args.data or DEFAULT_DATA
+    return _eval_prompted(args)
+
+
+def _eval_prompted(args: argparse.Namespace) -> int:
+    """BioGPT's task models (prompt tokens) and GPT-2 family models on the BioGPT benchmarks."""
     from biogpt.tasks import get_task, predict, read_predictions, task_for_model
 
     if args.model and args.predictions:
@@ -115,9 +140,9 @@ def _print_report(args: argparse.Namespace, report: dict) -> None:
 
 def _gpt2_model(args: argparse.Namespace) -> bool:
     """Whether --model is a GPT-2 family model (BioMedLM), told from its config without loading the weights."""
-    from biogpt.api import family, is_demo
+    from biogpt.api import family_for, is_demo
 
-    return args.model is not None and not is_demo(args.model) and family(args.model) == "gpt2"
+    return args.model is not None and not is_demo(args.model) and family_for(args.model).byte_level
 
 
 def _eval_generative(args: argparse.Namespace) -> int:
@@ -149,20 +174,25 @@ def _eval_generative(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub) -> None:
-    p = sub.add_parser("eval", help="run a task checkpoint on a benchmark split and score it, or score outputs")
-    p.add_argument("task", choices=["pubmedqa", "bc5cdr", "ddi", "kd-dti", "hoc"])
+    from biogpt.cli.biomedgpt import DATA_HELP, add_seq2seq_options
+
+    p = sub.add_parser("eval", help="run a task model on a benchmark split and score it, or score outputs",
+                       description="Run a task model (any family: the task and the model decide) on a benchmark "
+                                   "split and score it as the original scorer, or score saved outputs.")  # fmt: skip
+    p.add_argument("task", metavar="TASK", help=FamilyTasks("the task; each model family has its own", "tasks"))
     add_model_options(p)
-    p.add_argument("--predictions", help="score these outputs instead (one generated output per line, in split order)")
-    p.add_argument("--data", default=DEFAULT_DATA,
-                   help="folder with BC5CDR/ DDI/ KD-DTI/ HoC/ PubMedQA/ (default: %(default)s, relative to the "
-                        "current folder)")  # fmt: skip
-    p.add_argument("--split", default="test", choices=["train", "valid", "test"], help="(default: %(default)s)")
+    p.add_argument("--predictions", help="score these outputs instead (BioGPT tasks: one generated output per line, "
+                                         "in split order; BiomedGPT tasks: the JSON lines --save-outputs wrote)")
+    p.add_argument("--data", help=f"BioGPT tasks: folder with BC5CDR/ DDI/ KD-DTI/ HoC/ PubMedQA/ (default: "
+                                  f"{DEFAULT_DATA}, relative to the current folder); BiomedGPT tasks: {DATA_HELP}")
+    p.add_argument("--split", default="test", help="train, valid or test; BiomedGPT: the split file name in a --data "
+                                                   "folder (default: %(default)s)")  # fmt: skip
     p.add_argument("--setting", choices=["reasoning-free", "reasoning-required"],
                    help="PubMedQA input: with the long answer or without (default: reasoning-free for BioGPT, the "
                         "paper's setting; reasoning-required for a GPT-2 model, BioMedLM's)")  # fmt: skip
     p.add_argument("--limit", type=positive_int, help="only the first N examples (default: the whole split)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="sequences per batch (default: %(default)s)")
-    p.add_argument("--save-outputs", help="also write the generated outputs here (one per line)")
+    p.add_argument("--save-outputs", help="also write the generated outputs here")
     p.add_argument("--output", help="write the JSON report to this file")
     p.add_argument("--json", action="store_true", help="print the JSON report instead of the table (also with "
                                                        "--output)")  # fmt: skip
@@ -173,4 +203,5 @@ def add_parsers(sub) -> None:
                         "shipped BC5CDR train+dev dictionary, else --dictionary)")  # fmt: skip
     p.add_argument("--dictionary", action="append", default=[], metavar="FILE",
                    help="dictionaries for --linked (as biogpt extract --dictionary)")
+    add_seq2seq_options(p)
     p.set_defaults(func=cmd_eval, needs_model_or_predictions=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -22,67 +21,22 @@ def _stdin_lines():
                               "convert it first (e.g. iconv -t utf-8)") from None  # fmt: skip
 
 
-def family_tokenizer(path: str, lowercase: bool = False) -> tuple[str, object]:
+def family_tokenizer(path: str, lowercase: bool = False) -> tuple[object, object]:
     """(family, tokenizer) of a model or vocabulary folder, whatever the family: a model folder's config.json
-    names it; a bare vocabulary is told by its files (dict.txt + bpecodes: BioGPT; encoder.json + vocab.bpe +
-    dict.txt: BiomedGPT; tokenizer.json or encoder.json + vocab.bpe: GPT-2 byte-level BPE; vocab.json + merges.txt:
-    BioGPT's `</w>` pieces, BiomedGPT's `<mask>`, else GPT-2's)."""
-    from biogpt.api import family
+    names it; a bare vocabulary is told by its files (families.vocab_family)."""
+    from biogpt.api import FAMILIES, family_for
+    from biogpt.families import vocab_family
 
     d = Path(path)
     if not d.is_dir():
         raise BioGPTError(f"--vocab {path}: no such folder" if not d.exists() else
                           f"--vocab {path} is a file; give the folder that holds the vocabulary")  # fmt: skip
-    kind = family(d) if (d / "config.json").exists() else _vocab_family(d)
-    if kind == "ofa":
-        from biogpt.text.ofa import OFATokenizer
-
-        return kind, OFATokenizer.from_pretrained(d)
-    if kind == "gpt2":
-        from biogpt.text.bytelevel import ByteLevelTokenizer
-
-        return kind, ByteLevelTokenizer.from_pretrained(d)
-    from biogpt.text import Tokenizer
-
-    return kind, Tokenizer.from_pretrained(d, lowercase=lowercase)
-
-
-def _vocab_family(d: Path) -> str:
-    """The family of a folder of vocabulary files alone (see `family_tokenizer`)."""
-    if (d / "dict.txt").exists() and (d / "bpecodes").exists():
-        return "biogpt"
-    if (d / "encoder.json").exists() and (d / "vocab.bpe").exists():
-        return "ofa" if (d / "dict.txt").exists() else "gpt2"
-    if (d / "tokenizer.json").exists():
-        return "gpt2"
-    if (d / "vocab.json").exists():
-        try:
-            vocab = json.loads((d / "vocab.json").read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise BioGPTError(f"{d / 'vocab.json'}: not a JSON vocabulary ({e})") from None
-        if not isinstance(vocab, dict):
-            raise BioGPTError(f"{d / 'vocab.json'}: not a JSON object of token -> id")
-        if "<mask>" in vocab:
-            return "ofa"
-        return "biogpt" if any(k.endswith("</w>") for k in vocab) else "gpt2"
-    return "biogpt"  # its loader names the files it looked for
-
-
-def _encode(kind: str, tok, text: str, lowercase: bool) -> tuple[list[int], list[tuple[int, int]]]:
-    """The ids the model is fed for `text` and their character spans: BioGPT's leading </s>; BiomedGPT's source
-    <s> ... </s>; GPT-2's plain ids (specials span nothing: (0, 0) before, (n, n) after)."""
-    if kind == "biogpt":
-        return tok.encode_with_offsets(text)
-    source = text.lower() if lowercase else text
-    ids, spans = tok.encode_with_offsets(source)
-    if kind == "ofa":
-        n = len(text)
-        return [tok.bos_token_id, *ids, tok.eos_token_id], [(0, 0), *spans, (n, n)]
-    return ids, spans
+    desc = family_for(d) if (d / "config.json").exists() else FAMILIES[vocab_family(d)]
+    return desc, desc.tokenizer(d, lowercase)
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
-    kind, tok = family_tokenizer(args.vocab, lowercase=args.lowercase)
+    desc, tok = family_tokenizer(args.vocab, lowercase=args.lowercase)
     out = sys.stdout
     for n, text in enumerate(_stdin_lines(), 1):
         if args.decode:
@@ -91,17 +45,17 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
             except ValueError:
                 raise BioGPTError(f"--decode expects lines of integer ids; line {n} is {text[:60]!r}") from None
             bad = [i for i in ids if not 0 <= i < tok.vocab_size]
-            if bad and kind != "biogpt":  # BioGPT's decode names a bad id itself
+            if bad and not desc.moses:  # BioGPT's decode names a bad id itself
                 raise BioGPTError(f"--decode: line {n}: id {bad[0]} is outside the vocabulary (ids 0.."
                                   f"{tok.vocab_size - 1})")  # fmt: skip
             out.write(tok.decode(ids) + "\n")
         elif args.tokens:
-            out.write(" ".join(tok.tokens(text.lower() if args.lowercase and kind != "biogpt" else text)) + "\n")
+            out.write(" ".join(tok.tokens(text.lower() if args.lowercase and not desc.moses else text)) + "\n")
         elif args.offsets:
-            ids, spans = _encode(kind, tok, text, args.lowercase)
+            ids, spans = desc.encode(tok, text, args.lowercase)
             out.write(" ".join(f"{i}:{a}-{b}" for i, (a, b) in zip(ids, spans)) + "\n")
         else:
-            out.write(" ".join(map(str, _encode(kind, tok, text, args.lowercase)[0])) + "\n")
+            out.write(" ".join(map(str, desc.encode(tok, text, args.lowercase)[0])) + "\n")
     return 0
 
 

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 from biogpt.cli.args import (
-    DEFAULT_DATA,
     check_device,
-    data_dir,
     input_files,
     nonneg_float,
     per_mille,
@@ -20,7 +17,6 @@ from biogpt.cli.args import (
     writable_dir,
 )
 from biogpt.errors import BioGPTError
-from biogpt.recipes import describe
 
 
 def _default_device() -> str:
@@ -79,58 +75,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_finetune(args: argparse.Namespace) -> int:
-    from biogpt.training import finetune
-
-    device = args.device or _default_device()
-    check_device(device)
-    set_threads(args.threads)
-    writable_dir(args.output, "--output")
-    tasks = list(dict.fromkeys(args.task))
-    if _gpt2_model(args.model):
-        return _finetune_gpt2(args, tasks, device)
-    if args.fsdp:
-        raise BioGPTError("--fsdp shards a GPT-2 family model (BioMedLM); a BioGPT fine-tune runs on one device per "
-                          "rank (DDP): leave --fsdp out")  # fmt: skip
-    splits = {}
-    if "kd-dti" in tasks and not (Path(data_dir(args.data)) / "KD-DTI" / "train.json").exists():
-        splits["kd-dti"] = "valid"  # KD-DTI's train file was never released
-        print("kd-dti: no train split; training on its valid split", file=sys.stderr)
-    task = tasks if len(tasks) > 1 else tasks[0]
-    final = finetune(task, args.model, data_dir(args.data), args.output, epochs=args.epochs,
-                     max_updates=args.max_updates, lr=args.lr, warmup_updates=args.warmup,
-                     tokens_per_update=args.tokens_per_update, micro_batch_tokens=args.micro_batch_tokens,
-                     target_only=args.target_only, average_last=args.average_last, save_every=args.save_every,
-                     seed=args.seed, dtype=args.dtype, device=device, on_existing=_on_existing(args),
-                     splits=splits)  # fmt: skip
-    print(f"final checkpoint: {final}")
-    return 0
-
-
-def _gpt2_model(path: str) -> bool:
-    """Whether `path` holds a GPT-2 family model (BioMedLM), told from its config without loading the weights."""
-    from biogpt.api import family, is_demo
-
-    return not is_demo(path) and family(path) == "gpt2"
-
-
-def _finetune_gpt2(args: argparse.Namespace, tasks: list[str], device: str) -> int:
-    from biogpt.training.finetune_gpt2 import finetune_gpt2
-
-    if tasks != ["pubmedqa"]:
-        raise BioGPTError(f"{' '.join(tasks)}: a GPT-2 family model (BioMedLM) is fine-tuned for pubmedqa only (the "
-                          "generative `question: ... context: ... answer:` format, loss on the answer)")  # fmt: skip
-    final = finetune_gpt2("pubmedqa", args.model, data_dir(args.data), args.output, epochs=args.epochs,
-                          max_updates=args.max_updates, lr=args.lr, warmup_updates=args.warmup,
-                          tokens_per_update=args.tokens_per_update, micro_batch_tokens=args.micro_batch_tokens,
-                          average_last=args.average_last, save_every=args.save_every, seed=args.seed,
-                          dtype=args.dtype, device=device,
-                          on_existing=_on_existing(args), fsdp=args.fsdp)  # fmt: skip
-    print(f"final checkpoint: {final}")
-    return 0
-
-
-def _common_training(p: argparse.ArgumentParser) -> None:
+def common_training(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
                    help="bf16: autocast, fp32 master weights (default: %(default)s)")  # fmt: skip
     p.add_argument("--seed", type=int, default=1, help="(default: %(default)s)")
@@ -179,35 +124,5 @@ def add_parsers(sub) -> None:
     p.add_argument("--peak-tflops", type=nonneg_float, default=0.0,
                    help="the device's peak TFLOP/s, to log MFU; 0: not logged (default: %(default)s)")  # fmt: skip
     p.add_argument("--fsdp", action="store_true", help="shard the model across torchrun ranks (FSDP; for Large)")
-    _common_training(p)
+    common_training(p)
     p.set_defaults(func=cmd_pretrain)
-
-    p = sub.add_parser("finetune", help="fine-tune a checkpoint for a task (or several: one multi-task model)")
-    p.add_argument("task", nargs="+", choices=["pubmedqa", "bc5cdr", "ddi", "kd-dti", "hoc"],
-                   help="one task (the original recipe), or several: one model, each task its own prompt tokens")
-    p.add_argument("--model", required=True, help="pre-trained checkpoint (folder or fairseq .pt) with its vocabulary")
-    p.add_argument("--output", required=True, help="checkpoint folder; the result is OUTPUT/final")
-    p.add_argument("--data", default=DEFAULT_DATA,
-                   help="folder with the task data (default: %(default)s, relative to the current folder)")  # fmt: skip
-    p.add_argument("--epochs", type=positive_int,
-                   help=f"epochs (default: the task's recipe: {describe('epochs')}; hoc counts updates)")  # fmt: skip
-    p.add_argument("--max-updates", type=positive_int,
-                   help=f"optimizer updates, instead of epochs (default: {describe('max_updates')})")  # fmt: skip
-    p.add_argument("--lr", type=positive_float, help=f"peak learning rate (default: the recipe's: {describe('lr')})")
-    p.add_argument("--warmup", type=positive_int,
-                   help=f"warm-up updates (default: the recipe's: {describe('warmup_updates')})")  # fmt: skip
-    p.add_argument("--tokens-per-update", type=positive_int, default=1024 * 32,
-                   help="tokens per optimizer update (default: %(default)s = 1024 x 32, the recipe's)")  # fmt: skip
-    p.add_argument("--micro-batch-tokens", type=positive_int, default=1024,
-                   help="tokens per forward/backward pass (default: %(default)s, as --max-tokens)")  # fmt: skip
-    p.add_argument("--target-only", action="store_true", help="score only the target (the original scores all)")
-    p.add_argument("--average-last", type=positive_int, default=5,
-                   help="average the last N checkpoints into final/ (default: %(default)s)")  # fmt: skip
-    p.add_argument("--save-every", type=positive_int,
-                   help="updates between the checkpoints that are averaged (default: one per epoch; hoc: 20 "
-                        "checkpoints over the run)")  # fmt: skip
-    p.add_argument("--fsdp", action="store_true",
-                   help="shard a GPT-2 family model (BioMedLM) across torchrun ranks (FSDP); its PubMedQA loss is "
-                        "always on the answer only")  # fmt: skip
-    _common_training(p)
-    p.set_defaults(func=cmd_finetune)

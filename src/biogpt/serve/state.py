@@ -13,10 +13,9 @@ import time
 
 import torch
 
+from biogpt.api import family_of
 from biogpt.generation.scheduler import Scheduler
 from biogpt.generation.structured import TokenIndex
-from biogpt.models.gpt2 import GPT2
-from biogpt.models.ofa import OFA
 from biogpt.serve.metrics import Metrics
 from biogpt.serve.middleware import APIError
 from biogpt.text.tokenizer import Tokenizer
@@ -69,18 +68,18 @@ class State:
 
     def attach(self, model: torch.nn.Module, tok: Tokenizer) -> None:
         self.model, self.tok = model.eval(), tok
-        if isinstance(model, OFA):
+        desc = family_of(model)
+        if desc.encoder_decoder:
             self.ofa = OFACompletions(model, tok)
             return
-        # BioMedLM (GPT-2 family): <|endoftext|> ends a sequence and pads; BioGPT: </s> = 2, <pad> = 1
-        ids = {"eos_token_id": tok.eos_token_id, "pad_token_id": tok.eos_token_id} if self.byte_level else {}
+        ids = desc.special_ids(tok)  # the family's end and padding ids (BioMedLM: <|endoftext|> for both)
         self.scheduler = Scheduler(model, tok.decode, observe=self.metrics.observe, **ids, **self.scheduler_options)
         self.scheduler.start()
 
     @property
     def byte_level(self) -> bool:
         """A GPT-2 family model (BioMedLM) with its byte-level tokenizer, rather than BioGPT's Moses + BPE."""
-        return isinstance(self.model, GPT2)
+        return family_of(self.model).byte_level
 
     def encode(self, text: str, special: bool = True) -> list[int]:
         """Token ids of a text; `special`: with the leading </s> BioGPT's prompts start with (GPT-2 adds none)."""

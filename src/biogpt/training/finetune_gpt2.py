@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from biogpt.api import load
+from biogpt.api import family_of, load
 from biogpt.checkpoints import gpt2 as gpt2_checkpoints
 from biogpt.errors import TrainingError
 from biogpt.models.biogpt import PAD_ID
@@ -94,7 +94,7 @@ def finetune_gpt2(
                       keep_last=average_last, eval_every=10**9, fsdp=fsdp)  # fmt: skip
     dev = device_for(device)
     model, tok = load(model_path, dtype=torch.float32)  # fp32 master weights; bf16 is autocast
-    if not isinstance(model, GPT2):
+    if not family_of(model).byte_level:
         raise TrainingError(f"{model_path}: not a GPT-2 family model; `biogpt finetune` trains BioGPT checkpoints "
                             "with their prompt-token recipe")  # fmt: skip
     if tok is None:

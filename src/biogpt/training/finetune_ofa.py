@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from biogpt.api import load
+from biogpt.api import family_of, load
 from biogpt.checkpoints.ofa import save_ofa
 from biogpt.errors import TrainingError
 from biogpt.generation.seq2seq import right_pad
@@ -144,7 +144,7 @@ def finetune_ofa(
     records = read_meqsum(path)[:limit]
     dev = device_for(device)
     model, tok = load(model_path, dtype=torch.float32, vocab=vocab)  # fp32 master weights; bf16 is autocast
-    if not isinstance(model, OFA):
+    if not family_of(model).encoder_decoder:
         raise TrainingError(f"{model_path}: not a BiomedGPT (OFA) model; `biogpt finetune` trains BioGPT and GPT-2")
     if tok is None:
         raise TrainingError(f"{model_path}: no tokenizer beside the weights; fine-tuning needs the model's vocabulary")

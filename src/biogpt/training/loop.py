@@ -33,11 +33,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from biogpt.api import family_of
 from biogpt.checkpoints.io import read_tensors
 from biogpt.errors import CheckpointError, TrainingError
 from biogpt.models.biogpt import PAD_ID, BioGPT, BioGPTConfig
-from biogpt.models.gpt2 import GPT2, GPT2Config
-from biogpt.models.ofa import OFA, OFAConfig
 from biogpt.training.dist import barrier, gather_objects, init, log0
 from biogpt.training.loss import lm_loss
 
@@ -367,9 +366,7 @@ def _full_state(model: BioGPT, opt, fsdp: bool) -> tuple[dict, dict]:
 
 def _model_class(config) -> type[torch.nn.Module]:
     """The model class a config belongs to."""
-    if isinstance(config, GPT2Config):
-        return GPT2
-    return OFA if isinstance(config, OFAConfig) else BioGPT
+    return family_of(config).model_class
 
 
 def _checkpoint(config: BioGPTConfig, state: dict, out: Path, keep_last: int, save) -> None:
