@@ -19,8 +19,7 @@ from torch import nn
 from biogpt.errors import GenerationError
 from biogpt.generation.beam import beam_search
 from biogpt.generation.constraints import Constraint, ForcedPrefix
-from biogpt.generation.prefill import prefill
-from biogpt.generation.processors import process, sample
+from biogpt.generation.decode import Sampling, decode_steps
 
 
 @dataclass
@@ -118,10 +117,10 @@ def generate(
         pad_lens=(attention_mask != 0).int().argmax(1),
     )
     if num_beams == 1:
-        return _greedy_or_sample(
-            model, input_ids, attention_mask, max_new_tokens, rows, do_sample, temperature, top_k, top_p, seed,
-            pad_token_id, opts, output_logprobs,
-        )  # fmt: skip
+        g = torch.Generator(device=dev).manual_seed(seed) if seed is not None else None
+        how = Sampling(do_sample, temperature, top_k, top_p, g)
+        return _greedy_or_sample(model, input_ids, attention_mask, max_new_tokens, rows, how, pad_token_id, opts,
+                                 output_logprobs)  # fmt: skip
     seqs, scores = beam_search(
         model, input_ids, attention_mask, max_new_tokens, rows, num_beams, num_return_sequences, length_penalty,
         early_stopping, pad_token_id, opts, should_stop,
@@ -146,38 +145,10 @@ def token_logprobs(model, seqs: torch.Tensor, prompt_mask: torch.Tensor, eos: in
     return lp.masked_fill(ended | (new == pad), 0.0)
 
 
-def _greedy_or_sample(model, ids, mask, max_new, rows, do_sample, temperature, top_k, top_p, seed, pad, opts, want_lp):
-    B, T0 = ids.shape
-    eos = opts["eos"]
-    g = torch.Generator(device=ids.device).manual_seed(seed) if seed is not None else None
-    cache = model.new_cache(B, T0 + max_new)
-    logits = prefill(model, ids, mask, cache)
-    seqs = ids
-    done = torch.zeros(B, dtype=torch.bool, device=ids.device)
-    ones = torch.ones(B, 1, dtype=torch.long, device=ids.device)
-    lps = []
-    for step in range(max_new):
-        scores = process(logits, seqs, step, constraints=rows, **opts)
-        if do_sample:
-            nxt = sample(scores, temperature, top_k, top_p, g)
-        else:
-            nxt = scores.argmax(-1)
-        if want_lp:
-            lp = torch.log_softmax(logits.float(), -1).gather(1, nxt[:, None]).squeeze(1)
-            lps.append(lp.masked_fill(done, 0.0))
-        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-        seqs = torch.cat([seqs, nxt[:, None]], 1)
-        done = done | (nxt == eos)
-        if bool(done.all()) or step == max_new - 1:
-            break
-        logits = _step(model, nxt[:, None], ones, cache)
-    return GenerationOutput(seqs, logprobs=torch.stack(lps, 1) if want_lp else None)
-
-
-def _step(model: nn.Module, ids: torch.Tensor, ones: torch.Tensor, cache) -> torch.Tensor:
-    """One decoding step, ids [B, 1] -> logits [B, V]: through the compiled static step where compile_decode set
-    one (generation/compiled.py), else the model's forward."""
-    compiled = getattr(model, "compiled_step", None)
-    if compiled is not None:
-        return compiled(ids, cache)
-    return model(ids, ones, cache=cache, last_only=True)[:, -1]
+def _greedy_or_sample(model, ids, mask, max_new, rows, how, pad, opts, want_lp) -> GenerationOutput:
+    """Offline greedy / sampled decoding: the steps of `decode_steps`, gathered into one output."""
+    step, lps = None, []
+    for step in decode_steps(model, ids, mask, max_new, opts, constraints=rows, how=how, pad_token_id=pad,
+                             output_logprobs=want_lp):  # fmt: skip
+        lps.append(step.logprobs)
+    return GenerationOutput(step.sequences, logprobs=torch.stack(lps, 1) if want_lp else None)
