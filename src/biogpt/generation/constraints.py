@@ -28,26 +28,44 @@ class ForcedPrefix(Constraint):
         return self.then.allowed(generated[n:]) if self.then is not None else None
 
 
+class TokenTrie:
+    """Token sequences as nested dicts (id -> the node after it), walked along a prefix. `mark_ends`: a node where a
+    sequence ends holds the key None (used where the end token is not part of the sequences)."""
+
+    def __init__(self, sequences: Sequence[Sequence[int]], mark_ends: bool = False):
+        self.root: dict = {}
+        for seq in sequences:
+            node = self.root
+            for t in seq:
+                node = node.setdefault(int(t), {})
+            if mark_ends:
+                node[None] = True
+
+    def walk(self, prefix: Sequence[int]) -> dict | None:
+        """The node after `prefix`, or None where the prefix leaves the trie."""
+        node = self.root
+        for t in prefix:
+            node = node.get(int(t))
+            if node is None:
+                return None
+        return node
+
+
 class AllowedSequences(Constraint):
     """The output must be one of these token sequences, then `</s>` (e.g. yes / no / maybe)."""
 
     def __init__(self, sequences: Sequence[Sequence[int]], eos_token_id: int = 2):
         if not sequences or any(len(s) == 0 for s in sequences):
             raise GenerationError("AllowedSequences needs non-empty sequences")
-        self.trie: dict = {}
-        for seq in sequences:
-            node = self.trie
-            for t in seq:
-                node = node.setdefault(t, {})
-            node[None] = True  # a complete sequence ends here
+        self.tokens = TokenTrie(sequences, mark_ends=True)
+        self.trie: dict = self.tokens.root
         self.eos = eos_token_id
 
     def allowed(self, generated):
-        node = self.trie
-        for t in generated:
-            if t not in node:
-                return [self.eos]
-            node = node[t]
+        """What may follow: the trie's next ids, `</s>` where a sequence ends; only `</s>` off the trie."""
+        node = self.tokens.walk(generated)
+        if node is None:
+            return [self.eos]
         nxt = [t for t in node if t is not None]
         return nxt + [self.eos] if None in node else nxt
 

@@ -16,6 +16,12 @@ Constraints, exactly as BiomedGPT's generator applies them:
   decoder input (no renormalisation).
 - `constraint_range=(start, end)`: ids 4..start-1 and end.. are banned (the same two placements).
 A trie walk that leaves the trie allows only </s>.
+
+Shared with the decoder-only search: the trie (constraints.TokenTrie), n-gram blocking (processors.banned_ngrams:
+fairseq's and transformers' rules ban the same ids) and length normalisation (beam.length_normalised). The
+search's own loop stays: it decodes through the encoder-decoder's cache, reorders it and the encoder output to the
+surviving beams, and finalises hypotheses by fairseq's rules (the first beam_size to end, inputs leave the batch
+when done), which differ from transformers' (beam.py).
 """
 
 from __future__ import annotations
@@ -29,22 +35,24 @@ from pathlib import Path
 import torch
 
 from biogpt.errors import GenerationError, InputError
+from biogpt.generation.beam import length_normalised
+from biogpt.generation.constraints import TokenTrie
+from biogpt.generation.processors import banned_ngrams
 from biogpt.models.ofa import BOS_ID, EOS_ID, OFA, PAD_ID, UNK_ID, EncoderOut
 
 # --- the answer trie ------------------------------------------------------------------------------------
 
 
 class AnswerTrie:
-    """Token trie over closed-set answers, each inserted as [<s>] + ids + [</s>] (BiomedGPT's utils/trie.py)."""
+    """Token trie over closed-set answers, each inserted as [<s>] + ids + [</s>] (BiomedGPT's utils/trie.py). The
+    trie is constraints.TokenTrie; unlike AllowedSequences, <s> and </s> are tokens of it, so nothing at all may
+    follow an answer's </s> (BiomedGPT's rule, which its search relies on for beams that already ended)."""
 
     def __init__(self, sequences: Iterable[Sequence[int]], bos: int = BOS_ID, eos: int = EOS_ID):
         self.bos, self.eos = bos, eos
-        self.root: dict = {}
         self.sequences = [list(s) for s in sequences]
-        for seq in self.sequences:
-            node = self.root
-            for t in [bos, *seq, eos]:
-                node = node.setdefault(int(t), {})
+        self.tokens = TokenTrie([[bos, *seq, eos] for seq in self.sequences])
+        self.root: dict = self.tokens.root
 
     @classmethod
     def from_answers(cls, answers: Iterable[str], encode, bos: int = BOS_ID, eos: int = EOS_ID) -> AnswerTrie:
@@ -59,12 +67,8 @@ class AnswerTrie:
 
     def next_ids(self, prefix: Sequence[int]) -> list[int]:
         """Ids allowed after `prefix` (which starts with <s>); [</s>] once the prefix leaves the trie."""
-        node = self.root
-        for t in prefix:
-            node = node.get(int(t))
-            if node is None:
-                return [self.eos]
-        return list(node)
+        node = self.tokens.walk(prefix)
+        return [self.eos] if node is None else list(node)
 
     def masks(self, seq: Sequence[int], vocab_size: int) -> torch.Tensor:
         """[len(seq) + 1, V] allowed ids before each token of `seq` and before its </s>."""
@@ -111,16 +115,6 @@ class Hypothesis:
     tokens: list[int]  # generated ids, ending with </s> (no <s>)
     score: float  # sum of log-probabilities, / length ** len_penalty when normalised
     positional_scores: list[float]
-
-
-def _banned_ngrams(tokens: list[int], step: int, n: int) -> list[int]:
-    """Ids that would repeat an n-gram of `tokens[:step + 1]` (fairseq's NGramRepeatBlock)."""
-    if step + 2 - n < 0:
-        return []
-    seen: dict[tuple, list[int]] = {}
-    for i in range(len(tokens) - n + 1):
-        seen.setdefault(tuple(tokens[i : i + n - 1]), []).append(tokens[i + n - 1])
-    return seen.get(tuple(tokens[step + 2 - n : step + 1]), [])
 
 
 @torch.no_grad()
@@ -203,10 +197,10 @@ def beam_search(
                 out_prefix = (prefix_lens.repeat_interleave(beam) < step + no_repeat_ngram_size - 1).tolist()
             else:
                 out_prefix = [True] * rows
-            cpu = tokens.tolist()
+            cpu = tokens[:, : step + 1].tolist()
             for r in range(rows):
                 if out_prefix[r]:
-                    banned = _banned_ngrams(cpu[r], step, no_repeat_ngram_size)
+                    banned = banned_ngrams(cpu[r], no_repeat_ngram_size)
                     if banned:
                         lprobs[r, banned] = -math.inf
 
@@ -315,7 +309,7 @@ def _finalize(step, bbsz_idx, eos_scores, tokens, scores, finalized, finished, b
     pos[:, step] = eos_scores
     pos[:, 1:] = pos[:, 1:] - pos[:, :-1]
     if normalize:
-        eos_scores = eos_scores / (step + 1) ** len_penalty
+        eos_scores = length_normalised(eos_scores, step + 1, len_penalty)
     cum_unfin, prev = [], 0
     for f in finished:
         if f:
