@@ -3,6 +3,7 @@ span of a source text. The engine asks each row's constraint for the allowed ids
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -10,9 +11,30 @@ from biogpt.errors import GenerationError
 
 
 class Constraint:
+    _eos: int | None = None  # the end token as built; None: the model's, which the engine binds (`with_eos`)
+
+    @property
+    def eos(self) -> int:
+        """The end token: as built, or the model's once the engine bound it; 2 (BioGPT's </s>) for a constraint
+        built without one and asked directly."""
+        return self._eos if self._eos is not None else 2
+
+    @eos.setter
+    def eos(self, value: int | None) -> None:
+        self._eos = value
+
     def allowed(self, generated: Sequence[int]) -> list[int] | None:
         """Token ids allowed next, or None for no restriction."""
         raise NotImplementedError
+
+    def with_eos(self, eos: int) -> Constraint:
+        """This constraint, or where it was built without an end token a copy ending with `eos` (the model's):
+        one constraint object serves models of different vocabularies."""
+        if self._eos is not None:
+            return self
+        bound = copy.copy(self)
+        bound._eos = eos
+        return bound
 
 
 class ForcedPrefix(Constraint):
@@ -20,6 +42,12 @@ class ForcedPrefix(Constraint):
 
     def __init__(self, tokens: Sequence[int], then: Constraint | None = None):
         self.tokens, self.then = list(tokens), then
+
+    def with_eos(self, eos: int) -> Constraint:
+        """The constraint that follows the prefix takes the end token."""
+        if self.then is None or self.then._eos is not None:
+            return self
+        return ForcedPrefix(self.tokens, self.then.with_eos(eos))
 
     def allowed(self, generated):
         n = len(self.tokens)
@@ -54,7 +82,7 @@ class TokenTrie:
 class AllowedSequences(Constraint):
     """The output must be one of these token sequences, then `</s>` (e.g. yes / no / maybe)."""
 
-    def __init__(self, sequences: Sequence[Sequence[int]], eos_token_id: int = 2):
+    def __init__(self, sequences: Sequence[Sequence[int]], eos_token_id: int | None = None):
         if not sequences or any(len(s) == 0 for s in sequences):
             raise GenerationError("AllowedSequences needs non-empty sequences")
         self.tokens = TokenTrie(sequences, mark_ends=True)
@@ -73,7 +101,7 @@ class AllowedSequences(Constraint):
 class SourceSpans(Constraint):
     """The output must be a contiguous span of `source` (at least one token), then `</s>`."""
 
-    def __init__(self, source: Sequence[int], eos_token_id: int = 2):
+    def __init__(self, source: Sequence[int], eos_token_id: int | None = None):
         self.source, self.eos = list(source), eos_token_id
 
     def allowed(self, generated):
@@ -124,7 +152,7 @@ class Template(Constraint):
 
     def __init__(
         self, items: Sequence[Lit | Span | Choice], sep: Sequence[int], end: Sequence[int], source: Sequence[int],
-        can_start: Sequence[bool], can_end: Sequence[bool], eos_token_id: int = 2,
+        can_start: Sequence[bool], can_end: Sequence[bool], eos_token_id: int | None = None,
     ):  # fmt: skip
         """`can_start[i]` / `can_end[i]`: a span may begin / end at source token i (e.g. at word boundaries,
         on a token with a letter or digit, so the detokenizer never glues it to the template's words)."""

@@ -95,6 +95,14 @@ def decode_steps(
         logits = model_step(model, nxt[:, None], ones, cache)
 
 
+def special_ids(model: nn.Module, eos: int | None, pad: int | None) -> tuple[int, int]:
+    """(end token, padding token): the caller's where given, else the model's config's (BioGPT and BiomedGPT: 2
+    and 1; GPT-2: <|endoftext|> for both)."""
+    cfg = model.config
+    eos = eos if eos is not None else getattr(cfg, "eos_token_id", 2)
+    return eos, pad if pad is not None else getattr(cfg, "pad_token_id", 1)
+
+
 def model_step(model: nn.Module, ids: torch.Tensor, ones: torch.Tensor, cache) -> torch.Tensor:
     """One decoding step, ids [B, 1] -> logits [B, V]: through the compiled static step where compile_decode set
     one (generation/compiled.py), else the model's forward."""

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from biogpt.errors import GenerationCancelled, GenerationError
-from biogpt.generation.decode import model_step
+from biogpt.generation.decode import model_step, special_ids
 from biogpt.generation.engine import generate
 from biogpt.generation.stream import Delta, Rules, SamplingParams, SequenceState
 from biogpt.generation.worker import HOLD_ENV, QueueFull, Worker
@@ -78,8 +78,8 @@ class Scheduler(Worker):
         max_queue: int = 256,
         prefill_chunk: int = 256,
         max_len: int | None = None,
-        eos_token_id: int = 2,
-        pad_token_id: int = 1,
+        eos_token_id: int | None = None,
+        pad_token_id: int | None = None,
         observe: Callable[[str, float], None] | None = None,
     ):
         super().__init__(max_queue)
@@ -89,7 +89,7 @@ class Scheduler(Worker):
         self.max_len = max_len or model.config.max_positions
         if self.max_len > model.config.max_positions:
             raise GenerationError(f"max_len {self.max_len} exceeds the model's {model.config.max_positions} positions")
-        self.eos, self.pad = eos_token_id, pad_token_id
+        self.eos, self.pad = special_ids(model, eos_token_id, pad_token_id)  # the model config's where None
         self.rules = Rules(self.eos, self.max_len, decode)
         self.observe = observe or (lambda name, value: None)
         self.device = next(model.parameters()).device

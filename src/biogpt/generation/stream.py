@@ -97,17 +97,21 @@ class SequenceState:
         self.how = Sampling(True, p.temperature, p.top_k, p.top_p, self.generator) if self.generator else GREEDY
         self.finished = False
         self.finish_reason: str | None = None
+        self.constraint: Constraint | None = None  # params.constraint with the end token, from the first choice
 
     def choose(self, logits: torch.Tensor, eos: int, greedy: int | None = None) -> int:
         """The next token from the model's logits [V] after this sequence, through the engine's processors and
         sampling; `greedy`: its argmax when the caller has it already (used where nothing changes the scores)."""
         p, n = self.params, len(self.generated)
-        if p.repetition_penalty != 1.0 or n < p.min_tokens or p.constraint is not None:
+        if self.constraint is None and p.constraint is not None:  # once: the model's end token where it has none
+            self.constraint = p.constraint.with_eos(eos)
+        constraint = self.constraint
+        if p.repetition_penalty != 1.0 or n < p.min_tokens or constraint is not None:
             seqs = torch.tensor([self.prompt + self.generated], device=logits.device)  # [1, prompt + generated]
             no_pad = torch.zeros(1, dtype=torch.long, device=logits.device)
             scores = process(logits[None].float(), seqs, n, repetition_penalty=p.repetition_penalty,
                              no_repeat_ngram_size=0, min_new_tokens=p.min_tokens, eos=eos,
-                             constraints=[p.constraint] if p.constraint is not None else None,
+                             constraints=[constraint] if constraint is not None else None,
                              prompt_len=len(self.prompt), pad_lens=no_pad)  # fmt: skip
             greedy = None
         else:
