@@ -53,6 +53,13 @@ def test_special_ids_come_from_the_model_when_not_given():
     # a constraint built without an end token ends with the model's: [40, 41] then <|endoftext|> = 7, then padding
     out = generate(m, [[E, 5]], max_new_tokens=4, constraints=AllowedSequences([[40, 41]])).sequences
     assert out[0, 2:].tolist() == [40, 41, E]
+    # also after a forced prefix, and for one sequence of the scheduler
+    out = generate(m, [[E, 5]], max_new_tokens=5, forced_tokens=[[9]], constraints=AllowedSequences([[40, 41]]))
+    assert out.sequences[0, 2:].tolist() == [9, 40, 41, E]
+    s = SequenceState([E, 5], SamplingParams(max_tokens=4, constraint=AllowedSequences([[40]])))
+    logits = torch.zeros(hf.config.vocab_size)
+    assert [s.choose(logits, E), s.take(40, Rules(E, 64)).finish_reason] == [40, None]
+    assert s.choose(logits, E) == E
 
 
 def _fairseq_banned(tokens: list[int], step: int, n: int) -> list[int]:

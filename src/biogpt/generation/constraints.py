@@ -45,15 +45,20 @@ class ForcedPrefix(Constraint):
 
     def with_eos(self, eos: int) -> Constraint:
         """The constraint that follows the prefix takes the end token."""
-        if self.then is None or self.then._eos is not None:
+        if self.then is None or getattr(self.then, "_eos", None) is not None:
             return self
-        return ForcedPrefix(self.tokens, self.then.with_eos(eos))
+        return ForcedPrefix(self.tokens, bind_eos(self.then, eos))
 
     def allowed(self, generated):
         n = len(self.tokens)
         if len(generated) < n:
             return [self.tokens[len(generated)]]
         return self.then.allowed(generated[n:]) if self.then is not None else None
+
+
+def bind_eos(constraint, eos: int):
+    """`constraint.with_eos(eos)` for a Constraint; any other object with an `allowed` method as it is."""
+    return constraint.with_eos(eos) if isinstance(constraint, Constraint) else constraint
 
 
 class TokenTrie:

@@ -18,7 +18,7 @@ from torch import nn
 
 from biogpt.errors import GenerationError
 from biogpt.generation.beam import beam_search
-from biogpt.generation.constraints import Constraint, ForcedPrefix
+from biogpt.generation.constraints import Constraint, ForcedPrefix, bind_eos
 from biogpt.generation.decode import Sampling, decode_steps, special_ids
 
 
@@ -148,7 +148,7 @@ def _row_constraints(B: int, constraints, forced_tokens, eos: int) -> list[Const
 def _with_eos(rows: list[Constraint | None], eos: int) -> list[Constraint | None]:
     """Each row's constraint ending with `eos` where it was built without an end token; a constraint shared by
     rows stays shared."""
-    bound = {id(c): c.with_eos(eos) for c in rows if c is not None}
+    bound = {id(c): bind_eos(c, eos) for c in rows if c is not None}
     return [bound[id(c)] if c is not None else None for c in rows]
 
 

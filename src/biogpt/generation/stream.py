@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from biogpt.errors import GenerationError
-from biogpt.generation.constraints import Constraint
+from biogpt.generation.constraints import Constraint, bind_eos
 from biogpt.generation.decode import GREEDY, Sampling, choose
 from biogpt.generation.processors import process
 
@@ -104,7 +104,7 @@ class SequenceState:
         sampling; `greedy`: its argmax when the caller has it already (used where nothing changes the scores)."""
         p, n = self.params, len(self.generated)
         if self.constraint is None and p.constraint is not None:  # once: the model's end token where it has none
-            self.constraint = p.constraint.with_eos(eos)
+            self.constraint = bind_eos(p.constraint, eos)
         constraint = self.constraint
         if p.repetition_penalty != 1.0 or n < p.min_tokens or constraint is not None:
             seqs = torch.tensor([self.prompt + self.generated], device=logits.device)  # [1, prompt + generated]
