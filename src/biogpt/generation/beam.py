@@ -1,5 +1,14 @@
 """Beam search, rule for rule as transformers' generate(): 2 x num_beams candidates per step, length-normalised
-finished hypotheses, the same early-stopping heuristic (True, False or "never")."""
+finished hypotheses, the same early-stopping heuristic (True, False or "never").
+
+It shares the logits processors with greedy decoding (generation/processors.py) and the length normalisation
+with the encoder-decoder search (generation/seq2seq.py), but not decode.py's step loop: a step here ranks
+num_beams x V continuations per input and reorders the KV cache to the surviving beams, where decode_steps
+chooses one token per row and keeps each row in its cache slot. Its bookkeeping of finished hypotheses is
+transformers' (a pool of num_beams per input, vectorised, with the early-stopping heuristic); fairseq's, in
+seq2seq.py, keeps the first beam_size hypotheses to end and drops an input from the batch once it has them, so
+the two are kept apart.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +27,12 @@ def _gather(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     while idx.dim() < t.dim():
         idx = idx.unsqueeze(-1)
     return torch.take_along_dim(t, idx, dim=1)
+
+
+def length_normalised(scores: torch.Tensor, length: int, penalty: float) -> torch.Tensor:
+    """A hypothesis' summed log-probability / length ** penalty, length counting its new tokens with the end token:
+    transformers' BeamHypotheses and fairseq's SequenceGenerator normalise alike."""
+    return scores / (length**penalty)
 
 
 def beam_search(model, ids, mask, max_new, rows, nb, n_return, lp, early_stopping, pad, opts, should_stop=None):
@@ -72,7 +87,7 @@ def beam_search(model, ids, mask, max_new, rows, nb, n_return, lp, early_stoppin
 
         # candidates among the top nb that ended join the finished pool if they beat its worst member
         just = hits & top_nb[None, :]
-        fin_lp = top_lp / ((cur + 1 - T0) ** lp)
+        fin_lp = length_normalised(top_lp, cur + 1 - T0, lp)
         fin_lp = fin_lp + (is_fin.all(-1, keepdim=True) & (early_stopping is True)).float() * NEG
         fin_lp = fin_lp + (~can_improve).float() * NEG
         fin_lp = fin_lp + (~just) * NEG
@@ -86,7 +101,7 @@ def beam_search(model, ids, mask, max_new, rows, nb, n_return, lp, early_stoppin
         cur += 1
         # can the running beams still beat the worst finished one?
         best_len = (max_len - T0) if (early_stopping == "never" and lp > 0) else (cur - T0)
-        best_running = running_scores[:, :1] / (best_len**lp)
+        best_running = length_normalised(running_scores[:, :1], best_len, lp)
         worst = torch.where(is_fin, scores_fin.min(1, keepdim=True)[0], NEG)
         can_improve = can_improve & (best_running > worst).any(-1, keepdim=True)
         go_on = bool(can_improve.any()) and not (bool(is_fin.all()) and early_stopping is True)

@@ -3,6 +3,7 @@ span of a source text. The engine asks each row's constraint for the allowed ids
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -10,9 +11,30 @@ from biogpt.errors import GenerationError
 
 
 class Constraint:
+    _eos: int | None = None  # the end token as built; None: the model's, which the engine binds (`with_eos`)
+
+    @property
+    def eos(self) -> int:
+        """The end token: as built, or the model's once the engine bound it; 2 (BioGPT's </s>) for a constraint
+        built without one and asked directly."""
+        return self._eos if self._eos is not None else 2
+
+    @eos.setter
+    def eos(self, value: int | None) -> None:
+        self._eos = value
+
     def allowed(self, generated: Sequence[int]) -> list[int] | None:
         """Token ids allowed next, or None for no restriction."""
         raise NotImplementedError
+
+    def with_eos(self, eos: int) -> Constraint:
+        """This constraint, or where it was built without an end token a copy ending with `eos` (the model's):
+        one constraint object serves models of different vocabularies."""
+        if self._eos is not None:
+            return self
+        bound = copy.copy(self)
+        bound._eos = eos
+        return bound
 
 
 class ForcedPrefix(Constraint):
@@ -21,6 +43,12 @@ class ForcedPrefix(Constraint):
     def __init__(self, tokens: Sequence[int], then: Constraint | None = None):
         self.tokens, self.then = list(tokens), then
 
+    def with_eos(self, eos: int) -> Constraint:
+        """The constraint that follows the prefix takes the end token."""
+        if self.then is None or getattr(self.then, "_eos", None) is not None:
+            return self
+        return ForcedPrefix(self.tokens, bind_eos(self.then, eos))
+
     def allowed(self, generated):
         n = len(self.tokens)
         if len(generated) < n:
@@ -28,26 +56,49 @@ class ForcedPrefix(Constraint):
         return self.then.allowed(generated[n:]) if self.then is not None else None
 
 
+def bind_eos(constraint, eos: int):
+    """`constraint.with_eos(eos)` for a Constraint; any other object with an `allowed` method as it is."""
+    return constraint.with_eos(eos) if isinstance(constraint, Constraint) else constraint
+
+
+class TokenTrie:
+    """Token sequences as nested dicts (id -> the node after it), walked along a prefix. `mark_ends`: a node where a
+    sequence ends holds the key None (used where the end token is not part of the sequences)."""
+
+    def __init__(self, sequences: Sequence[Sequence[int]], mark_ends: bool = False):
+        self.root: dict = {}
+        for seq in sequences:
+            node = self.root
+            for t in seq:
+                node = node.setdefault(int(t), {})
+            if mark_ends:
+                node[None] = True
+
+    def walk(self, prefix: Sequence[int]) -> dict | None:
+        """The node after `prefix`, or None where the prefix leaves the trie."""
+        node = self.root
+        for t in prefix:
+            node = node.get(int(t))
+            if node is None:
+                return None
+        return node
+
+
 class AllowedSequences(Constraint):
     """The output must be one of these token sequences, then `</s>` (e.g. yes / no / maybe)."""
 
-    def __init__(self, sequences: Sequence[Sequence[int]], eos_token_id: int = 2):
+    def __init__(self, sequences: Sequence[Sequence[int]], eos_token_id: int | None = None):
         if not sequences or any(len(s) == 0 for s in sequences):
             raise GenerationError("AllowedSequences needs non-empty sequences")
-        self.trie: dict = {}
-        for seq in sequences:
-            node = self.trie
-            for t in seq:
-                node = node.setdefault(t, {})
-            node[None] = True  # a complete sequence ends here
+        self.tokens = TokenTrie(sequences, mark_ends=True)
+        self.trie: dict = self.tokens.root
         self.eos = eos_token_id
 
     def allowed(self, generated):
-        node = self.trie
-        for t in generated:
-            if t not in node:
-                return [self.eos]
-            node = node[t]
+        """What may follow: the trie's next ids, `</s>` where a sequence ends; only `</s>` off the trie."""
+        node = self.tokens.walk(generated)
+        if node is None:
+            return [self.eos]
         nxt = [t for t in node if t is not None]
         return nxt + [self.eos] if None in node else nxt
 
@@ -55,7 +106,7 @@ class AllowedSequences(Constraint):
 class SourceSpans(Constraint):
     """The output must be a contiguous span of `source` (at least one token), then `</s>`."""
 
-    def __init__(self, source: Sequence[int], eos_token_id: int = 2):
+    def __init__(self, source: Sequence[int], eos_token_id: int | None = None):
         self.source, self.eos = list(source), eos_token_id
 
     def allowed(self, generated):
@@ -106,7 +157,7 @@ class Template(Constraint):
 
     def __init__(
         self, items: Sequence[Lit | Span | Choice], sep: Sequence[int], end: Sequence[int], source: Sequence[int],
-        can_start: Sequence[bool], can_end: Sequence[bool], eos_token_id: int = 2,
+        can_start: Sequence[bool], can_end: Sequence[bool], eos_token_id: int | None = None,
     ):  # fmt: skip
         """`can_start[i]` / `can_end[i]`: a span may begin / end at source token i (e.g. at word boundaries,
         on a token with a letter or digit, so the detokenizer never glues it to the template's words)."""

@@ -18,9 +18,8 @@ from torch import nn
 
 from biogpt.errors import GenerationError
 from biogpt.generation.beam import beam_search
-from biogpt.generation.constraints import Constraint, ForcedPrefix
-from biogpt.generation.prefill import prefill
-from biogpt.generation.processors import process, sample
+from biogpt.generation.constraints import Constraint, ForcedPrefix, bind_eos
+from biogpt.generation.decode import Sampling, decode_steps, special_ids
 
 
 @dataclass
@@ -64,8 +63,8 @@ def generate(
     seed: int | None = None,
     repetition_penalty: float = 1.0,
     no_repeat_ngram_size: int = 0,
-    eos_token_id: int = 2,
-    pad_token_id: int = 1,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
     forced_tokens: Sequence[Sequence[int]] | None = None,
     constraints: Sequence[Constraint | None] | Constraint | None = None,
     output_logprobs: bool = False,
@@ -73,7 +72,9 @@ def generate(
 ) -> GenerationOutput:
     """Generate up to `max_new_tokens` after each prompt. See the module docstring for what matches what.
     `should_stop()`, asked before each beam-search step, ends the search with GenerationCancelled: a server's
-    beam search, which runs whole between two decoding steps, stops soon after its client goes away."""
+    beam search, which runs whole between two decoding steps, stops soon after its client goes away.
+    eos_token_id / pad_token_id: the model config's where None."""
+    eos_token_id, pad_token_id = special_ids(model, eos_token_id, pad_token_id)
     if not isinstance(input_ids, torch.Tensor):
         input_ids, attention_mask = left_pad(input_ids, pad_token_id)
     dev = next(model.parameters()).device
@@ -89,26 +90,8 @@ def generate(
                 f"the prompt ({T0} tokens) fills the model's {model.config.max_positions} positions: no room for new "
                 "tokens; shorten the prompt"
             )
-    if num_beams < 1 or num_return_sequences > num_beams:
-        raise GenerationError("need num_beams >= 1 and num_return_sequences <= num_beams")
-    if do_sample and (not temperature > 0 or not 0 < top_p <= 1 or top_k < 0):
-        raise GenerationError(
-            f"sampling needs temperature > 0, 0 < top_p <= 1 and top_k >= 0 (got {temperature}, {top_p}, {top_k}); "
-            "for deterministic output use greedy decoding (do_sample=False)"
-        )
-    if num_beams > 1 and do_sample:
-        raise GenerationError("beam sampling is not supported: use num_beams=1 with do_sample, or do_sample=False")
-    # one constraint per row (forced prefix first)
-    rows: list[Constraint | None] | None = None
-    if constraints is not None or forced_tokens is not None:
-        base = list(constraints) if isinstance(constraints, Sequence) else [constraints] * B
-        if len(base) != B:
-            raise GenerationError(f"{len(base)} constraints for {B} prompts")
-        if forced_tokens is not None:
-            if len(forced_tokens) != B:
-                raise GenerationError(f"{len(forced_tokens)} forced prefixes for {B} prompts")
-            base = [ForcedPrefix(f, c) if len(f) else c for f, c in zip(forced_tokens, base)]
-        rows = base
+    _check_search(num_beams, num_return_sequences, do_sample, temperature, top_k, top_p)
+    rows = _row_constraints(B, constraints, forced_tokens, eos_token_id)
     opts = dict(
         repetition_penalty=repetition_penalty,
         no_repeat_ngram_size=no_repeat_ngram_size,
@@ -118,10 +101,10 @@ def generate(
         pad_lens=(attention_mask != 0).int().argmax(1),
     )
     if num_beams == 1:
-        return _greedy_or_sample(
-            model, input_ids, attention_mask, max_new_tokens, rows, do_sample, temperature, top_k, top_p, seed,
-            pad_token_id, opts, output_logprobs,
-        )  # fmt: skip
+        g = torch.Generator(device=dev).manual_seed(seed) if seed is not None else None
+        how = Sampling(do_sample, temperature, top_k, top_p, g)
+        return _greedy_or_sample(model, input_ids, attention_mask, max_new_tokens, rows, how, pad_token_id, opts,
+                                 output_logprobs)  # fmt: skip
     seqs, scores = beam_search(
         model, input_ids, attention_mask, max_new_tokens, rows, num_beams, num_return_sequences, length_penalty,
         early_stopping, pad_token_id, opts, should_stop,
@@ -131,6 +114,42 @@ def generate(
         prompt_mask = attention_mask.repeat_interleave(num_return_sequences, 0)
         logprobs = token_logprobs(model, seqs, prompt_mask, eos_token_id, pad_token_id)
     return GenerationOutput(seqs, scores, logprobs)
+
+
+def _check_search(num_beams: int, n_return: int, do_sample: bool, temperature: float, top_k: int,
+                  top_p: float) -> None:  # fmt: skip
+    """GenerationError for a search or sampling setting no decoding can honour."""
+    if num_beams < 1 or n_return > num_beams:
+        raise GenerationError("need num_beams >= 1 and num_return_sequences <= num_beams")
+    if do_sample and (not temperature > 0 or not 0 < top_p <= 1 or top_k < 0):
+        raise GenerationError(
+            f"sampling needs temperature > 0, 0 < top_p <= 1 and top_k >= 0 (got {temperature}, {top_p}, {top_k}); "
+            "for deterministic output use greedy decoding (do_sample=False)"
+        )
+    if num_beams > 1 and do_sample:
+        raise GenerationError("beam sampling is not supported: use num_beams=1 with do_sample, or do_sample=False")
+
+
+def _row_constraints(B: int, constraints, forced_tokens, eos: int) -> list[Constraint | None] | None:
+    """One constraint per row (a forced prefix first, then the row's constraint), ending with `eos` where built
+    without an end token; None where there is none at all."""
+    if constraints is None and forced_tokens is None:
+        return None
+    base = list(constraints) if isinstance(constraints, Sequence) else [constraints] * B
+    if len(base) != B:
+        raise GenerationError(f"{len(base)} constraints for {B} prompts")
+    if forced_tokens is not None:
+        if len(forced_tokens) != B:
+            raise GenerationError(f"{len(forced_tokens)} forced prefixes for {B} prompts")
+        base = [ForcedPrefix(f, c) if len(f) else c for f, c in zip(forced_tokens, base)]
+    return _with_eos(base, eos)
+
+
+def _with_eos(rows: list[Constraint | None], eos: int) -> list[Constraint | None]:
+    """Each row's constraint ending with `eos` where it was built without an end token; a constraint shared by
+    rows stays shared."""
+    bound = {id(c): bind_eos(c, eos) for c in rows if c is not None}
+    return [bound[id(c)] if c is not None else None for c in rows]
 
 
 @torch.inference_mode()
@@ -146,38 +165,10 @@ def token_logprobs(model, seqs: torch.Tensor, prompt_mask: torch.Tensor, eos: in
     return lp.masked_fill(ended | (new == pad), 0.0)
 
 
-def _greedy_or_sample(model, ids, mask, max_new, rows, do_sample, temperature, top_k, top_p, seed, pad, opts, want_lp):
-    B, T0 = ids.shape
-    eos = opts["eos"]
-    g = torch.Generator(device=ids.device).manual_seed(seed) if seed is not None else None
-    cache = model.new_cache(B, T0 + max_new)
-    logits = prefill(model, ids, mask, cache)
-    seqs = ids
-    done = torch.zeros(B, dtype=torch.bool, device=ids.device)
-    ones = torch.ones(B, 1, dtype=torch.long, device=ids.device)
-    lps = []
-    for step in range(max_new):
-        scores = process(logits, seqs, step, constraints=rows, **opts)
-        if do_sample:
-            nxt = sample(scores, temperature, top_k, top_p, g)
-        else:
-            nxt = scores.argmax(-1)
-        if want_lp:
-            lp = torch.log_softmax(logits.float(), -1).gather(1, nxt[:, None]).squeeze(1)
-            lps.append(lp.masked_fill(done, 0.0))
-        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-        seqs = torch.cat([seqs, nxt[:, None]], 1)
-        done = done | (nxt == eos)
-        if bool(done.all()) or step == max_new - 1:
-            break
-        logits = _step(model, nxt[:, None], ones, cache)
-    return GenerationOutput(seqs, logprobs=torch.stack(lps, 1) if want_lp else None)
-
-
-def _step(model: nn.Module, ids: torch.Tensor, ones: torch.Tensor, cache) -> torch.Tensor:
-    """One decoding step, ids [B, 1] -> logits [B, V]: through the compiled static step where compile_decode set
-    one (generation/compiled.py), else the model's forward."""
-    compiled = getattr(model, "compiled_step", None)
-    if compiled is not None:
-        return compiled(ids, cache)
-    return model(ids, ones, cache=cache, last_only=True)[:, -1]
+def _greedy_or_sample(model, ids, mask, max_new, rows, how, pad, opts, want_lp) -> GenerationOutput:
+    """Offline greedy / sampled decoding: the steps of `decode_steps`, gathered into one output."""
+    step, lps = None, []
+    for step in decode_steps(model, ids, mask, max_new, opts, constraints=rows, how=how, pad_token_id=pad,
+                             output_logprobs=want_lp):  # fmt: skip
+        lps.append(step.logprobs)
+    return GenerationOutput(step.sequences, logprobs=torch.stack(lps, 1) if want_lp else None)

@@ -38,12 +38,10 @@ def process(
         scores = padded.scatter(1, seen_ids, seen)[:, :V]
     if no_repeat_ngram_size > 0 and seqs.shape[1] + 1 >= no_repeat_ngram_size:
         scores = scores.clone()
-        n = no_repeat_ngram_size
         for r, row in enumerate(seqs.tolist()):
-            prefix = row[len(row) - n + 1 :] if n > 1 else []
-            banned = {row[i + n - 1] for i in range(len(row) - n + 1) if row[i : i + n - 1] == prefix}
+            banned = banned_ngrams(row, no_repeat_ngram_size)
             if banned:
-                scores[r, list(banned)] = -float("inf")
+                scores[r, banned] = -float("inf")
     if new_len < min_new_tokens:
         scores = scores.clone()
         scores[:, eos] = -float("inf")
@@ -57,6 +55,17 @@ def process(
                 keep[allowed] = scores[r, allowed]
                 scores[r] = keep
     return keep_end_token(scores, eos)
+
+
+def banned_ngrams(row: list[int], n: int) -> list[int]:
+    """The ids that would repeat an n-gram of `row` as its next token: those that followed an earlier occurrence
+    of its last n - 1 tokens. transformers' NoRepeatNGramLogitsProcessor and fairseq's NGramRepeatBlock ban the
+    same ids (fairseq also walks the unfilled, padded end of its token buffer, which only ever bans <pad>, a
+    token its search has banned already)."""
+    if n <= 0 or len(row) + 1 < n:
+        return []
+    key = tuple(row[len(row) - n + 1 :]) if n > 1 else ()
+    return sorted({row[i + n - 1] for i in range(len(row) - n + 1) if tuple(row[i : i + n - 1]) == key})
 
 
 def keep_end_token(scores: torch.Tensor, eos: int) -> torch.Tensor:

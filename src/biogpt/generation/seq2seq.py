@@ -16,6 +16,12 @@ Constraints, exactly as BiomedGPT's generator applies them:
   decoder input (no renormalisation).
 - `constraint_range=(start, end)`: ids 4..start-1 and end.. are banned (the same two placements).
 A trie walk that leaves the trie allows only </s>.
+
+Shared with the decoder-only search: the trie (constraints.TokenTrie), n-gram blocking (processors.banned_ngrams:
+fairseq's and transformers' rules ban the same ids) and length normalisation (beam.length_normalised). The
+search's own loop stays: it decodes through the encoder-decoder's cache, reorders it and the encoder output to the
+surviving beams, and finalises hypotheses by fairseq's rules (the first beam_size to end, inputs leave the batch
+when done), which differ from transformers' (beam.py).
 """
 
 from __future__ import annotations
@@ -29,22 +35,24 @@ from pathlib import Path
 import torch
 
 from biogpt.errors import GenerationError, InputError
+from biogpt.generation.beam import length_normalised
+from biogpt.generation.constraints import TokenTrie
+from biogpt.generation.processors import banned_ngrams
 from biogpt.models.ofa import BOS_ID, EOS_ID, OFA, PAD_ID, UNK_ID, EncoderOut
 
 # --- the answer trie ------------------------------------------------------------------------------------
 
 
 class AnswerTrie:
-    """Token trie over closed-set answers, each inserted as [<s>] + ids + [</s>] (BiomedGPT's utils/trie.py)."""
+    """Token trie over closed-set answers, each inserted as [<s>] + ids + [</s>] (BiomedGPT's utils/trie.py). The
+    trie is constraints.TokenTrie; unlike AllowedSequences, <s> and </s> are tokens of it, so nothing at all may
+    follow an answer's </s> (BiomedGPT's rule, which its search relies on for beams that already ended)."""
 
     def __init__(self, sequences: Iterable[Sequence[int]], bos: int = BOS_ID, eos: int = EOS_ID):
         self.bos, self.eos = bos, eos
-        self.root: dict = {}
         self.sequences = [list(s) for s in sequences]
-        for seq in self.sequences:
-            node = self.root
-            for t in [bos, *seq, eos]:
-                node = node.setdefault(int(t), {})
+        self.tokens = TokenTrie([[bos, *seq, eos] for seq in self.sequences])
+        self.root: dict = self.tokens.root
 
     @classmethod
     def from_answers(cls, answers: Iterable[str], encode, bos: int = BOS_ID, eos: int = EOS_ID) -> AnswerTrie:
@@ -59,12 +67,8 @@ class AnswerTrie:
 
     def next_ids(self, prefix: Sequence[int]) -> list[int]:
         """Ids allowed after `prefix` (which starts with <s>); [</s>] once the prefix leaves the trie."""
-        node = self.root
-        for t in prefix:
-            node = node.get(int(t))
-            if node is None:
-                return [self.eos]
-        return list(node)
+        node = self.tokens.walk(prefix)
+        return [self.eos] if node is None else list(node)
 
     def masks(self, seq: Sequence[int], vocab_size: int) -> torch.Tensor:
         """[len(seq) + 1, V] allowed ids before each token of `seq` and before its </s>."""
@@ -113,16 +117,6 @@ class Hypothesis:
     positional_scores: list[float]
 
 
-def _banned_ngrams(tokens: list[int], step: int, n: int) -> list[int]:
-    """Ids that would repeat an n-gram of `tokens[:step + 1]` (fairseq's NGramRepeatBlock)."""
-    if step + 2 - n < 0:
-        return []
-    seen: dict[tuple, list[int]] = {}
-    for i in range(len(tokens) - n + 1):
-        seen.setdefault(tuple(tokens[i : i + n - 1]), []).append(tokens[i + n - 1])
-    return seen.get(tuple(tokens[step + 2 - n : step + 1]), [])
-
-
 @torch.no_grad()
 def beam_search(
     model: OFA, input_ids: torch.Tensor, patch_images: torch.Tensor | None = None,
@@ -133,24 +127,18 @@ def beam_search(
     prefix_tokens: torch.Tensor | None = None,
 ) -> list[list[Hypothesis]]:  # fmt: skip
     """Per input (rows of input_ids), its finished hypotheses, best first."""
-    if temperature <= 0:
-        raise GenerationError(f"temperature must be > 0, got {temperature}")
-    if constraint_trie is not None and constraint_range is not None:
-        raise GenerationError("use a constraint trie or a constraint range, not both")
     V = model.config.vocab_size
     beam = min(beam_size, V - 1)
     bsz, src_len = input_ids.shape
     max_len = int(max_len_a * src_len + max_len_b)
-    if min_len > max_len:
-        raise GenerationError(f"min_len {min_len} > max_len {max_len}")
+    _check(model, temperature, constraint_trie, constraint_range, min_len, max_len)
     prefix_len = prefix_tokens.size(1) if prefix_tokens is not None else 0
-    if max_len + 1 > model.config.max_positions:
-        raise GenerationError(f"max_len {max_len} + 1 exceeds the model's {model.config.max_positions} positions")
     device = input_ids.device
+    rules = dict(beam=beam, max_len=max_len, min_len=min_len, unk_penalty=unk_penalty, ngram=no_repeat_ngram_size,
+                 trie=constraint_trie, crange=constraint_range, zero_shot=zero_shot, prefix_len=prefix_len)
 
     enc: EncoderOut = model.encode(input_ids, patch_images, patch_masks)
-    order = torch.arange(bsz, device=device).repeat_interleave(beam)
-    enc = enc.index_select(order)
+    enc = enc.index_select(torch.arange(bsz, device=device).repeat_interleave(beam))  # each input's beams
     cache = model.new_cache(bsz * beam, max_len + 2)
 
     scores = torch.zeros(bsz * beam, max_len + 1, device=device)
@@ -160,9 +148,8 @@ def beam_search(
     finalized: list[list[Hypothesis]] = [[] for _ in range(bsz)]
     finished = [False] * bsz
     remaining = bsz
-    cand_size = 2 * beam
     bbsz_offsets = (torch.arange(bsz, device=device) * beam)[:, None]
-    cand_offsets = torch.arange(cand_size, device=device)
+    cand_offsets = torch.arange(2 * beam, device=device)
     reorder_state: torch.Tensor | None = None
     batch_idxs: torch.Tensor | None = None
     prefix_lens = (prefix_tokens.ne(PAD_ID).sum(1) if prefix_tokens is not None else None)  # fmt: skip
@@ -176,51 +163,9 @@ def beam_search(
             enc = enc.index_select(reorder_state)
 
         logits = model.decode(tokens[:, step : step + 1], enc, cache)[:, -1] / temperature  # [rows, V]
-        rows = logits.size(0)
-        if constraint_trie is not None or constraint_range is not None:
-            mask = _constraint_mask(tokens[:, : step + 1], constraint_trie, constraint_range, zero_shot,
-                                    prefix_lens, beam, V)  # fmt: skip
-        if not zero_shot and (constraint_trie is not None or constraint_range is not None):
-            logits = logits.masked_fill(~mask, -math.inf)
-        lprobs = torch.log_softmax(logits.float(), dim=-1)
-        if zero_shot and (constraint_trie is not None or constraint_range is not None):
-            lprobs = lprobs.masked_fill(~mask, -math.inf)
-
-        if prefix_tokens is not None and step < prefix_len and step < max_len:
-            lprobs, tokens, scores = _force_prefix(step, lprobs, scores, tokens, prefix_tokens, beam,
-                                                   constraint_trie is not None)  # fmt: skip
-        elif step < min_len:
-            lprobs[:, EOS_ID] = -math.inf
-        lprobs[lprobs != lprobs] = -math.inf
-        lprobs[:, PAD_ID] = -math.inf
-        lprobs[:, UNK_ID] -= unk_penalty
-        if step >= max_len:
-            lprobs[:, :EOS_ID] = -math.inf
-            lprobs[:, EOS_ID + 1 :] = -math.inf
-
-        if no_repeat_ngram_size > 0:
-            if prefix_lens is not None:
-                out_prefix = (prefix_lens.repeat_interleave(beam) < step + no_repeat_ngram_size - 1).tolist()
-            else:
-                out_prefix = [True] * rows
-            cpu = tokens.tolist()
-            for r in range(rows):
-                if out_prefix[r]:
-                    banned = _banned_ngrams(cpu[r], step, no_repeat_ngram_size)
-                    if banned:
-                        lprobs[r, banned] = -math.inf
-
-        # the search step: 2 x beam best (hypothesis, token) pairs per input
-        lp = lprobs.view(bsz, -1, V)
-        if step == 0:
-            lp = lp[:, ::beam, :].contiguous()  # all beams are equal: use the first
-        else:
-            lp = lp + scores.view(bsz, beam, -1)[:, :, step - 1].unsqueeze(-1)
-        cand_scores, cand_flat = torch.topk(lp.view(bsz, -1), k=min(cand_size, lp.view(bsz, -1).size(1) - 1))
-        cand_beams = torch.div(cand_flat, V, rounding_mode="floor")
-        cand_indices = cand_flat.fmod(V)
+        lprobs = _next_lprobs(logits, tokens, scores, step, prefix_tokens, prefix_lens, rules)
+        cand_scores, cand_beams, cand_indices = _candidates(lprobs, scores, step, beam)
         cand_bbsz_idx = cand_beams + bbsz_offsets
-
         eos_mask = cand_indices.eq(EOS_ID) & cand_scores.ne(-math.inf)
         eos_mask[:, :beam][cands_to_ignore] = False
         eos_bbsz_idx = torch.masked_select(cand_bbsz_idx[:, :beam], mask=eos_mask[:, :beam])
@@ -232,39 +177,104 @@ def beam_search(
             remaining -= len(finalized_sents)
         if remaining == 0 or step >= max_len:
             break
-
-        if finalized_sents:
-            new_bsz = bsz - len(finalized_sents)
+        if finalized_sents:  # inputs with all their hypotheses leave the batch
             keep = torch.ones(bsz, dtype=torch.bool, device=device)
             keep[finalized_sents] = False
             batch_idxs = torch.arange(bsz, device=device).masked_select(keep)
-            eos_mask, cand_beams = eos_mask[batch_idxs], cand_beams[batch_idxs]
-            bbsz_offsets = bbsz_offsets[:new_bsz]
-            cand_bbsz_idx = cand_beams + bbsz_offsets
-            cand_scores, cand_indices = cand_scores[batch_idxs], cand_indices[batch_idxs]
+            eos_mask, cand_beams, cand_scores, cand_indices, cands_to_ignore = (
+                t[batch_idxs] for t in (eos_mask, cand_beams, cand_scores, cand_indices, cands_to_ignore))
             if prefix_tokens is not None:
                 prefix_tokens, prefix_lens = prefix_tokens[batch_idxs], prefix_lens[batch_idxs]
-            cands_to_ignore = cands_to_ignore[batch_idxs]
-            scores = scores.view(bsz, -1)[batch_idxs].view(new_bsz * beam, -1)
-            tokens = tokens.view(bsz, -1)[batch_idxs].view(new_bsz * beam, -1)
-            bsz = new_bsz
+            scores, tokens = (t.view(bsz, -1)[batch_idxs].view(batch_idxs.numel() * beam, -1) for t in (scores, tokens))
+            bsz = batch_idxs.numel()
+            bbsz_offsets = bbsz_offsets[:bsz]
+            cand_bbsz_idx = cand_beams + bbsz_offsets
         else:
             batch_idxs = None
 
         # continue with the best `beam` candidates that did not end: rank ended ones after all others
-        eos_mask[:, :beam] = cands_to_ignore | eos_mask[:, :beam]
-        active_mask = eos_mask.long() * cand_size + cand_offsets[: eos_mask.size(1)]
-        new_cands_to_ignore, active_hypos = torch.topk(active_mask, k=beam, dim=1, largest=False)
-        cands_to_ignore = new_cands_to_ignore.ge(cand_size)[:, :beam]
-        active_bbsz_idx = torch.gather(cand_bbsz_idx, 1, active_hypos).view(-1)
-        tokens[:, : step + 1] = tokens[:, : step + 1].index_select(0, active_bbsz_idx)
-        tokens.view(bsz, beam, -1)[:, :, step + 1] = torch.gather(cand_indices, 1, active_hypos)
-        if step > 0:
-            scores[:, :step] = scores[:, :step].index_select(0, active_bbsz_idx)
-        scores.view(bsz, beam, -1)[:, :, step] = torch.gather(cand_scores, 1, active_hypos)
-        reorder_state = active_bbsz_idx
+        cands_to_ignore, reorder_state = _advance(step, eos_mask, cands_to_ignore, cand_bbsz_idx, cand_indices,
+                                                  cand_scores, tokens, scores, cand_offsets)  # fmt: skip
 
     return [sorted(f, key=lambda h: -h.score) for f in finalized]
+
+
+def _check(model: OFA, temperature, trie, crange, min_len: int, max_len: int) -> None:
+    """GenerationError for settings the search cannot honour."""
+    if temperature <= 0:
+        raise GenerationError(f"temperature must be > 0, got {temperature}")
+    if trie is not None and crange is not None:
+        raise GenerationError("use a constraint trie or a constraint range, not both")
+    if min_len > max_len:
+        raise GenerationError(f"min_len {min_len} > max_len {max_len}")
+    if max_len + 1 > model.config.max_positions:
+        raise GenerationError(f"max_len {max_len} + 1 exceeds the model's {model.config.max_positions} positions")
+
+
+def _candidates(lprobs: torch.Tensor, scores: torch.Tensor, step: int, beam: int):
+    """The search step: the 2 x beam best (hypothesis, token) pairs per input by cumulative log-probability, as
+    (their scores, the beam each extends, the token) [bsz, 2 * beam] each."""
+    V = lprobs.size(-1)
+    lp = lprobs.view(-1, beam, V)  # [bsz, beam, V]
+    if step == 0:
+        lp = lp[:, ::beam, :].contiguous()  # all beams are equal: use the first
+    else:
+        lp = lp + scores.view(lp.size(0), beam, -1)[:, :, step - 1].unsqueeze(-1)
+    flat = lp.view(lp.size(0), -1)
+    cand_scores, cand_flat = torch.topk(flat, k=min(2 * beam, flat.size(1) - 1))
+    return cand_scores, torch.div(cand_flat, V, rounding_mode="floor"), cand_flat.fmod(V)
+
+
+def _next_lprobs(logits, tokens, scores, step, prefix_tokens, prefix_lens, rules: dict) -> torch.Tensor:
+    """The log-probabilities [rows, V] of each row's next token, from the decoder's logits [rows, V] (after the
+    temperature), with fairseq's and BiomedGPT's rules applied in their order: the constraint, a forced prefix
+    (which may copy rows of tokens and scores in place), min length, <pad>, <unk>, max length, n-grams."""
+    beam, V, max_len, trie, crange = rules["beam"], logits.size(-1), rules["max_len"], rules["trie"], rules["crange"]
+    zero_shot, n = rules["zero_shot"], rules["ngram"]
+    if trie is not None or crange is not None:
+        mask = _constraint_mask(tokens[:, : step + 1], trie, crange, zero_shot, prefix_lens, beam, V)
+    if not zero_shot and (trie is not None or crange is not None):
+        logits = logits.masked_fill(~mask, -math.inf)
+    lprobs = torch.log_softmax(logits.float(), dim=-1)
+    if zero_shot and (trie is not None or crange is not None):
+        lprobs = lprobs.masked_fill(~mask, -math.inf)
+    if prefix_tokens is not None and step < rules["prefix_len"] and step < max_len:
+        lprobs, _, _ = _force_prefix(step, lprobs, scores, tokens, prefix_tokens, beam, trie is not None)
+    elif step < rules["min_len"]:
+        lprobs[:, EOS_ID] = -math.inf
+    lprobs[lprobs != lprobs] = -math.inf
+    lprobs[:, PAD_ID] = -math.inf
+    lprobs[:, UNK_ID] -= rules["unk_penalty"]
+    if step >= max_len:
+        lprobs[:, :EOS_ID] = -math.inf
+        lprobs[:, EOS_ID + 1 :] = -math.inf
+    if n > 0:
+        if prefix_lens is not None:
+            out_prefix = (prefix_lens.repeat_interleave(beam) < step + n - 1).tolist()
+        else:
+            out_prefix = [True] * logits.size(0)
+        for r, row in enumerate(tokens[:, : step + 1].tolist()):
+            banned = banned_ngrams(row, n) if out_prefix[r] else []
+            if banned:
+                lprobs[r, banned] = -math.inf
+    return lprobs
+
+
+def _advance(step, eos_mask, cands_to_ignore, cand_bbsz_idx, cand_indices, cand_scores, tokens, scores, cand_offsets):
+    """Continue each input with its best `beam` candidates that did not end (ended ones rank after all others):
+    tokens and scores are rewritten in place; returns the new cands_to_ignore and the rows each beam came from."""
+    cand_size, beam = cand_offsets.numel(), cands_to_ignore.size(1)
+    eos_mask[:, :beam] = cands_to_ignore | eos_mask[:, :beam]
+    active_mask = eos_mask.long() * cand_size + cand_offsets[: eos_mask.size(1)]
+    new_cands_to_ignore, active_hypos = torch.topk(active_mask, k=beam, dim=1, largest=False)
+    cands_to_ignore = new_cands_to_ignore.ge(cand_size)[:, :beam]
+    active_bbsz_idx = torch.gather(cand_bbsz_idx, 1, active_hypos).view(-1)
+    tokens[:, : step + 1] = tokens[:, : step + 1].index_select(0, active_bbsz_idx)
+    tokens.view(tokens.size(0) // beam, beam, -1)[:, :, step + 1] = torch.gather(cand_indices, 1, active_hypos)
+    if step > 0:
+        scores[:, :step] = scores[:, :step].index_select(0, active_bbsz_idx)
+    scores.view(scores.size(0) // beam, beam, -1)[:, :, step] = torch.gather(cand_scores, 1, active_hypos)
+    return cands_to_ignore, active_bbsz_idx
 
 
 def _constraint_mask(prev, trie, crange, zero_shot, prefix_lens, beam, V) -> torch.Tensor:
@@ -315,7 +325,7 @@ def _finalize(step, bbsz_idx, eos_scores, tokens, scores, finalized, finished, b
     pos[:, step] = eos_scores
     pos[:, 1:] = pos[:, 1:] - pos[:, :-1]
     if normalize:
-        eos_scores = eos_scores / (step + 1) ** len_penalty
+        eos_scores = length_normalised(eos_scores, step + 1, len_penalty)
     cum_unfin, prev = [], 0
     for f in finished:
         if f:

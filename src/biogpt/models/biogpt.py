@@ -22,10 +22,26 @@ from biogpt.models.cache import KVCache, causal_mask, positions, static_attentio
 
 POSITION_OFFSET = 2  # fairseq: the first real token is row padding_idx + 1 = 2
 PAD_ID = 1
+EOS_ID = 2
+
+
+class FairseqIds:
+    """The end and padding tokens of fairseq's dictionary, which every BioGPT and BiomedGPT checkpoint shares (so
+    properties, not config fields)."""
+
+    @property
+    def eos_token_id(self) -> int:
+        """</s>: ends every sequence."""
+        return EOS_ID
+
+    @property
+    def pad_token_id(self) -> int:
+        """<pad>: fairseq's padding index."""
+        return PAD_ID
 
 
 @dataclass
-class BioGPTConfig:
+class BioGPTConfig(FairseqIds):
     vocab_size: int = 42384  # dictionary + specials (+ K learned prompt tokens for task checkpoints)
     n_layer: int = 24
     d_model: int = 1024
@@ -43,7 +59,6 @@ class BioGPTConfig:
     dropout: float = 0.1  # residual and embedding dropout (training only)
     attention_dropout: float = 0.1
     activation_dropout: float = 0.0
-
     def __post_init__(self):
         if self.d_model % self.n_head:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")

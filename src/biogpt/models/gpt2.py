@@ -52,6 +52,11 @@ class GPT2Config:
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation {self.activation!r} is not one of {', '.join(ACTIVATIONS)}")
 
+    @property
+    def pad_token_id(self) -> int:
+        """GPT-2 has no padding token: generation pads finished rows with <|endoftext|>, as transformers does."""
+        return self.eos_token_id
+
     @classmethod
     def biomedlm(cls, **overrides) -> GPT2Config:
         """stanford-crfm/BioMedLM: 32 layers, width 2560, 20 heads, vocabulary 28896 (<|endoftext|> = 28895)."""

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from biogpt.errors import GenerationError, InputError
+from biogpt.models.biogpt import FairseqIds
 from biogpt.models.vision import OUT_CHANNELS, RESNET_LAYERS, ResNetStem
 
 BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
@@ -39,7 +40,7 @@ BUCKET_MAX_POSITION = 1024  # the text bucket table is always built for 1024 pos
 
 
 @dataclass
-class OFAConfig:
+class OFAConfig(FairseqIds):
     vocab_size: int = 59457  # text (50265 incl. <mask>) + 8192 <code_i> + 1000 <bin_i>
     d_model: int = 768
     encoder_layers: int = 6
