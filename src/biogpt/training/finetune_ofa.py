@@ -2,8 +2,8 @@
 loop (loop.py: accumulation, bf16 autocast, DDP, resumable checkpoints), with the original's loss.
 
 Each example is OFA's summarisation instruction (` what is the summary of article " {question} "?`, at most 512
-words, tasks/biomedgpt.py) as the encoder input and the lower-cased summary as the target: decoder input
-<s> + ids, target ids + </s> (at most 128 target tokens), as `teacher_forcing_batch` builds them. The loss is
+words, tasks/biomedgpt/summary.py) as the encoder input and the lower-cased summary as the target: decoder input
+<s> + ids, target ids + </s> (at most 128 target tokens), as `make_batch` builds them. The loss is
 fairseq's label-smoothed cross-entropy (eps 0.1) summed over target tokens and divided by the update's token
 count, as OFA's criterion without constraints; optimiser as OFA's fine-tuning scripts: AdamW betas (0.9, 0.999),
 eps 1e-8, weight decay 0.01, gradient clipping at 1.0. The schedule is the loop's (linear warm-up, then inverse
@@ -26,11 +26,13 @@ from biogpt.checkpoints.ofa import save_ofa
 from biogpt.errors import TrainingError
 from biogpt.generation.seq2seq import right_pad
 from biogpt.models.ofa import OFA
-from biogpt.tasks.biomedgpt import Record, label_smoothed_nll, read_meqsum
+from biogpt.tasks.biomedgpt.common import Record
+from biogpt.tasks.biomedgpt.summary import read_meqsum
 from biogpt.text.ofa import OFATokenizer
 from biogpt.training.dist import device_for, init, log0
 from biogpt.training.finetune import _identity, _remove, write_final
 from biogpt.training.loop import ON_EXISTING, TrainConfig, train
+from biogpt.training.loss import label_smoothed_nll
 
 TASKS = ("meqsum",)
 DEFAULT_DATA = "../shared/data/biomedgpt/tasks/MeQSum"  # beside the repository, as `eval-biomedgpt meqsum`
