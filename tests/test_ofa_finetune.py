@@ -17,8 +17,9 @@ from biogpt.models.ofa import PAD_ID
 from biogpt.tasks.biomedgpt.summary import read_meqsum
 from biogpt.text.ofa import OFATokenizer
 from biogpt.training.finetune_ofa import make_batch, seq2seq_batches, train_ofa, training_pairs
-from biogpt.training.loop import inverse_sqrt_lr, latest_checkpoint
+from biogpt.training.loop import inverse_sqrt_lr
 from biogpt.training.loss import label_smoothed_nll
+from biogpt.training.runs import latest_checkpoint
 
 from .test_ofa_cli import BPE, MEQSUM, run, tiny_ofa
 
