@@ -42,6 +42,38 @@ def add_prompt_tokens(model: BioGPT, k: int, seed: int = 1) -> BioGPT:
     return out
 
 
+def with_prompt_tokens(model: BioGPT, tasks: list, seed: int) -> BioGPT:
+    """The model with the tasks' prompt tokens: added to a pre-trained model (several tasks: one slice of them
+    each, in order, recorded in the config as `prompt_tasks`); a fine-tuned model must already have exactly
+    one task's."""
+    k = sum(t.num_prompt_tokens for t in tasks)
+    if model.config.num_prompt_tokens == 0:
+        model = add_prompt_tokens(model, k, seed)
+    elif model.config.num_prompt_tokens != k or len(tasks) > 1:
+        raise TrainingError(f"{'+'.join(t.name for t in tasks)} needs {k} new prompt tokens; the model already has "
+                            f"{model.config.num_prompt_tokens}: fine-tune a pre-trained model")  # fmt: skip
+    if len(tasks) > 1:  # a slice of the prompt tokens per task, in the order given
+        first = 0
+        model.config.prompt_tasks = {}
+        for t in tasks:
+            t.prompt_slice = (first, t.num_prompt_tokens)
+            model.config.prompt_tasks[t.name] = [first, t.num_prompt_tokens]
+            first += t.num_prompt_tokens
+    return model
+
+
+def _task_pairs(task, tok: Tokenizer, data_dir: str | Path, split: str, target_only: bool) -> list[tuple[list, list]]:
+    """(inputs, targets) of a task's split; target_only: the source and prompt positions ignored (PAD_ID)."""
+    pairs = []
+    for ex in task.examples(data_dir, split):
+        x, y = training_pair(task, tok, ex)
+        if target_only:  # score the target only: source and prompt positions ignored
+            n = len(encode_source(tok, ex.source, task.max_source_tokens)) + task.num_prompt_tokens
+            y = [PAD_ID] * n + y[n:]
+        pairs.append((x, y))
+    return pairs
+
+
 def finetune(
     task_name: str | list[str],
     model_path: str | Path,
@@ -93,29 +125,11 @@ def finetune(
     if tok is None:
         raise TrainingError(f"{model_path}: no vocabulary beside the weights; fine-tuning needs the model's vocabulary")
     tasks = [task_for_model(t.name, model.config) for t in tasks]  # the model's settings (e.g. BioGPT-Large's)
+    model = with_prompt_tokens(model, tasks, seed)
     k = sum(t.num_prompt_tokens for t in tasks)
-    if model.config.num_prompt_tokens == 0:
-        model = add_prompt_tokens(model, k, seed)
-    elif model.config.num_prompt_tokens != k or len(tasks) > 1:
-        raise TrainingError(f"{'+'.join(names)} needs {k} new prompt tokens; the model already has "
-                            f"{model.config.num_prompt_tokens}: fine-tune a pre-trained model")  # fmt: skip
-    if len(tasks) > 1:  # a slice of the prompt tokens per task, in the order given
-        first = 0
-        model.config.prompt_tasks = {}
-        for t in tasks:
-            t.prompt_slice = (first, t.num_prompt_tokens)
-            model.config.prompt_tasks[t.name] = [first, t.num_prompt_tokens]
-            first += t.num_prompt_tokens
     tok = Tokenizer(tok.vocab, num_prompt_tokens=k)
-    pairs = []
-    for task in tasks:
-        split = (splits or {}).get(task.name, "train")
-        for ex in task.examples(data_dir, split):
-            x, y = training_pair(task, tok, ex)
-            if target_only:  # score the target only: source and prompt positions ignored
-                n = len(encode_source(tok, ex.source, task.max_source_tokens)) + task.num_prompt_tokens
-                y = [PAD_ID] * n + y[n:]
-            pairs.append((x, y))
+    pairs = [p for task in tasks for p in _task_pairs(task, tok, data_dir, (splits or {}).get(task.name, "train"),
+                                                      target_only)]  # fmt: skip
     if not pairs:
         raise TrainingError(f"{data_dir}: no {'+'.join(names)} training examples to fine-tune on")
     rank, world = init(dev)
