@@ -15,6 +15,7 @@
   model and data settings, recorded in trainer.pt); `on_existing="overwrite"` starts it again instead.
 
 `biogpt pretrain` reads token shards from `biogpt corpus build`; `biogpt finetune` reads a task's pairs.
+The run folder itself (preparing it, the resume check, checkpoints, random states) is training/runs.py.
 """
 
 from __future__ import annotations
