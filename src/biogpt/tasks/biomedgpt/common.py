@@ -32,6 +32,7 @@ class Decoding:
     zero_shot: bool = False
 
     def kwargs(self) -> dict:
+        """The settings as `beam_search` keyword arguments."""
         return dict(self.__dict__)
 
 
@@ -66,6 +67,8 @@ def group_by_task(texts: Sequence[str], with_image: bool) -> dict[str, list[int]
 
 @dataclass
 class Record:
+    """One example of any task: what the encoder reads (text, image) and the gold answers it is scored on."""
+
     id: str
     text: str  # the encoder text (template applied)
     image: ImageSource | None = None  # encoded bytes as the data files hold them, or an image decoded once
