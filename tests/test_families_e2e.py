@@ -115,8 +115,8 @@ def test_vqa_eval_decodes_with_the_answer_sets_bound(ofa_dir, tmp_path, capsys, 
     b64 = base64.b64encode(png_bytes()).decode()
     (tmp_path / "test.tsv").write_text(f"1\t{b64}\twhat is seen?\t1.0|!+yes\tobj\n")
     seen = []
-    real = bt.beam_search
-    monkeypatch.setattr(bt, "beam_search", lambda *a, **k: seen.append(k["max_len_b"]) or real(*a, **k))
+    real = bt.common.beam_search
+    monkeypatch.setattr(bt.common, "beam_search", lambda *a, **k: seen.append(k["max_len_b"]) or real(*a, **k))
     code, _, _ = run(["eval", "vqa", "--model", ofa_dir, "--data", tmp_path / "test.tsv",
                       "--answers", tmp_path / "ans.json"], capsys)  # fmt: skip
     tok = OFATokenizer.from_pretrained(BPE)

@@ -10,16 +10,9 @@ import pytest
 
 import biogpt
 from biogpt.checkpoints.ofa import save_ofa
-from biogpt.tasks.biomedgpt import (
-    CAPTION_PROMPT,
-    DECODING,
-    Record,
-    caption_words,
-    cider_d,
-    generate_text,
-    read_report_captions,
-    rouge_l,
-)
+from biogpt.tasks.biomedgpt.caption import read_report_captions
+from biogpt.tasks.biomedgpt.common import CAPTION_PROMPT, DECODING, Record, generate_text
+from biogpt.tasks.biomedgpt.metrics import caption_words, cider_d, rouge_l
 from biogpt.text.ofa import OFATokenizer
 
 from .test_ofa_cli import BPE, png_bytes, run, tiny_ofa

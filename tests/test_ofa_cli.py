@@ -1,6 +1,6 @@
 """`biogpt info / convert / generate --image / eval-biomedgpt` with BiomedGPT (OFA) models: a tiny random model saved
 as biogpt's BiomedGPT directory, the real BPE files and the real MeQSum test split. Expected outputs come from the
-library calls the commands stand for (tasks/biomedgpt.py, whose search is tested against the reference generator)."""
+library calls the commands stand for (tasks/biomedgpt/, whose search is tested against the reference generator)."""
 
 from __future__ import annotations
 
@@ -18,18 +18,11 @@ from biogpt.cli import main
 from biogpt.cli.models import ofa_size
 from biogpt.generation.seq2seq import AnswerTrie
 from biogpt.models.ofa import OFA, OFAConfig
-from biogpt.tasks.biomedgpt import (
-    CAPTION_PROMPT,
-    DECODING,
-    Decoding,
-    Record,
-    generate_text,
-    predict_nli,
-    rank_answers,
-    read_meqsum,
-    summary_rouge_l,
-    vqa_text,
-)
+from biogpt.tasks.biomedgpt.common import CAPTION_PROMPT, DECODING, Decoding, Record, generate_text, rank_answers
+from biogpt.tasks.biomedgpt.metrics import summary_rouge_l
+from biogpt.tasks.biomedgpt.nli import predict_nli
+from biogpt.tasks.biomedgpt.summary import read_meqsum
+from biogpt.tasks.biomedgpt.vqa import vqa_text
 from biogpt.text.ofa import OFATokenizer
 
 from .conftest import SHARED, TASKS
@@ -206,7 +199,9 @@ def test_eval_vqa_medmnist_nli(ofa_dir, loaded, tmp_path, capsys):
     answers = ["yes", "no", "left lung", "chest"]
     (tmp_path / "ans.json").write_text(json.dumps({a: i for i, a in enumerate(answers)}))
     vqa_tsv(tmp_path / "test.tsv", [("Is it normal", "1.0|!+yes"), ("Which organ?", "1.0|!+chest&&0.5|!+left lung")])
-    from biogpt.tasks.biomedgpt import read_captions, read_vqa, vqa_accuracy
+    from biogpt.tasks.biomedgpt.caption import read_captions
+    from biogpt.tasks.biomedgpt.metrics import vqa_accuracy
+    from biogpt.tasks.biomedgpt.vqa import read_vqa
 
     recs = read_vqa(tmp_path / "test.tsv")
     trie = AnswerTrie.from_answers(answers, tok.encode)

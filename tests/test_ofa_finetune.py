@@ -14,10 +14,12 @@ import biogpt
 from biogpt.checkpoints.ofa import save_ofa
 from biogpt.errors import TrainingError
 from biogpt.models.ofa import PAD_ID
-from biogpt.tasks.biomedgpt import label_smoothed_nll, read_meqsum, teacher_forcing_batch
+from biogpt.tasks.biomedgpt.summary import read_meqsum
 from biogpt.text.ofa import OFATokenizer
 from biogpt.training.finetune_ofa import make_batch, seq2seq_batches, train_ofa, training_pairs
-from biogpt.training.loop import inverse_sqrt_lr, latest_checkpoint
+from biogpt.training.loop import inverse_sqrt_lr
+from biogpt.training.loss import label_smoothed_nll
+from biogpt.training.runs import latest_checkpoint
 
 from .test_ofa_cli import BPE, MEQSUM, run, tiny_ofa
 
@@ -66,8 +68,15 @@ def test_label_smoothed_loss_is_fairseqs(tok, records):
 
 def test_batches_are_the_teacher_forcing_batches(tok, records):
     pairs = training_pairs(tok, records, 1024)
-    for got, want in zip(make_batch(tok, pairs[:5]), teacher_forcing_batch(tok, records[:5]), strict=True):
-        assert torch.equal(got, want)
+    targets = [tok.encode(" " + next(iter(r.refs)).lower()) for r in records[:5]]
+    want = (
+        [tok.encode_source(r.text) for r in records[:5]],  # source: <s> + instruction + </s>
+        [[tok.bos_token_id, *t] for t in targets],  # decoder inputs
+        [[*t, tok.eos_token_id] for t in targets],  # targets
+    )
+    for got, rows in zip(make_batch(tok, pairs[:5]), want, strict=True):
+        width = max(map(len, rows))
+        assert got.tolist() == [r + [PAD_ID] * (width - len(r)) for r in rows]
     position = {"epoch": 0, "index": 0}
     stream = seq2seq_batches(tok, pairs, 4, 1, position)
     seen = [stream() for _ in range(5)]  # 4 micro-batches per epoch, then the next epoch's shuffle

@@ -10,33 +10,19 @@ import pytest
 import torch
 from PIL import Image
 
-from biogpt.errors import TaskError
+from biogpt.errors import TaskError, TrainingError
 from biogpt.generation.seq2seq import beam_search, rank_candidates, right_pad
 from biogpt.images import patch_images
 from biogpt.models.ofa import OFA, OFAConfig
-from biogpt.tasks.biomedgpt import (
-    DECODING,
-    NLI_ANSWERS,
-    Decoding,
-    Record,
-    cider_d,
-    finetune,
-    generate_text,
-    label_smoothed_nll,
-    nli_text,
-    predict_nli,
-    rank_answers,
-    read_captions,
-    read_meqsum,
-    read_vqa,
-    rouge_l,
-    summary_rouge_l,
-    summary_text,
-    teacher_forcing_batch,
-    vqa_accuracy,
-    vqa_text,
-)
+from biogpt.tasks.biomedgpt.caption import read_captions
+from biogpt.tasks.biomedgpt.common import DECODING, Decoding, Record, generate_text, rank_answers
+from biogpt.tasks.biomedgpt.metrics import cider_d, rouge_l, summary_rouge_l, vqa_accuracy
+from biogpt.tasks.biomedgpt.nli import NLI_ANSWERS, nli_text, predict_nli
+from biogpt.tasks.biomedgpt.summary import read_meqsum, summary_text
+from biogpt.tasks.biomedgpt.vqa import read_vqa, vqa_text
 from biogpt.text.ofa import OFATokenizer
+from biogpt.training.finetune_ofa import make_batch, train_ofa, training_pairs
+from biogpt.training.loss import label_smoothed_nll
 
 from .conftest import SHARED
 from .test_ofa_generation import big_vocab_model
@@ -144,8 +130,9 @@ def test_generation_paths(tok):
 
 
 def test_teacher_forcing_batch(tok):
+    """The fine-tuning batch: decoder inputs <s> + the lower-cased target's ids, targets the same ids + </s>."""
     recs = [Record("1", " q", refs={"A Chest": 1.0}), Record("2", " longer question", refs={"no": 1.0})]
-    src, prev, target = teacher_forcing_batch(tok, recs)
+    src, prev, target = make_batch(tok, training_pairs(tok, recs, 1024))
     a, b = tok.encode(" a chest"), tok.encode(" no")
     assert prev.tolist() == [[0, *a], [0, *b] + [1] * (len(a) - len(b))]
     assert target.tolist() == [[*a, 2], [*b, 2] + [1] * (len(a) - len(b))]
@@ -153,18 +140,19 @@ def test_teacher_forcing_batch(tok):
     assert not math.isnan(label_smoothed_nll(big_vocab_model()(src, prev), target).item())
 
 
-def test_finetune_lowers_the_loss(tok):
-    """A few steps on two records: the label-smoothed loss per token falls (dropout off for a clean signal)."""
+def test_finetune_lowers_the_loss(tok, tmp_path):
+    """A few updates of the training loop on two records: the label-smoothed loss per token falls."""
     torch.manual_seed(0)
     model = OFA(OFAConfig(d_model=32, encoder_layers=1, decoder_layers=1, n_head=4, d_ffn=48, resnet_layers=(1, 1, 1),
                           max_positions=64, attention_dropout=0.0)).eval()  # fmt: skip
     recs = [Record("1", summary_text("my head hurts"), refs={"what causes headaches?": 1.0}),
             Record("2", summary_text("rash on arm"), refs={"what treats a rash?": 1.0})]  # fmt: skip
-    losses = finetune(model, tok, recs, steps=12, batch_size=2, lr=2e-2, warmup=2)
+    log = train_ofa(model, tok, recs, tmp_path / "run", 12, lr=2e-2, warmup_updates=2, batch_size=2, update_freq=1)
+    losses = [e["loss"] for e in log]
     assert len(losses) == 12 and losses[-1] < 0.6 * losses[0], losses
     assert not model.training
-    with pytest.raises(TaskError, match="at least one step"):
-        finetune(model, tok, recs, steps=0)
+    with pytest.raises(TrainingError, match="max_updates must be an integer >= 1, got 0"):
+        train_ofa(model, tok, recs, tmp_path / "none", 0)
 
 
 def _brute_force_scores(model, tok, record: Record, answers: list[str]) -> list[float]:

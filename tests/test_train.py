@@ -20,7 +20,7 @@ from biogpt.training.corpus import build_corpus, load_shards
 from biogpt.training.data import BlockData, lm_batches, pair_batches, rank_batches
 from biogpt.training.dist import backend_for, device_for, init
 from biogpt.training.finetune import run_length
-from biogpt.training.loop import latest_checkpoint
+from biogpt.training.runs import latest_checkpoint
 
 from .conftest import TASKS, VOCABS
 
@@ -299,20 +299,20 @@ def test_rank_batches_deal_out_three_ways():
 
 def test_cuda_random_state_is_saved_and_restored_per_rank(monkeypatch):
     """The plumbing of a GPU run's random states, with the CUDA calls recorded (no GPU here)."""
-    from biogpt.training import loop
+    from biogpt.training import runs
 
     restored = []
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: torch.full((4,), device.index, dtype=torch.uint8))
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((state.tolist(), device)))
-    saved = [loop._rng_state(torch.device("cuda", r)) for r in range(2)]  # as gathered from two ranks
+    saved = [runs.rng_state(torch.device("cuda", r)) for r in range(2)]  # as gathered from two ranks
     assert [sorted(s) for s in saved] == [["cpu", "cuda"]] * 2
     expected_cpu = saved[1]["cpu"].clone()
     torch.manual_seed(123)  # move the CPU generator away from the saved state
-    loop._restore_rng(saved, 1, torch.device("cuda", 1))
+    runs.restore_rng(saved, 1, torch.device("cuda", 1))
     assert restored == [([1, 1, 1, 1], torch.device("cuda", 1))]  # rank 1 gets rank 1's GPU state, on its GPU
     assert torch.equal(torch.get_rng_state(), expected_cpu)
-    loop._restore_rng([expected_cpu], 0, torch.device("cuda", 0))  # an older checkpoint: the CPU state only
-    loop._restore_rng(saved, 2, torch.device("cuda", 2))  # a rank the run did not have: keeps its seed
+    runs.restore_rng([expected_cpu], 0, torch.device("cuda", 0))  # an older checkpoint: the CPU state only
+    runs.restore_rng(saved, 2, torch.device("cuda", 2))  # a rank the run did not have: keeps its seed
     assert len(restored) == 1
 
 

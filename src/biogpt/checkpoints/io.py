@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import save_file
 
 from biogpt.errors import CheckpointError
+from biogpt.jsonfile import read_json_object
 
 
 class Stub:
@@ -168,15 +169,7 @@ def read_hf_weights(d: Path) -> dict[str, torch.Tensor]:
 
 def read_json(path: Path) -> dict:
     """A JSON object from `path`, or one CheckpointError naming the file and the problem."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
+    return read_json_object(path, CheckpointError)
 
 
 DEMO = "demo"  # the small model embedded in the package (src/biogpt/demo/, scripts/build_demo_model.sh)

@@ -10,7 +10,6 @@ A task is a small object with
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 
 import torch
 
+from biogpt import jsonfile
 from biogpt.errors import TaskError
 from biogpt.generation import generate
 from biogpt.text.fastbpe import EOS_ID, UNK_ID
@@ -34,9 +34,10 @@ class Example:
 
 
 def read_json(path: Path) -> Any:
+    """A task's JSON split file; one TaskError naming it when it is missing or not JSON."""
     if not path.exists():
         raise TaskError(f"{path}: split file not found")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return jsonfile.read_json(path, TaskError)
 
 
 def read_tsv_split(path: Path) -> list[tuple[int, str, str]]:

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from biogpt.errors import VocabError
+from biogpt.text.bpe_files import read_merges, read_vocab
 
 try:
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
@@ -57,28 +58,10 @@ class ByteLevelTokenizer:
         """From a vocabulary (token -> id JSON) and its merges ("a b" per line, an optional #version header)."""
         _require()
         vocab_file, merges_file = Path(vocab_file), Path(merges_file)
-        try:
-            vocab = json.loads(vocab_file.read_text(encoding="utf-8"))
-            lines = merges_file.read_text(encoding="utf-8").splitlines()
-        except OSError as e:
-            raise VocabError(f"cannot read the tokenizer files ({e.strerror}: {e.filename})") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise VocabError(f"{vocab_file}: not a JSON vocabulary ({e})") from None
-        if not isinstance(vocab, dict) or not all(isinstance(i, int) for i in vocab.values()):
-            raise VocabError(f"{vocab_file}: expected a JSON object of token -> integer id")
+        vocab = read_vocab(vocab_file)
         if sorted(vocab.values()) != list(range(len(vocab))):
             raise VocabError(f"{vocab_file}: the ids are not 0..{len(vocab) - 1}, each once")
-        merges = []
-        for n, line in enumerate(lines, 1):
-            if not line or (n == 1 and line.startswith("#version")):
-                continue
-            pair = line.split(" ")
-            if len(pair) != 2 or pair[0] + pair[1] not in vocab:
-                raise VocabError(
-                    f"{merges_file}:{n}: {line!r} is not a merge of two tokens whose result is in {vocab_file.name}; "
-                    "do the vocabulary and the merges belong together?"
-                )
-            merges.append((pair[0], pair[1]))
+        merges = read_merges(merges_file, vocab, vocab_file.name)
         return cls(Tokenizer(models.BPE(vocab=vocab, merges=merges)), f"{vocab_file} + {merges_file.name}")
 
     @classmethod

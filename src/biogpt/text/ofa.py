@@ -26,6 +26,7 @@ from pathlib import Path
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
 from biogpt.errors import VocabError
+from biogpt.text.bpe_files import read_merges, read_vocab
 
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
 BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
@@ -55,34 +56,6 @@ def normalize_question(text: str, max_words: int | None = None) -> str:
 
 
 # --- the tokenizer ---------------------------------------------------------------------------------------
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise VocabError(f"{path}: cannot read ({e.strerror})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise VocabError(f"{path}: not a JSON vocabulary ({e})") from None
-    if not isinstance(data, dict) or not all(isinstance(i, int) for i in data.values()):
-        raise VocabError(f"{path}: expected a JSON object of token -> integer id")
-    return data
-
-
-def _read_merges(path: Path, vocab: dict[str, int]) -> list[tuple[str, str]]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise VocabError(f"{path}: cannot read ({e.strerror})") from None
-    merges = []
-    for n, line in enumerate(lines, 1):
-        if not line or (n == 1 and line.startswith("#version")):
-            continue
-        pair = line.split(" ")
-        if len(pair) != 2 or pair[0] + pair[1] not in vocab:
-            raise VocabError(f"{path}:{n}: {line!r} is not a merge of two tokens whose result is in the vocabulary")
-        merges.append((pair[0], pair[1]))
-    return merges
 
 
 def _read_dict(path: Path) -> list[str]:
@@ -127,7 +100,7 @@ class OFATokenizer:
     def from_fairseq(cls, encoder_json: str | Path, vocab_bpe: str | Path, dict_txt: str | Path) -> OFATokenizer:
         """From GPT-2's encoder.json + vocab.bpe and the fairseq dictionary over GPT-2 ids (BiomedGPT's files)."""
         encoder_json, vocab_bpe, dict_txt = Path(encoder_json), Path(vocab_bpe), Path(dict_txt)
-        gpt2 = _read_json(encoder_json)  # token -> GPT-2 id
+        gpt2 = read_vocab(encoder_json)  # token -> GPT-2 id
         symbols = _read_dict(dict_txt)
         model_id = {s: i + len(SPECIALS) for i, s in enumerate(symbols)}  # "GPT-2 id as text" -> model id
         vocab = {s: i for i, s in enumerate(SPECIALS)}
@@ -145,16 +118,18 @@ class OFATokenizer:
         for s, i in model_id.items():  # dictionary lines that are not GPT-2 ids (madeupword0000, ...)
             if not s.isdigit():
                 vocab.setdefault(s, i)
-        return cls(vocab, _read_merges(vocab_bpe, gpt2), f"{encoder_json} + {vocab_bpe.name} + {dict_txt.name}")
+        merges = read_merges(vocab_bpe, gpt2, encoder_json.name)
+        return cls(vocab, merges, f"{encoder_json} + {vocab_bpe.name} + {dict_txt.name}")
 
     @classmethod
     def from_hf(cls, vocab_json: str | Path, merges_txt: str | Path) -> OFATokenizer:
         """From the Hugging Face OFA port's vocab.json (already in model ids, with <mask>) + merges.txt."""
-        vocab = _read_json(Path(vocab_json))
+        vocab = read_vocab(Path(vocab_json))
         vocab = {t: i for t, i in vocab.items() if t != MASK and not t.startswith(("<code_", "<bin_"))}
         if sorted(vocab.values()) != list(range(len(vocab))):
             raise VocabError(f"{vocab_json}: the text ids are not 0..{len(vocab) - 1}, each once")
-        return cls(vocab, _read_merges(Path(merges_txt), vocab), f"{vocab_json} + {Path(merges_txt).name}")
+        merges = read_merges(Path(merges_txt), vocab, Path(vocab_json).name)
+        return cls(vocab, merges, f"{vocab_json} + {Path(merges_txt).name}")
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> OFATokenizer:
@@ -174,7 +149,7 @@ class OFATokenizer:
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         self._tok.model.save(str(d))
-        vocab = _read_json(d / "vocab.json")
+        vocab = read_vocab(d / "vocab.json")
         vocab[MASK] = self.mask_token_id
         (d / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
 

@@ -185,6 +185,51 @@ def _survivors(inputs: list[str]) -> tuple[dict[str, tuple[int, int]], int]:
     return last, sum(has_text.values())
 
 
+def _earlier_build(out: Path, manifest: dict) -> dict:
+    """The manifest of the build already in `out`, to be continued: it must have the inputs and settings of
+    `manifest` (the one this call would start), else CorpusError."""
+    old = read_manifest(out)
+    same = ("inputs", "vocab_size", "vocab_sha256", "validation_per_mille", "shard_tokens")
+    differ = [k for k in same if k in old and old[k] != manifest[k]]
+    if differ:
+        raise CorpusError(f"{out} holds a build with other inputs or settings ({', '.join(differ)} differ); "
+                          "use a new output folder, or rerun the earlier command to finish that build")  # fmt: skip
+    return old
+
+
+def _documents(inputs: list[str], i: int, last: dict, progress: bool) -> tuple[list[tuple[str, str]], Counter]:
+    """((PMID, text) of the documents input i contributes: each PMID's last record, unless deleted; counts of
+    what was left out and why)."""
+    problems: Counter = Counter()
+    docs: list[tuple[str, str]] = []
+    for j, rec in enumerate(read_records(inputs[i])):
+        if progress and j % 5000 == 0:
+            print(f"\r[{i + 1}/{len(inputs)}] {inputs[i]}: {j} records read", end="", file=sys.stderr)
+        if rec.problem:
+            problems[rec.problem.split(":")[0]] += 1
+            if rec.problem.startswith("malformed"):
+                print(f"warning: {rec.problem}", file=sys.stderr)
+        elif not rec.deleted and last.get(rec.id) == (i, j):
+            docs.append((rec.id, rec.text))
+        elif not rec.deleted:
+            problems["replaced by a later record" if rec.id in last else "deleted (DeleteCitation)"] += 1
+    return docs, problems
+
+
+def _write_documents(docs: list[tuple[str, str]], pool, writers: dict, counts: dict, per_mille: int) -> None:
+    """Tokenize `docs` (in the worker pool if there is one, 256 at a time, in order) and append each to the
+    train or validation shards, as its PMID falls; `counts` ({"train", "valid"}) counts them."""
+    batches = [[t for _, t in docs[k : k + 256]] for k in range(0, len(docs), 256)]
+    encoded = pool.imap(_encode_docs, batches) if pool else map(_encode_docs, batches)
+    k = 0
+    for batch in encoded:
+        for ids in batch:
+            split = "valid" if is_validation(docs[k][0], per_mille) else "train"
+            writers[split].write(ids)
+            counts[split] += 1
+            k += 1
+
+
 def build_corpus(
     inputs: list[str | Path],
     vocab_dir: str | Path,
@@ -216,13 +261,7 @@ def build_corpus(
                 "validation_per_mille": validation_per_mille, "shard_tokens": shard_tokens, "done": 0,
                 "train": [], "valid": [], "documents": {"train": 0, "valid": 0}, "problems": {}}  # fmt: skip
     if manifest_path.exists():
-        old = read_manifest(out)
-        same = ("inputs", "vocab_size", "vocab_sha256", "validation_per_mille", "shard_tokens")
-        differ = [k for k in same if k in old and old[k] != manifest[k]]
-        if differ:
-            raise CorpusError(f"{out} holds a build with other inputs or settings ({', '.join(differ)} differ); "
-                              "use a new output folder, or rerun the earlier command to finish that build")  # fmt: skip
-        manifest = old
+        manifest = _earlier_build(out, manifest)
         if manifest["done"] >= len(inputs):
             return manifest
 
@@ -242,28 +281,8 @@ def build_corpus(
         for i in range(manifest["done"], len(inputs)):
             if _stop_after_inputs is not None and i >= _stop_after_inputs:
                 break
-            problems: Counter = Counter()
-            docs: list[tuple[str, str]] = []
-            for j, rec in enumerate(read_records(inputs[i])):
-                if progress and j % 5000 == 0:
-                    print(f"\r[{i + 1}/{len(inputs)}] {inputs[i]}: {j} records read", end="", file=sys.stderr)
-                if rec.problem:
-                    problems[rec.problem.split(":")[0]] += 1
-                    if rec.problem.startswith("malformed"):
-                        print(f"warning: {rec.problem}", file=sys.stderr)
-                elif not rec.deleted and last.get(rec.id) == (i, j):
-                    docs.append((rec.id, rec.text))
-                elif not rec.deleted:
-                    problems["replaced by a later record" if rec.id in last else "deleted (DeleteCitation)"] += 1
-            batches = [[t for _, t in docs[k : k + 256]] for k in range(0, len(docs), 256)]
-            encoded = pool.imap(_encode_docs, batches) if pool else map(_encode_docs, batches)
-            k = 0
-            for batch in encoded:
-                for ids in batch:
-                    split = "valid" if is_validation(docs[k][0], validation_per_mille) else "train"
-                    writers[split].write(ids)
-                    manifest["documents"][split] += 1
-                    k += 1
+            docs, problems = _documents(inputs, i, last, progress)
+            _write_documents(docs, pool, writers, manifest["documents"], validation_per_mille)
             for w in writers.values():
                 w.flush()
             for key, n in problems.items():

@@ -6,8 +6,6 @@ learned1..K, recorded in the config as `prompt_tasks`), and the tasks' training 
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,9 +21,10 @@ from biogpt.tasks.common import encode_source
 from biogpt.text.tokenizer import Tokenizer
 from biogpt.training.data import batch_by_size, pair_batches, rank_batches
 from biogpt.training.dist import device_for, init, log0
-from biogpt.training.loop import ON_EXISTING, TrainConfig, average_checkpoints, train
+from biogpt.training.loop import TrainConfig, train
+from biogpt.training.runs import FinetuneRun, average_checkpoints, check_run
 
-__all__ = ["RECIPES", "add_prompt_tokens", "check_run", "finetune", "run_length", "schedule", "write_final"]
+__all__ = ["RECIPES", "add_prompt_tokens", "finetune", "run_length", "schedule"]
 
 
 def add_prompt_tokens(model: BioGPT, k: int, seed: int = 1) -> BioGPT:
@@ -41,6 +40,38 @@ def add_prompt_tokens(model: BioGPT, k: int, seed: int = 1) -> BioGPT:
     sd["tok_emb.weight"] = torch.cat([sd["tok_emb.weight"], rows.to(sd["tok_emb.weight"])], 0)
     out.load_state_dict(sd)
     return out
+
+
+def with_prompt_tokens(model: BioGPT, tasks: list, seed: int) -> BioGPT:
+    """The model with the tasks' prompt tokens: added to a pre-trained model (several tasks: one slice of them
+    each, in order, recorded in the config as `prompt_tasks`); a fine-tuned model must already have exactly
+    one task's."""
+    k = sum(t.num_prompt_tokens for t in tasks)
+    if model.config.num_prompt_tokens == 0:
+        model = add_prompt_tokens(model, k, seed)
+    elif model.config.num_prompt_tokens != k or len(tasks) > 1:
+        raise TrainingError(f"{'+'.join(t.name for t in tasks)} needs {k} new prompt tokens; the model already has "
+                            f"{model.config.num_prompt_tokens}: fine-tune a pre-trained model")  # fmt: skip
+    if len(tasks) > 1:  # a slice of the prompt tokens per task, in the order given
+        first = 0
+        model.config.prompt_tasks = {}
+        for t in tasks:
+            t.prompt_slice = (first, t.num_prompt_tokens)
+            model.config.prompt_tasks[t.name] = [first, t.num_prompt_tokens]
+            first += t.num_prompt_tokens
+    return model
+
+
+def _task_pairs(task, tok: Tokenizer, data_dir: str | Path, split: str, target_only: bool) -> list[tuple[list, list]]:
+    """(inputs, targets) of a task's split; target_only: the source and prompt positions ignored (PAD_ID)."""
+    pairs = []
+    for ex in task.examples(data_dir, split):
+        x, y = training_pair(task, tok, ex)
+        if target_only:  # score the target only: source and prompt positions ignored
+            n = len(encode_source(tok, ex.source, task.max_source_tokens)) + task.num_prompt_tokens
+            y = [PAD_ID] * n + y[n:]
+        pairs.append((x, y))
+    return pairs
 
 
 def finetune(
@@ -94,29 +125,11 @@ def finetune(
     if tok is None:
         raise TrainingError(f"{model_path}: no vocabulary beside the weights; fine-tuning needs the model's vocabulary")
     tasks = [task_for_model(t.name, model.config) for t in tasks]  # the model's settings (e.g. BioGPT-Large's)
+    model = with_prompt_tokens(model, tasks, seed)
     k = sum(t.num_prompt_tokens for t in tasks)
-    if model.config.num_prompt_tokens == 0:
-        model = add_prompt_tokens(model, k, seed)
-    elif model.config.num_prompt_tokens != k or len(tasks) > 1:
-        raise TrainingError(f"{'+'.join(names)} needs {k} new prompt tokens; the model already has "
-                            f"{model.config.num_prompt_tokens}: fine-tune a pre-trained model")  # fmt: skip
-    if len(tasks) > 1:  # a slice of the prompt tokens per task, in the order given
-        first = 0
-        model.config.prompt_tasks = {}
-        for t in tasks:
-            t.prompt_slice = (first, t.num_prompt_tokens)
-            model.config.prompt_tasks[t.name] = [first, t.num_prompt_tokens]
-            first += t.num_prompt_tokens
     tok = Tokenizer(tok.vocab, num_prompt_tokens=k)
-    pairs = []
-    for task in tasks:
-        split = (splits or {}).get(task.name, "train")
-        for ex in task.examples(data_dir, split):
-            x, y = training_pair(task, tok, ex)
-            if target_only:  # score the target only: source and prompt positions ignored
-                n = len(encode_source(tok, ex.source, task.max_source_tokens)) + task.num_prompt_tokens
-                y = [PAD_ID] * n + y[n:]
-            pairs.append((x, y))
+    pairs = [p for task in tasks for p in _task_pairs(task, tok, data_dir, (splits or {}).get(task.name, "train"),
+                                                      target_only)]  # fmt: skip
     if not pairs:
         raise TrainingError(f"{data_dir}: no {'+'.join(names)} training examples to fine-tune on")
     rank, world = init(dev)
@@ -126,21 +139,20 @@ def finetune(
                                                         world)  # fmt: skip
     position = {"epoch": 0, "block": 0}
     stream = pair_batches(pairs, micro_batch_tokens, seed, position)
-    final = Path(out_dir) / "final"
-    if rank == 0 and on_existing == "overwrite":
-        _remove(final)
-    settings = {"task": "+".join(names), "model_path": _identity(model_path), "target_only": target_only,
+    run = FinetuneRun(out_dir, model_path, on_existing, rank)
+    settings = {"task": "+".join(names), "model_path": run.model, "target_only": target_only,
                 "training_pairs": len(pairs), "prompt_tokens": k}  # fmt: skip
     log0(rank, f"{'+'.join(names)}: {len(pairs)} training pairs, {updates_per_epoch} updates per epoch, "
                f"{cfg.max_updates} updates")  # fmt: skip
     train(model, cfg, rank_batches(stream, rank, world), micro_per_update, position,
           save=lambda m, d: save_hf(m, tok, d), settings=settings, on_existing=on_existing)  # fmt: skip
-    if rank == 0:
-        dirs = sorted(p for p in Path(out_dir).glob("update_*") if p.is_dir())[-average_last:]
-        if len(dirs) > 1 and names != ["hoc"]:
+
+    def save_final(folder: Path, dirs: list[Path]) -> None:
+        if len(dirs) > 1 and names != ["hoc"]:  # HoC's recipe keeps the last checkpoint
             model.load_state_dict(average_checkpoints(dirs))
-        write_final(final, lambda d: save_hf(model, tok, d))
-    return final
+        save_hf(model, tok, folder)
+
+    return run.finish(save_final, average_last)
 
 
 def schedule(cfg: TrainConfig, pairs: list, task_name: str, epochs: int | None, max_updates: int | None,
@@ -153,26 +165,6 @@ def schedule(cfg: TrainConfig, pairs: list, task_name: str, epochs: int | None, 
     updates_per_epoch = max(1, n_micro // (micro_per_update * world))
     total, default_every = run_length(task_name, epochs, max_updates, updates_per_epoch)
     return replace(cfg, max_updates=total, save_every=save_every or default_every), micro_per_update, updates_per_epoch
-
-
-def write_final(final: Path, save: Callable[[Path], None]) -> None:
-    """`save(dir)` into a folder beside `final`, then renamed over it: an interruption never leaves a
-    half-written `final`."""
-    tmp = final.with_name(".final.tmp")
-    _remove(tmp)
-    save(tmp)
-    _remove(final)
-    tmp.rename(final)
-
-
-def check_run(on_existing: str, **counts: int | None) -> None:
-    """One TrainingError naming every count that is given but not an int >= 1, or a bad on_existing."""
-    bad = [f"{name} must be >= 1, got {v!r}" for name, v in counts.items()
-           if v is not None and not (isinstance(v, int) and v >= 1)]  # fmt: skip
-    if bad:
-        raise TrainingError("; ".join(bad))
-    if on_existing not in ON_EXISTING:
-        raise TrainingError(f"on_existing must be one of {', '.join(ON_EXISTING)}, got {on_existing!r}")
 
 
 def run_length(task_name: str, epochs: int | None, max_updates: int | None, updates_per_epoch: int) -> tuple[int, int]:
@@ -188,16 +180,3 @@ def run_length(task_name: str, epochs: int | None, max_updates: int | None, upda
         total = recipe.get("max_updates") or recipe["epochs"] * updates_per_epoch
     by_epoch = "epochs" in recipe or epochs is not None
     return total, updates_per_epoch if by_epoch else max(1, total // 20)
-
-
-def _identity(model_path: str | Path) -> str:
-    """The model a run starts from, the same from any working folder: a local path made absolute, or a hub id."""
-    p = Path(model_path)
-    return str(p.resolve()) if p.exists() else str(model_path)
-
-
-def _remove(p: Path) -> None:
-    if p.is_symlink() or p.is_file():
-        p.unlink()
-    elif p.is_dir():
-        shutil.rmtree(p)

@@ -29,8 +29,9 @@ from biogpt.tasks import pubmedqa_gpt2 as qa
 from biogpt.text.bytelevel import ByteLevelTokenizer
 from biogpt.training.data import pair_batches, rank_batches
 from biogpt.training.dist import device_for, init, log0
-from biogpt.training.finetune import _identity, _remove, check_run, schedule, write_final
-from biogpt.training.loop import TrainConfig, average_checkpoints, train
+from biogpt.training.finetune import schedule
+from biogpt.training.loop import TrainConfig, train
+from biogpt.training.runs import FinetuneRun, average_checkpoints, check_run
 
 TASKS = ("pubmedqa",)
 
@@ -112,10 +113,8 @@ def finetune_gpt2(
                                                         world)  # fmt: skip
     position = {"epoch": 0, "block": 0}
     stream = pair_batches(pairs, micro_batch_tokens, seed, position)
-    final = Path(out_dir) / "final"
-    if rank == 0 and on_existing == "overwrite":
-        _remove(final)
-    settings = {"task": task_name, "format": "generative", "model_path": _identity(model_path), "split": split,
+    run = FinetuneRun(out_dir, model_path, on_existing, rank)
+    settings = {"task": task_name, "format": "generative", "model_path": run.model, "split": split,
                 "target_only": True, "training_pairs": len(pairs)}  # fmt: skip
     log0(rank, f"{task_name} (generative): {len(pairs)} training pairs, {updates_per_epoch} updates per epoch, "
                f"{cfg.max_updates} updates")  # fmt: skip
@@ -126,11 +125,12 @@ def finetune_gpt2(
               on_existing=on_existing)  # fmt: skip
     finally:
         hook.remove()
-    if rank == 0:
+
+    def save_final(folder: Path, dirs: list[Path]) -> None:
         # from the checkpoints' full states, not from `model`, whose parameters FSDP leaves sharded
-        dirs = sorted(p for p in Path(out_dir).glob("update_*") if p.is_dir())[-average_last:]
         with torch.device("meta"):
             plain = GPT2(model.config)
         plain.load_state_dict(average_checkpoints(dirs), assign=True)
-        write_final(final, lambda d: gpt2_checkpoints.save_hf(plain, tok, d))
-    return final
+        gpt2_checkpoints.save_hf(plain, tok, folder)
+
+    return run.finish(save_final, average_last)

@@ -2,8 +2,8 @@
 loop (loop.py: accumulation, bf16 autocast, DDP, resumable checkpoints), with the original's loss.
 
 Each example is OFA's summarisation instruction (` what is the summary of article " {question} "?`, at most 512
-words, tasks/biomedgpt.py) as the encoder input and the lower-cased summary as the target: decoder input
-<s> + ids, target ids + </s> (at most 128 target tokens), as `teacher_forcing_batch` builds them. The loss is
+words, tasks/biomedgpt/summary.py) as the encoder input and the lower-cased summary as the target: decoder input
+<s> + ids, target ids + </s> (at most 128 target tokens), as `make_batch` builds them. The loss is
 fairseq's label-smoothed cross-entropy (eps 0.1) summed over target tokens and divided by the update's token
 count, as OFA's criterion without constraints; optimiser as OFA's fine-tuning scripts: AdamW betas (0.9, 0.999),
 eps 1e-8, weight decay 0.01, gradient clipping at 1.0. The schedule is the loop's (linear warm-up, then inverse
@@ -26,11 +26,13 @@ from biogpt.checkpoints.ofa import save_ofa
 from biogpt.errors import TrainingError
 from biogpt.generation.seq2seq import right_pad
 from biogpt.models.ofa import OFA
-from biogpt.tasks.biomedgpt import Record, label_smoothed_nll, read_meqsum
+from biogpt.tasks.biomedgpt.common import Record
+from biogpt.tasks.biomedgpt.summary import read_meqsum
 from biogpt.text.ofa import OFATokenizer
 from biogpt.training.dist import device_for, init, log0
-from biogpt.training.finetune import _identity, _remove, write_final
-from biogpt.training.loop import ON_EXISTING, TrainConfig, train
+from biogpt.training.loop import TrainConfig, train
+from biogpt.training.loss import label_smoothed_nll
+from biogpt.training.runs import ON_EXISTING, FinetuneRun
 
 TASKS = ("meqsum",)
 DEFAULT_DATA = "../shared/data/biomedgpt/tasks/MeQSum"  # beside the repository, as `eval-biomedgpt meqsum`
@@ -155,14 +157,10 @@ def finetune_ofa(
     model.to(dev)
     if max_updates is None:
         max_updates = epochs * max(1, math.ceil(len(records) / batch_size) // update_freq)
-    final = Path(out_dir) / "final"
-    if rank == 0 and on_existing == "overwrite":
-        _remove(final)
+    run = FinetuneRun(out_dir, model_path, on_existing, rank)
     log0(rank, f"{task_name}: {len(records)} training examples from {path}, {max_updates} updates")
-    settings = {"task": task_name, "model_path": _identity(model_path), "data": str(path.resolve()), "limit": limit}
+    settings = {"task": task_name, "model_path": run.model, "data": str(path.resolve()), "limit": limit}
     train_ofa(model, tok, records, out_dir, max_updates, lr=lr, warmup_updates=warmup_updates,
               batch_size=batch_size, update_freq=update_freq, epsilon=epsilon, seed=seed, dtype=dtype,
               on_existing=on_existing, settings=settings)  # fmt: skip
-    if rank == 0:
-        write_final(final, lambda d: save_ofa(model, tok, d))
-    return final
+    return run.finish(lambda folder, _: save_ofa(model, tok, folder))

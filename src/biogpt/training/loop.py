@@ -15,6 +15,7 @@
   model and data settings, recorded in trainer.pt); `on_existing="overwrite"` starts it again instead.
 
 `biogpt pretrain` reads token shards from `biogpt corpus build`; `biogpt finetune` reads a task's pairs.
+The run folder itself (preparing it, the resume check, checkpoints, random states) is training/runs.py.
 """
 
 from __future__ import annotations
@@ -23,8 +24,6 @@ import contextlib
 import json
 import math
 import numbers
-import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -33,24 +32,29 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from biogpt.api import family_of
-from biogpt.checkpoints.io import read_tensors
-from biogpt.errors import CheckpointError, TrainingError
+from biogpt.errors import TrainingError
 from biogpt.models.biogpt import PAD_ID, BioGPT, BioGPTConfig
 from biogpt.training.dist import barrier, gather_objects, init, log0
 from biogpt.training.loss import lm_loss
+from biogpt.training.runs import (
+    MAY_CHANGE,
+    ON_EXISTING,
+    check_resumable,
+    latest_checkpoint,
+    prepare_out_dir,
+    read_trainer_state,
+    restore_rng,
+    rng_state,
+    write_checkpoint,
+)
 
 DTYPES = ("fp32", "bf16")
-ON_EXISTING = ("resume", "overwrite")  # what `train` does with an earlier run in cfg.out_dir
 
 # the lowest allowed value of each numeric TrainConfig field, and whether that value itself is allowed
 _LIMITS = {"max_updates": (1, True), "tokens_per_update": (1, True), "micro_batch_tokens": (1, True),
            "eval_every": (1, True), "save_every": (1, True), "keep_last": (1, True), "warmup_updates": (0, True),
            "lr": (0, False), "warmup_init_lr": (0, True), "weight_decay": (0, True), "eps": (0, False),
            "clip_norm": (0, True), "peak_tflops": (0, True)}  # fmt: skip
-# TrainConfig fields a resumed run may change: where it is, how long it runs, how often it logs and saves, and
-# how the model is laid out over the ranks (checkpoints hold full, unsharded state either way)
-_MAY_CHANGE = ("out_dir", "max_updates", "eval_every", "save_every", "keep_last", "peak_tflops", "fsdp")
 
 
 @dataclass
@@ -96,7 +100,7 @@ class TrainConfig:
 
 def run_settings(cfg: TrainConfig) -> dict:
     """The TrainConfig fields a resumed run must share with the run it continues (not its length or cadence)."""
-    return {k: v for k, v in asdict(cfg).items() if k not in _MAY_CHANGE}
+    return {k: v for k, v in asdict(cfg).items() if k not in MAY_CHANGE}
 
 
 def inverse_sqrt_lr(cfg: TrainConfig, update: int) -> float:
@@ -144,34 +148,82 @@ def train(
         raise TrainingError(f"micro_batches_per_update must be >= 1, got {micro_batches_per_update}")
     device = next(model.parameters()).device
     rank, world = init(device)
-    out = Path(cfg.out_dir)
+    at = _Ranks(device, rank, world, cfg.fsdp and world > 1)
     run = {**run_settings(cfg), **(settings or {})}
+    step, log, state = _open_run(model, cfg, position, run, on_existing, at)
+    opt, ddp = _distribute(model, cfg, state, at)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16")
+    model.train()
+    meter = _Throughput(model.config, cfg)
+    while step < cfg.max_updates:
+        step += 1
+        lr = inverse_sqrt_lr(cfg, step)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        batches = [next_batch() for _ in range(micro_batches_per_update)]
+        total_loss, n_tokens = _accumulate(ddp, model, batches, loss_fn, at, autocast)
+        if cfg.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        meter.tokens += int(n_tokens)
+        entry = {"update": step, "lr": lr, "loss": float(total_loss / n_tokens)}
+        if step % log_every == 0 or step == cfg.max_updates:
+            log0(rank, json.dumps(meter.report(entry)))
+        if valid_batches is not None and (step % cfg.eval_every == 0 or step == cfg.max_updates):
+            _validate(model, valid_batches(), autocast, entry, rank)
+        log.append(entry)
+        if step % cfg.save_every == 0 or step == cfg.max_updates:
+            _save(model, opt, at, cfg, {"step": step, "log": log, "settings": run}, position, save)
+    model.eval()
+    return log
+
+
+@dataclass
+class _Ranks:
+    """Where this process trains: its device, its rank of `world`, and whether the model is sharded (FSDP)."""
+
+    device: torch.device
+    rank: int
+    world: int
+    fsdp: bool
+
+
+def _open_run(model: BioGPT, cfg: TrainConfig, position: dict, run: dict, on_existing: str, at: _Ranks) -> tuple:
+    """(step, log, trainer state or None): the run folder prepared on rank 0, the model, data position and random
+    state restored from its last checkpoint if there is one, else this rank's seed set."""
+    device, rank, world = at.device, at.rank, at.world
+    out = Path(cfg.out_dir)
     if out.exists() and not out.is_dir():  # on every rank: one failing alone would leave the others waiting
         raise TrainingError(f"{out}: exists and is not a folder; choose another output folder")
     if rank == 0:
-        _prepare_out_dir(out, on_existing)
+        prepare_out_dir(out, on_existing)
     barrier(world)  # the others look for a checkpoint only once rank 0 has cleared the folder
     torch.manual_seed(cfg.seed + rank)
-    step, log = 0, []
-    state = None
     ckpt = latest_checkpoint(out)
-    if ckpt is not None:
-        state = _read_trainer_state(ckpt / "trainer.pt")
-        _check_resumable(state, run, cfg, ckpt)
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as e:  # a checkpoint from before settings were recorded, with another model
-            raise TrainingError(f"{ckpt}: its weights do not fit this model ({str(e).splitlines()[0]}); it was "
-                                "trained with other settings: start again with on_existing='overwrite' "
-                                "(--overwrite) or use another output folder") from None  # fmt: skip
-        step, log = state["step"], state["log"]
-        saved = state["position"] if isinstance(state["position"], list) else [state["position"]]
-        position.clear()
-        position.update(saved[min(rank, len(saved) - 1)])  # every rank walks the same global stream
-        _restore_rng(state["rng"], rank, device)
-        log0(rank, f"resumed from {ckpt} at update {step}" + (f" ({len(saved)} ranks then, {world} now)"
-                                                              if len(saved) != world else ""))  # fmt: skip
-    fsdp = cfg.fsdp and world > 1
+    if ckpt is None:
+        return 0, [], None
+    state = read_trainer_state(ckpt / "trainer.pt")
+    check_resumable(state, run, run_settings(cfg), ckpt)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:  # a checkpoint from before settings were recorded, with another model
+        raise TrainingError(f"{ckpt}: its weights do not fit this model ({str(e).splitlines()[0]}); it was "
+                            "trained with other settings: start again with on_existing='overwrite' "
+                            "(--overwrite) or use another output folder") from None  # fmt: skip
+    saved = state["position"] if isinstance(state["position"], list) else [state["position"]]
+    position.clear()
+    position.update(saved[min(rank, len(saved) - 1)])  # every rank walks the same global stream
+    restore_rng(state["rng"], rank, device)
+    log0(rank, f"resumed from {ckpt} at update {state['step']}" + (f" ({len(saved)} ranks then, {world} now)"
+                                                                  if len(saved) != world else ""))  # fmt: skip
+    return state["step"], state["log"], state
+
+
+def _distribute(model: BioGPT, cfg: TrainConfig, state: dict | None, at: _Ranks) -> tuple:
+    """(optimizer, the model to call): the model sharded (FSDP2) or wrapped (DDP) over several ranks, and the
+    optimizer's state restored from a resumed run's."""
+    device, world, fsdp = at.device, at.world, at.fsdp
     if fsdp:  # FSDP2: every block, then the rest (embeddings, final LayerNorm), sharded across ranks
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
@@ -193,147 +245,71 @@ def train(
     if world > 1 and not fsdp:  # one device per process: its index for CUDA, none for CPU modules
         ids = [device.index] if device.type == "cuda" else None
         ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype == "bf16")
+    return opt, ddp
+
+
+def _accumulate(ddp, model: BioGPT, batches: list[tuple], loss_fn, at: _Ranks, autocast) -> tuple:
+    """(summed loss, token count) of one update over all ranks, its gradients accumulated: each micro-batch's
+    loss divided by the update's token count, gradients synchronised on the last micro-batch only."""
+    device, world, fsdp = at.device, at.world, at.fsdp
+    n_tokens = torch.tensor(float(sum(int((b[-1] != PAD_ID).sum()) for b in batches)), device=device)
+    if world > 1:
+        torch.distributed.all_reduce(n_tokens)
+    total_loss = torch.zeros((), device=device)
+    for j, batch in enumerate(batches):
+        batch = tuple(t.to(device, non_blocking=True) for t in batch)
+        sync = j == len(batches) - 1
+        if fsdp:
+            model.set_requires_gradient_sync(sync)
+        ctx = ddp.no_sync() if world > 1 and not fsdp and not sync else contextlib.nullcontext()
+        with ctx, autocast:
+            loss = lm_loss(ddp, *batch, fused=not fsdp) if loss_fn is None else loss_fn(ddp, batch)
+            # sum over tokens / all tokens of the update on all ranks; DDP averages over ranks, so x world
+            (loss * world / n_tokens).backward()
+        total_loss += loss.detach()
+    if world > 1:
+        torch.distributed.all_reduce(total_loss)
+    return total_loss, n_tokens
+
+
+class _Throughput:
+    """Tokens per second (and MFU, given the peak) since the last log line."""
+
+    def __init__(self, config: BioGPTConfig, cfg: TrainConfig) -> None:
+        self.config, self.cfg = config, cfg
+        self.t0, self.tokens = time.perf_counter(), 0
+
+    def report(self, entry: dict) -> dict:
+        """`entry` with tokens_per_s (and mfu) added, rounded for the log line; the count starts again."""
+        dt = time.perf_counter() - self.t0
+        entry["tokens_per_s"] = self.tokens / dt
+        if self.cfg.peak_tflops > 0:
+            seq_len = self.config.max_positions
+            entry["mfu"] = self.tokens * flops_per_token(self.config, seq_len) / dt / (self.cfg.peak_tflops * 1e12)
+        self.t0, self.tokens = time.perf_counter(), 0
+        return {k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in entry.items()}
+
+
+def _validate(model: BioGPT, batches: list, autocast, entry: dict, rank: int) -> None:
+    """Validation loss and perplexity into `entry`, logged; the model left in training mode."""
+    entry["valid_loss"] = evaluate(model, batches, autocast)
+    entry["valid_ppl"] = math.exp(min(entry["valid_loss"], 50))
     model.train()
-    seq_len = model.config.max_positions
-    t0, tokens_since = time.perf_counter(), 0
-    while step < cfg.max_updates:
-        step += 1
-        lr = inverse_sqrt_lr(cfg, step)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        batches = [next_batch() for _ in range(micro_batches_per_update)]
-        n_tokens = torch.tensor(float(sum(int((b[-1] != PAD_ID).sum()) for b in batches)), device=device)
-        if world > 1:
-            torch.distributed.all_reduce(n_tokens)
-        total_loss = torch.zeros((), device=device)
-        for j, batch in enumerate(batches):
-            batch = tuple(t.to(device, non_blocking=True) for t in batch)
-            sync = j == len(batches) - 1
-            if fsdp:
-                model.set_requires_gradient_sync(sync)
-            ctx = ddp.no_sync() if world > 1 and not fsdp and not sync else contextlib.nullcontext()
-            with ctx, autocast:
-                loss = lm_loss(ddp, *batch, fused=not fsdp) if loss_fn is None else loss_fn(ddp, batch)
-                # sum over tokens / all tokens of the update on all ranks; DDP averages over ranks, so x world
-                (loss * world / n_tokens).backward()
-            total_loss += loss.detach()
-        if world > 1:
-            torch.distributed.all_reduce(total_loss)
-        if cfg.clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        tokens_since += int(n_tokens)
-        entry = {"update": step, "lr": lr, "loss": float(total_loss / n_tokens)}
-        if step % log_every == 0 or step == cfg.max_updates:
-            dt = time.perf_counter() - t0
-            entry["tokens_per_s"] = tokens_since / dt
-            if cfg.peak_tflops > 0:
-                entry["mfu"] = tokens_since * flops_per_token(model.config, seq_len) / dt / (cfg.peak_tflops * 1e12)
-            t0, tokens_since = time.perf_counter(), 0
-            log0(rank, json.dumps({k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in entry.items()}))
-        if valid_batches is not None and (step % cfg.eval_every == 0 or step == cfg.max_updates):
-            entry["valid_loss"] = evaluate(model, valid_batches(), autocast)
-            entry["valid_ppl"] = math.exp(min(entry["valid_loss"], 50))
-            model.train()
-            log0(rank, f"update {step}: valid loss {entry['valid_loss']:.4f}, ppl {entry['valid_ppl']:.2f}")
-        log.append(entry)
-        if step % cfg.save_every == 0 or step == cfg.max_updates:
-            positions = gather_objects(dict(position), world)
-            rngs = gather_objects(_rng_state(device), world)
-            model_sd, opt_sd = _full_state(model, opt, fsdp)
-            if rank == 0:
-                state = {"model": model_sd, "optimizer": opt_sd, "step": step, "log": log, "position": positions,
-                         "rng": rngs, "config": asdict(cfg), "settings": run}  # fmt: skip
-                _checkpoint(model.config, state, out, cfg.keep_last, save)
-            barrier(world)
-    model.eval()
-    return log
+    log0(rank, f"update {entry['update']}: valid loss {entry['valid_loss']:.4f}, ppl {entry['valid_ppl']:.2f}")
 
 
-def latest_checkpoint(out: str | Path) -> Path | None:
-    """The last committed checkpoint of a run: `out/last`, or, if a crash came between writing a checkpoint
-    and pointing `last` at it, the newest complete `out/update_*`; None for a new run."""
-    out = Path(out)
-    if (out / "last" / "trainer.pt").is_file():
-        return out / "last"
-    done = sorted(p for p in out.glob("update_*") if (p / "trainer.pt").is_file())
-    return done[-1] if done else None
-
-
-def _prepare_out_dir(out: Path, on_existing: str) -> None:
-    """Create `out`; remove what an interrupted checkpoint left (`.update_*.tmp`), and for "overwrite" the
-    earlier run's checkpoints too. Only files this loop writes are touched."""
-    out.mkdir(parents=True, exist_ok=True)
-    stale = list(out.glob(".update_*.tmp")) + [out / ".last.tmp"]
-    if on_existing == "overwrite":
-        stale += list(out.glob("update_*")) + [out / "last"]
-    for p in stale:
-        if p.is_symlink() or p.is_file():
-            p.unlink()
-        elif p.is_dir():
-            shutil.rmtree(p)
-
-
-def _read_trainer_state(path: Path) -> dict:
-    """trainer.pt through `torch.load(weights_only=True)`: tensors and plain values only, nothing executed."""
-    state = read_tensors(path)
-    need = ("model", "optimizer", "step", "log", "position", "rng")
-    if not isinstance(state, dict) or any(k not in state for k in need):
-        raise CheckpointError(f"{path}: not a biogpt trainer state (needs {', '.join(need)})")
-    return state
-
-
-def _plain(v: object) -> object:
-    """Tuples as lists, so that a value compares equal however it was stored."""
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_plain(x) for x in v]
-    return v
-
-
-def settings_differences(saved: dict, now: dict, prefix: str = "") -> list[str]:
-    """`name: saved value in the checkpoint, new value now` for every setting that differs (nested: a.b)."""
-    out = []
-    for k in sorted(set(saved) | set(now), key=str):
-        a, b = saved.get(k, "(not recorded)"), now.get(k, "(not given)")
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += settings_differences(a, b, f"{prefix}{k}.")
-        elif _plain(a) != _plain(b):
-            out.append(f"{prefix}{k}: {a!r} in the checkpoint, {b!r} now")
-    return out
-
-
-def _check_resumable(state: dict, run: dict, cfg: TrainConfig, ckpt: Path) -> None:
-    saved = state.get("settings")
-    now = run
-    if saved is None:  # a checkpoint from before settings were recorded: its TrainConfig is all there is
-        saved = {k: v for k, v in state.get("config", {}).items() if k not in _MAY_CHANGE}
-        now = {k: v for k, v in run_settings(cfg).items() if k in saved}
-    diffs = settings_differences(saved, now)
-    if diffs:
-        raise TrainingError(f"{ckpt.parent} holds a run with other settings ({'; '.join(diffs)}): resume it with "
-                            "the same settings, or start again with on_existing='overwrite' (--overwrite), or use "
-                            "another output folder")  # fmt: skip
-
-
-def _rng_state(device: torch.device) -> dict:
-    """This rank's random state: the CPU generator, and its GPU's for a CUDA run (dropout draws there)."""
-    rng = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(device)
-    return rng
-
-
-def _restore_rng(rngs: list, rank: int, device: torch.device) -> None:
-    if rank >= len(rngs):  # more ranks than the run was saved from: the new ones keep their seed
-        return
-    rng = rngs[rank] if isinstance(rngs[rank], dict) else {"cpu": rngs[rank]}  # older: the CPU state only
-    torch.set_rng_state(rng["cpu"])
-    if device.type == "cuda" and rng.get("cuda") is not None:
-        torch.cuda.set_rng_state(rng["cuda"], device)
+def _save(model: BioGPT, opt, at: _Ranks, cfg: TrainConfig, progress: dict, position: dict, save) -> None:
+    """A checkpoint of every rank's state (collectives: every rank calls it), written by rank 0. `progress`:
+    step, log and settings."""
+    positions = gather_objects(dict(position), at.world)
+    rngs = gather_objects(rng_state(at.device), at.world)
+    model_sd, opt_sd = _full_state(model, opt, at.fsdp)
+    if at.rank == 0:
+        state = {"model": model_sd, "optimizer": opt_sd, "step": progress["step"], "log": progress["log"],
+                 "position": positions, "rng": rngs, "config": asdict(cfg),
+                 "settings": progress["settings"]}  # fmt: skip
+        write_checkpoint(model.config, state, Path(cfg.out_dir), cfg.keep_last, save)
+    barrier(at.world)
 
 
 @torch.no_grad()
@@ -362,56 +338,3 @@ def _full_state(model: BioGPT, opt, fsdp: bool) -> tuple[dict, dict]:
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, opt, options=options)
-
-
-def _model_class(config) -> type[torch.nn.Module]:
-    """The model class a config belongs to."""
-    return family_of(config).model_class
-
-
-def _checkpoint(config: BioGPTConfig, state: dict, out: Path, keep_last: int, save) -> None:
-    """Write `update_{step}/` (HF directory + trainer.pt) atomically, point `last/` at it, keep the newest.
-
-    Everything is written under `.update_{step}.tmp/` and renamed; `last` is replaced by a rename too, so an
-    interruption at any point leaves the previous checkpoint as the last one (and `_prepare_out_dir` removes
-    the leftovers on the next run).
-    """
-    step = state["step"]
-    tmp = out / f".update_{step:07d}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    if save is not None:
-        # an unsharded copy to write the HF directory from; built on meta and never initialised, so that it
-        # draws nothing from the RNG (an uninterrupted run must see the same random stream as a resumed one)
-        with torch.random.fork_rng(devices=[]), torch.device("meta"):
-            plain = _model_class(config)(config)
-        plain.load_state_dict(state["model"], assign=True)
-        save(plain, tmp)
-    torch.save(state, tmp / "trainer.pt")
-    (tmp / "train_log.json").write_text(json.dumps(state["log"]))
-    final = out / f"update_{step:07d}"
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    link = out / ".last.tmp"
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    link.symlink_to(final.name)
-    last = out / "last"
-    if last.is_dir() and not last.is_symlink():  # a real folder cannot be replaced by a rename
-        shutil.rmtree(last)
-    os.replace(link, last)
-    kept = sorted(p for p in out.glob("update_*") if p.is_dir())
-    for old in kept[:-keep_last]:
-        shutil.rmtree(old)
-
-
-def average_checkpoints(dirs: list[Path]) -> dict[str, torch.Tensor]:
-    """Element-wise mean of the model weights of several checkpoints (fairseq average_checkpoints.py)."""
-    total: dict[str, torch.Tensor] = {}
-    for d in dirs:
-        sd = read_tensors(d / "trainer.pt")["model"]
-        for k, v in sd.items():
-            total[k] = total.get(k, 0) + v.double()
-    return {k: (v / len(dirs)).float() for k, v in total.items()}

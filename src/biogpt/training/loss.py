@@ -1,4 +1,5 @@
-"""The training loss: the output head and next-token cross-entropy computed together, in row chunks, exactly."""
+"""The training losses: for the decoder-only models, the output head and next-token cross-entropy computed
+together, in row chunks, exactly; for BiomedGPT (OFA), fairseq's label-smoothed cross-entropy."""
 
 from __future__ import annotations
 
@@ -88,3 +89,14 @@ def lm_loss(model, x: torch.Tensor, y: torch.Tensor, fused: bool = True, chunk: 
         W = W.to(torch.get_autocast_dtype(h.device.type))
         h = h.to(W.dtype)
     return _LinearCrossEntropy.apply(h.flatten(0, 1), W, y.flatten(), PAD_ID, chunk)
+
+
+def label_smoothed_nll(logits: torch.Tensor, target: torch.Tensor, epsilon: float = 0.1) -> torch.Tensor:
+    """fairseq's label_smoothed_cross_entropy summed over non-pad target tokens: (1 - eps - eps/(V-1)) * nll +
+    eps/(V-1) * smooth, with smooth = -sum of all log-probabilities (OFA's criterion without constraints)."""
+    lprobs = F.log_softmax(logits.float(), dim=-1)  # [B, T, V] from logits [B, T, V], target [B, T]
+    keep = target.ne(PAD_ID)
+    nll = -lprobs.gather(-1, target[..., None])[..., 0][keep]
+    smooth = -lprobs.sum(-1)[keep]
+    eps_i = epsilon / (lprobs.size(-1) - 1)
+    return ((1.0 - epsilon - eps_i) * nll + eps_i * smooth).sum()

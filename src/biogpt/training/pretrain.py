@@ -13,7 +13,8 @@ from biogpt.text.tokenizer import Tokenizer
 from biogpt.training.corpus import load_shards, read_manifest, vocab_fingerprint
 from biogpt.training.data import BlockData, lm_batches, rank_batches
 from biogpt.training.dist import device_for, init, log0
-from biogpt.training.loop import ON_EXISTING, TrainConfig, train
+from biogpt.training.loop import TrainConfig, train
+from biogpt.training.runs import ON_EXISTING
 
 PRESETS = {
     "tiny": dict(n_layer=2, d_model=64, n_head=4, d_ffn=256, max_positions=256),
