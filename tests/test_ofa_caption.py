@@ -1,4 +1,4 @@
-"""`biogpt eval-biomedgpt caption`: report generation (IU X-ray / PEIR Gross style caption TSV) scored with
+"""`biogpt eval caption`: report generation (IU X-ray / PEIR Gross style caption TSV) scored with
 ROUGE-L and CIDEr-D. Expected metrics come from the library's own generations and the metric functions."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The KV cache every decoder-only family shares: pre-allocated keys and values, and which slots are real.
+"""The KV cache every decoder-only family shares: pre-allocated keys and values, and which slots are real;
+and the encoder-decoder's (BiomedGPT) decoder state, `Seq2SeqCache`.
 
 The generation engine drives it through `model.new_cache(batch, max_len)` and the model's forward; beam
 search reorders rows in place, and runs the prompt once per input before repeating its rows per beam.
@@ -194,3 +195,37 @@ def static_attention(
     v.index_copy_(2, slot, vn.to(v.dtype))
     a = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, scale=scale)
     return a.transpose(1, 2).reshape(B, 1, d)  # [B, 1, d]
+
+
+class Seq2SeqCache:
+    """Decoder state across steps. Self-attention keys/values are pre-allocated for `max_len` positions:
+    self_k/self_v [n_layer, B, H, max_len, D]; `pad` [B, max_len] marks decoder inputs that are padding (masked
+    as keys). Cross-attention keys/values [B, H, S, D] per layer are projected from the encoder once, at the
+    first step. Beam search reorders rows with `reorder`."""
+
+    def __init__(self, n_layer: int, batch: int, n_head: int, max_len: int, head_dim: int, dtype, device):
+        shape = (n_layer, batch, n_head, max_len, head_dim)
+        self.self_k = torch.empty(shape, dtype=dtype, device=device)
+        self.self_v = torch.empty(shape, dtype=dtype, device=device)
+        self.pad = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
+        self.cross: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.length = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.self_k.shape[3]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Row r becomes a copy of row index[r] (beam search); fewer rows when finished inputs leave."""
+        n = self.length
+        if len(index) == self.self_k.shape[1]:
+            self.self_k[:, :, :, :n] = self.self_k[:, index, :, :n]
+            self.self_v[:, :, :, :n] = self.self_v[:, index, :, :n]
+        else:
+            shape = (self.self_k.shape[0], len(index), *self.self_k.shape[2:])
+            k, v = self.self_k.new_empty(shape), self.self_v.new_empty(shape)
+            k[:, :, :, :n], v[:, :, :, :n] = self.self_k[:, index, :, :n], self.self_v[:, index, :, :n]
+            self.self_k, self.self_v = k, v
+        self.pad = self.pad.index_select(0, index)
+        if self.cross is not None:
+            self.cross = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.cross]

@@ -25,98 +25,19 @@ L decoder positions so far, H heads, D head dim, d model width, V vocabulary.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from biogpt.errors import GenerationError, InputError
-from biogpt.models.biogpt import FairseqIds
-from biogpt.models.vision import OUT_CHANNELS, RESNET_LAYERS, ResNetStem
+from biogpt.models.cache import Seq2SeqCache
+from biogpt.models.ofa_config import BOS_ID, EOS_ID, PAD_ID, UNK_ID, OFAConfig, image_buckets, token_buckets
+from biogpt.models.vision import OUT_CHANNELS, ResNetStem
 
-BOS_ID, PAD_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
-BUCKET_MAX_POSITION = 1024  # the text bucket table is always built for 1024 positions, whatever the config says
-
-
-@dataclass
-class OFAConfig(FairseqIds):
-    vocab_size: int = 59457  # text (50265 incl. <mask>) + 8192 <code_i> + 1000 <bin_i>
-    d_model: int = 768
-    encoder_layers: int = 6
-    decoder_layers: int = 6
-    n_head: int = 12
-    d_ffn: int = 3072
-    max_positions: int = 1024  # source and target
-    resnet_layers: tuple[int, int, int] = RESNET_LAYERS["resnet101"]
-    token_bucket_size: int = 256
-    image_bucket_size: int = 42
-    attn_scale_factor: float = 2.0
-    entangle_position_embedding: bool = False  # encoder: add raw positions to tokens and patches
-    disable_entangle: bool = True  # decoder: do NOT add raw target positions to the tokens
-    text_vocab_size: int = 50265  # ids below are text and <mask>; image codes and box bins follow
-    image_size: int = 384  # evaluation resolution: 256 for -S/-M, 384 for -B
-    dropout: float = 0.1
-    attention_dropout: float = 0.0
-    activation_dropout: float = 0.0
-    extra: dict = field(default_factory=dict)  # what the checkpoint said that the model does not need
-
-    def __post_init__(self):
-        self.resnet_layers = tuple(self.resnet_layers)
-        if self.d_model % self.n_head:
-            raise ValueError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")
-        if self.max_positions > BUCKET_MAX_POSITION:
-            raise ValueError(f"max_positions {self.max_positions} > {BUCKET_MAX_POSITION}, OFA's bucket table size")
-
-    @classmethod
-    def tiny(cls, **overrides) -> OFAConfig:
-        """BiomedGPT-S (fairseq arch ofa_tiny, ~33M parameters)."""
-        kw = dict(d_model=256, encoder_layers=4, decoder_layers=4, n_head=4, d_ffn=1024)
-        return cls(**{**kw, "resnet_layers": RESNET_LAYERS["resnet50"], "image_size": 256, **overrides})
-
-    small = tiny  # BiomedGPT's name for the same size
-
-    @classmethod
-    def medium(cls, **overrides) -> OFAConfig:
-        """BiomedGPT-M (ofa_medium, ~93M parameters)."""
-        kw = dict(d_model=512, encoder_layers=4, decoder_layers=4, n_head=8, d_ffn=2048, image_size=256)
-        return cls(**{**kw, **overrides})
-
-    @classmethod
-    def base(cls, **overrides) -> OFAConfig:
-        """BiomedGPT-B (ofa_base, ~182M parameters)."""
-        return cls(**overrides)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-# --- relative position buckets (fixed tables, rebuilt at load: never stored in our checkpoints) -------------
-
-
-def token_buckets(bucket_size: int, max_position: int = BUCKET_MAX_POSITION) -> torch.Tensor:
-    """[max_position, max_position] bucket of (query - key): exact within ±bucket_size/2, log-spaced beyond."""
-    rel = torch.arange(max_position)[:, None] - torch.arange(max_position)[None, :]
-    mid = bucket_size // 2
-    abs_pos = torch.where((rel < mid) & (rel > -mid), mid - 1, rel.abs())
-    log_pos = torch.ceil(torch.log(abs_pos / mid) / math.log((max_position - 1) / mid) * (mid - 1)) + mid
-    bucket = torch.where(abs_pos.le(mid), rel, log_pos.int() * torch.sign(rel))
-    return bucket.long() + bucket_size - 1
-
-
-def image_buckets(bucket_size: int) -> torch.Tensor:
-    """[n*n + 1, n*n + 1] index of the 2-D offset between patch ids (id = row * n + col + 1; id 0 is a
-    placeholder row/column with its own three entries at the end of the table)."""
-    n = bucket_size
-    coords = torch.stack(torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")).flatten(1)  # [2, n*n]
-    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (n - 1)  # [n*n, n*n, 2], from 0
-    num = (2 * n - 1) ** 2 + 3
-    out = torch.zeros(n * n + 1, n * n + 1, dtype=torch.long)
-    out[1:, 1:] = rel[..., 0] * (2 * n - 1) + rel[..., 1]
-    out[0, :] = num - 3
-    out[:, 0] = num - 2
-    out[0, 0] = num - 1
-    return out
+__all__ = ["BOS_ID", "EOS_ID", "OFA", "PAD_ID", "UNK_ID", "EncoderOut", "OFAConfig", "Seq2SeqCache", "image_buckets",
+           "token_buckets"]
 
 
 # --- blocks ---------------------------------------------------------------------------------------------
@@ -304,40 +225,6 @@ class Encoder(nn.Module):
 
 
 # --- decoder --------------------------------------------------------------------------------------------
-
-
-class Seq2SeqCache:
-    """Decoder state across steps. Self-attention keys/values are pre-allocated for `max_len` positions:
-    self_k/self_v [n_layer, B, H, max_len, D]; `pad` [B, max_len] marks decoder inputs that are padding (masked
-    as keys). Cross-attention keys/values [B, H, S, D] per layer are projected from the encoder once, at the
-    first step. Beam search reorders rows with `reorder`."""
-
-    def __init__(self, n_layer: int, batch: int, n_head: int, max_len: int, head_dim: int, dtype, device):
-        shape = (n_layer, batch, n_head, max_len, head_dim)
-        self.self_k = torch.empty(shape, dtype=dtype, device=device)
-        self.self_v = torch.empty(shape, dtype=dtype, device=device)
-        self.pad = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
-        self.cross: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-        self.length = 0
-
-    @property
-    def max_len(self) -> int:
-        return self.self_k.shape[3]
-
-    def reorder(self, index: torch.Tensor) -> None:
-        """Row r becomes a copy of row index[r] (beam search); fewer rows when finished inputs leave."""
-        n = self.length
-        if len(index) == self.self_k.shape[1]:
-            self.self_k[:, :, :, :n] = self.self_k[:, index, :, :n]
-            self.self_v[:, :, :, :n] = self.self_v[:, index, :, :n]
-        else:
-            shape = (self.self_k.shape[0], len(index), *self.self_k.shape[2:])
-            k, v = self.self_k.new_empty(shape), self.self_v.new_empty(shape)
-            k[:, :, :, :n], v[:, :, :, :n] = self.self_k[:, index, :, :n], self.self_v[:, index, :, :n]
-            self.self_k, self.self_v = k, v
-        self.pad = self.pad.index_select(0, index)
-        if self.cross is not None:
-            self.cross = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.cross]
 
 
 class Decoder(nn.Module):

@@ -36,7 +36,7 @@ def task_for_model(name: str, config, **options):
         raise TaskError(
             f"{name} runs BioGPT task models (prompt tokens, BioGPT's vocabulary); this is a "
             f"{type(config).__name__.removesuffix('Config')} model: use `biogpt eval pubmedqa` / `extract --task "
-            "pubmedqa` for BioMedLM, `biogpt eval-biomedgpt` for BiomedGPT"
+            "pubmedqa` for BioMedLM, `biogpt eval meqsum|vqa|nli|medmnist|caption` for BiomedGPT"
         )
     large = config.max_positions >= LARGE_POSITIONS
     if name == "pubmedqa" and large and "lowercase" not in options:

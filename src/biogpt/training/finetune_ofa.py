@@ -1,4 +1,4 @@
-"""`biogpt finetune-biomedgpt meqsum --model M`: BiomedGPT (OFA) fine-tuned on MeQSum through the one training
+"""`biogpt finetune meqsum --model M`: BiomedGPT (OFA) fine-tuned on MeQSum through the one training
 loop (loop.py: accumulation, bf16 autocast, DDP, resumable checkpoints), with the original's loss.
 
 Each example is OFA's summarisation instruction (` what is the summary of article " {question} "?`, at most 512
@@ -35,7 +35,7 @@ from biogpt.training.loss import label_smoothed_nll
 from biogpt.training.runs import ON_EXISTING, FinetuneRun
 
 TASKS = ("meqsum",)
-DEFAULT_DATA = "../shared/data/biomedgpt/tasks/MeQSum"  # beside the repository, as `eval-biomedgpt meqsum`
+DEFAULT_DATA = "../shared/data/biomedgpt/tasks/MeQSum"  # beside the repository, as `eval meqsum`
 MAX_TARGET = 128  # OFA's max_tgt_length for summarisation
 
 
