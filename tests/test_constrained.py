@@ -94,14 +94,24 @@ def _serve(app, fn):
 
 def _regex_allowed(tok, pattern: str, matches: list[str], vocab: int):
     """The regex's allowed sets by brute force over a finite language (every string the pattern matches):
-    a token is allowed when the text decoded with it is a prefix of one of them; </s> once the text is one."""
+    a token is allowed when the text decoded with it is a prefix of one of them, and, for a token that ends a
+    word, one the rest of which can follow a word (the end, or a first character the detokenizer may put there:
+    a space, anything but ASCII letters and digits, a contraction's `n'`); </s> once the text is one."""
     assert all(re.fullmatch(pattern, m) for m in matches)
     pieces = [p.replace("</w>", "").replace("@@", "") for p in tok.pieces[:vocab]]
     candidates = [t for t, p in enumerate(pieces) if p and t > 3 and any(p in m for m in matches)]
 
+    def fits(text: str, m: str, t: int) -> bool:
+        if not m.startswith(text):
+            return False
+        rest = m[len(text) :]
+        if tok.pieces[t].endswith("@@") or not rest or rest.startswith("n'"):
+            return True
+        return not (rest[0].isascii() and rest[0].isalnum())
+
     def allowed(generated: list[int]) -> list[int]:
         text = tok.decode(generated)
-        ok = [t for t in candidates if any(m.startswith(tok.decode(generated + [t])) for m in matches)]
+        ok = [t for t in candidates if any(fits(tok.decode(generated + [t]), m, t) for m in matches)]
         ok = [t for t in ok if tok.decode(generated + [t]) != text]
         return ok + [EOS] if text in matches else ok or [EOS]
 

@@ -4,6 +4,7 @@ tests a model's class, and a family the package has never heard of runs every co
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import shutil
 from dataclasses import asdict
@@ -15,9 +16,11 @@ import torch
 import biogpt
 from biogpt.api import FAMILIES, family_for, family_of, register
 from biogpt.checkpoints import gpt2 as gpt2_checkpoints
-from biogpt.checkpoints.io import read_hf_weights
+from biogpt.checkpoints.io import DEMO_DIR, read_hf_weights
 from biogpt.cli import main
+from biogpt.errors import CheckpointError
 from biogpt.families import Family
+from biogpt.families.biogpt import BIOGPT
 from biogpt.families.gpt2 import GPT2_FAMILY
 from biogpt.generation import generate
 from biogpt.models.gpt2 import GPT2, GPT2Config
@@ -131,6 +134,45 @@ def _toy_save(model, tok, d: Path) -> None:
 def _toy_describe(path: str) -> list[str]:
     model, tok = _toy_load(Path(path), None, "cpu", None)
     return [f"model: {path} (Toy GPT-2, {model.config.n_layer} layers)", f"vocabulary: {tok.vocab_size} tokens"]
+
+
+def test_replacing_a_family_keeps_its_place_and_load_keeps_its_arguments(tmp_path):
+    """register() replacing BioGPT (the fallback that accepts any path) must not let it claim GPT-2's folders;
+    load's positional arguments stay (path, dtype, device, vocab, ema, image_size), `form` by keyword."""
+    from .test_gpt2 import hf_dir
+
+    hf_dir(tmp_path / "gpt2")
+    order = list(FAMILIES)
+    try:
+        register(dataclasses.replace(FAMILIES["biogpt"], title="BioGPT, replaced"))
+        assert list(FAMILIES) == order and family_for(tmp_path / "gpt2").name == "gpt2"
+        assert family_for("demo").title == "BioGPT, replaced"
+    finally:
+        register(BIOGPT)
+    assert list(FAMILIES) == order and family_for("demo") is BIOGPT
+    _, tok = biogpt.load("demo", None, "cpu", DEMO_DIR)
+    assert tok.encode("aspirin") == biogpt.load("demo")[1].encode("aspirin")
+    with pytest.raises(CheckpointError, match="image_size applies to BiomedGPT models"):
+        biogpt.load(tmp_path / "gpt2", image_size=0)
+
+
+def test_chat_names_the_loaded_family(tmp_path):
+    """/v1/chat/completions: one 400 naming the family that is loaded, not always BioGPT."""
+    pytest.importorskip("fastapi")
+    from biogpt.serve import create_app
+
+    from .test_gpt2 import hf_dir
+    from .test_serve import serve
+
+    hf_dir(tmp_path / "gpt2")
+    model, tok = biogpt.load(tmp_path / "gpt2")
+
+    async def go(http, client):
+        return await http.post("/v1/chat/completions", json={"model": "m", "messages": []})
+
+    got = serve(create_app(model, tok, model_name="m"), go)
+    assert got.status_code == 400
+    assert got.json()["error"]["message"].startswith("`m` has no chat template: GPT-2 is a completion model")
 
 
 TOY = Family(name="toy-gpt2", title="Toy GPT-2", short="Toy", model_class=ToyGPT2, config_class=ToyConfig,

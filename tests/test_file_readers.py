@@ -23,6 +23,7 @@ from biogpt.text.ofa import OFATokenizer
         (b"", "x.json: not valid JSON (Expecting value: line 1 column 1"),
         (b'{"a": NaN', "x.json: not valid JSON (Expecting ',' delimiter"),
         ('{"\\ud800": [' * 3 + "]]]}", "x.json: not valid JSON (Expecting ',' delimiter"),
+        ("[" * 200_000, "x.json: not valid JSON (nested too deeply"),
     ],
 )
 def test_read_json_names_the_file_and_the_problem(tmp_path, content, message):

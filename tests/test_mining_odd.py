@@ -334,3 +334,21 @@ def test_bpe_learn_on_an_empty_corpus_is_one_error_line(tmp_path, capsys):
         assert main(["bpe", "learn", str(tmp_path / name), "--output", str(tmp_path / "v")]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_json_nested_deeper_than_the_parser_is_one_problem_or_one_error(tmp_path, capsys):
+    """A JSONL line `[[[[...` (the parser raises RecursionError, not a ValueError) is a reported problem and the
+    documents around it are read; a whole BioC JSON file or a model's config.json nested so is one error line."""
+    deep = "[" * 200_000
+    (tmp_path / "d.jsonl").write_text('{"id": "1", "text": "Aspirin."}\n' + deep + '\n{"id": "2", "text": "Rats."}\n')
+    items = list(read_documents(tmp_path / "d.jsonl"))
+    assert [x.id for x in items if isinstance(x, Document)] == ["1", "2"]
+    assert [str(x) for x in items if isinstance(x, Problem)] == ["d.jsonl:2: not JSON (nested too deeply)"]
+    (tmp_path / "c.json").write_text('{"documents": ' + deep)
+    with pytest.raises(InputError, match="not valid BioC JSON \\(nested too deeply"):
+        list(read_documents(tmp_path / "c.json"))
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(deep)
+    assert main(["info", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error:") and "Traceback" not in err

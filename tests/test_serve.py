@@ -200,6 +200,19 @@ def test_structured_choice_and_regex(app):
     assert r.choices[0].finish_reason == "stop"
 
 
+def test_regex_never_ends_on_a_word_no_match_can_follow(app):
+    """`[a-z]*b` after "Aspirin is": a token ending a word ("...pty") is followed by a space the pattern cannot
+    take, so it is not allowed; a greedy answer that stops matches (it used to end "emempty" + </s>)."""
+
+    async def go(http, client):
+        return await client.completions.create(model=NAME, prompt="Aspirin is", max_tokens=12, temperature=0,
+                                               extra_body={"structured_outputs": {"regex": "[a-z]*b"}})  # fmt: skip
+
+    r = serve(app, go).choices[0]
+    assert r.finish_reason == "length" or re.fullmatch("[a-z]*b", r.text), (r.text, r.finish_reason)
+    assert " " not in r.text
+
+
 def test_regex_compiler_agrees_with_re():
     patterns = [r"a|b", r"(ab)+c?", r"[a-z]{2,4}", r"\d+(\.\d+)?", r"(?:yes|no|maybe)", r"x*y+", r"[^0-9 ]{3}",
                 r"^a.c$", r"(a|bc){0,3}d", r"\w+ \w+", r"colou?r", r"[a\-c]\s\S"]  # fmt: skip
@@ -540,3 +553,27 @@ def test_a_gpt2_family_model_is_served(tmp_path):
     assert tokens["tokens"] == tok.encode("the patient")
     assert ex.status_code == 200 and ex.json()["records"][0]["answer"]["text"] in ("yes", "no", "maybe")
     assert bad.status_code == 400 and "pubmedqa" in bad.json()["error"]["message"]
+
+
+def test_merged_stream_deltas_keep_each_tokens_text_offset():
+    """When the event loop falls behind, several deltas of a sequence go out in one frame: each token keeps the
+    offset of the text its own delta began at, as separate frames would give it (not the frame's start)."""
+    from biogpt.generation.scheduler import Delta
+    from biogpt.serve.completions import coalesced
+
+    class S:
+        def __init__(self, id_):
+            self.id = id_
+
+    a, b = S(1), S(2)
+
+    async def go():
+        q = asyncio.Queue()
+        for seq, d in [(a, Delta(text=" Aspirin", tokens=[5])), (b, Delta(text="x", tokens=[9])),
+                       (a, Delta(text="", tokens=[6, 7])), (a, Delta(text=" is", tokens=[8], finish_reason="stop"))]:
+            q.put_nowait((seq, d))
+        return await coalesced(q)
+
+    (sa, da, ra), (sb, db, rb) = asyncio.run(go())
+    assert (sa, da.text, da.tokens, ra, da.finish_reason) == (a, " Aspirin is", [5, 6, 7, 8], [0, 8, 8, 8], "stop")
+    assert (sb, db.text, db.tokens, rb) == (b, "x", [9], [0])

@@ -17,7 +17,7 @@ from biogpt.generation import generate
 from biogpt.generation import regex as R
 from biogpt.generation import structured as S
 from biogpt.generation.regex import RegexError
-from biogpt.generation.structured import RegexConstraint, TokenIndex, compile_regex
+from biogpt.generation.structured import DETOK_CHARS, RegexConstraint, TokenIndex, compile_regex
 from biogpt.serve import create_app
 
 from .test_serve import error_of, serve
@@ -283,10 +283,21 @@ class RefTrie:
 
 
 class RefConstraint:
-    """The decoded output must match `pattern` as a whole, then `</s>`."""
+    """The decoded output must match `pattern` as a whole, then `</s>`. A token is allowed when the text decoded
+    with it can still become a match: by any characters after a word piece; after a token that ends a word, by
+    the end, a space, or a character the detokenizer may attach to the word (anything but ASCII letters and
+    digits, and the `n'` of a contraction)."""
 
     def __init__(self, nfa: RefNFA, tok, trie: RefTrie, eos_token_id: int = 2):
         self.nfa, self.tok, self.trie, self.eos = nfa, tok, trie, eos_token_id
+
+    def viable(self, text: str, t: int) -> bool:
+        states = self.nfa.run(text)
+        if not states or self.tok.vocab.pieces[t].endswith("@@") or self.nfa.accept in states:
+            return bool(states)
+        spelled = {c for p in self.tok.vocab.pieces[4:] for c in p.removesuffix("@@")} | set(DETOK_CHARS)
+        nexts = [" ", "n'"] + [c for c in sorted(spelled) if not (c.isascii() and c.isalnum())]
+        return any(self.nfa.run(c, states) for c in nexts if set(c) <= spelled)
 
     def allowed(self, generated):
         generated = [t for t in generated]
@@ -298,7 +309,7 @@ class RefConstraint:
             spaced = self.nfa.run(" ", states)
             if spaced:
                 cands.update(self.trie.walk(self.nfa, spaced))
-        ok = sorted(t for t in cands if self.nfa.run(self.tok.decode(generated + [t])))
+        ok = sorted(t for t in cands if self.viable(self.tok.decode(generated + [t]), t))
         if self.nfa.accept in states:
             ok.append(self.eos)
         return ok or [self.eos]

@@ -44,10 +44,10 @@ OPTION_ERRORS = {"image_size": "image_size applies to BiomedGPT models; this one
 
 
 def register(family: Family) -> Family:
-    """Add (or replace, by name) a model family; the latest registered is tried first when recognising a path,
-    so a family can claim paths a more general one would also take."""
-    FAMILIES.pop(family.name, None)
-    FAMILIES[family.name] = family
+    """Add (or replace, by name) a model family. A new family is tried first when recognising a path, so it can
+    claim paths a more general one would also take; a replaced one keeps its place (replacing BioGPT, the
+    fallback that accepts any path, must not let it claim the other families' folders)."""
+    FAMILIES[family.name] = family  # a dict keeps a replaced key where it was
     return family
 
 
@@ -114,10 +114,11 @@ def load(
     path: str | Path,
     dtype: torch.dtype | str | None = None,
     device: str | torch.device = "cpu",
-    form: str | None = None,
     vocab: str | Path | None = None,
     ema: bool = False,
     image_size: int | None = None,
+    *,
+    form: str | None = None,
 ) -> tuple[BioGPT | GPT2 | OFA, Tokenizer | ByteLevelTokenizer | OFATokenizer | None]:
     """The model (eval mode) and its tokenizer from a Hugging Face directory, a fairseq checkpoint (file, or
     directory with checkpoint.pt), a hub id, or "demo" (the small model embedded in the package). The path is
@@ -146,7 +147,7 @@ def load(
         if dtype not in DTYPES:
             raise CheckpointError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
         dtype = DTYPES[dtype]
-    options = {k: v for k, v in (("ema", ema), ("image_size", image_size)) if v not in (None, False)}
+    options = {k: v for k, v in (("ema", ema), ("image_size", image_size)) if v is not None and v is not False}
     for name in options:
         if name not in desc.load_options:
             raise CheckpointError(f"{path}: {OPTION_ERRORS.get(name, f'{name} does not apply to this model')}")

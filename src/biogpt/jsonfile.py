@@ -7,11 +7,23 @@ import json
 from pathlib import Path
 from typing import Any
 
+MAX_DEPTH_MESSAGE = "nested too deeply"
+
+
+def loads(text: str | bytes) -> Any:
+    """`json.loads`, with nesting too deep for the parser (`[[[[...`, which raises RecursionError, not a
+    ValueError) reported as the JSONDecodeError every caller already handles."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        doc = text if isinstance(text, str) else ""
+        raise json.JSONDecodeError(MAX_DEPTH_MESSAGE, doc, 0) from None
+
 
 def read_json(path: Path, error: type[Exception]) -> Any:
     """The JSON value in `path`; `error(message)` when it cannot be read or parsed."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return loads(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise error(f"{path}: cannot read ({e.strerror})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from biogpt import jsonfile
 from biogpt.checkpoints.biogpt import config_to_hf, ours_to_hf
 from biogpt.checkpoints.io import write_json, write_safetensors
 from biogpt.models.biogpt import BioGPT
@@ -29,7 +29,7 @@ def save_hf(model: BioGPT, tokenizer: Tokenizer | None, directory: str | Path) -
 def _add_prompt_tokens_to_hf_config(d: Path, tokenizer: Tokenizer) -> None:
     """Declare learned1..K as added tokens so that transformers decodes those ids to their names."""
     path = d / "tokenizer_config.json"
-    conf = json.loads(path.read_text())
+    conf = jsonfile.loads(path.read_text())
     conf["added_tokens_decoder"] = {
         str(i): {
             "content": f"{PROMPT_PATTERN}{k}",

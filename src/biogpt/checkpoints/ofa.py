@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from biogpt import jsonfile
 from biogpt.checkpoints.io import (
     plain,
     read_fairseq_checkpoint,
@@ -272,7 +273,7 @@ def is_ofa(path: str | Path) -> bool:
     p = Path(path)
     if p.is_dir() and (p / "config.json").exists():
         try:
-            cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
+            cfg = jsonfile.loads((p / "config.json").read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError, UnicodeDecodeError):
             return False
         archs = cfg.get("architectures") if isinstance(cfg, dict) else None

@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{e.filename}: " if e.filename else ""
         print(f"error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
+    except RecursionError:  # a JSON or XML input nested deeper than any parser reads
+        print("error: an input is nested too deeply to read", file=sys.stderr)
+        return 2
     except UnicodeDecodeError as e:
         print(f"error: input is not UTF-8 text ({e.reason} at byte {e.start})", file=sys.stderr)
         return 2

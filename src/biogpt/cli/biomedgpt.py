@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from biogpt import jsonfile
 from biogpt.cli.args import (
     add_model_options,
     deprecated,
@@ -116,7 +117,7 @@ def read_nli(path: Path) -> tuple[list[tuple[str, str]], list[str]]:
             continue
         if path.suffix in (".jsonl", ".json"):
             try:
-                row = json.loads(line)
+                row = jsonfile.loads(line)
                 p, h, label = row["sentence1"], row["sentence2"], row["gold_label"]
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise BioGPTError(f"{path}:{n}: not a MedNLI line (sentence1, sentence2, gold_label): {e}") from None
@@ -154,7 +155,7 @@ def read_saved(path: str, ids: list[str]) -> list[str]:
     found: dict[str, str] = {}
     for n, line in enumerate(lines, 1):
         try:
-            row = json.loads(line)
+            row = jsonfile.loads(line)
             key, pred = row["id"], row["prediction"]
         except (json.JSONDecodeError, KeyError, TypeError):
             raise BioGPTError(f"{p}:{n}: not a line of --save-outputs ({{\"id\": ..., \"prediction\": ...}})") from None

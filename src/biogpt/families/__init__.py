@@ -16,6 +16,7 @@ from typing import Any
 
 from torch import nn
 
+from biogpt import jsonfile
 from biogpt.errors import BioGPTError
 
 Loader = Callable[..., tuple[nn.Module, Any]]  # (resolved path, dtype, device, vocab, **options) -> (model, tok)
@@ -59,7 +60,7 @@ def vocab_family(d: Path) -> str:
         return "gpt2"
     if (d / "vocab.json").exists():
         try:
-            vocab = json.loads((d / "vocab.json").read_text(encoding="utf-8"))
+            vocab = jsonfile.loads((d / "vocab.json").read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise BioGPTError(f"{d / 'vocab.json'}: not a JSON vocabulary ({e})") from None
         if not isinstance(vocab, dict):
@@ -74,7 +75,7 @@ def config_names(p: Path) -> tuple[Any, list]:
     """(model_type, architectures) of a folder's config.json, (None, []) where there is none or it is unreadable
     (the family's loader then reports it)."""
     try:
-        cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
+        cfg = jsonfile.loads((p / "config.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None, []
     if not isinstance(cfg, dict):

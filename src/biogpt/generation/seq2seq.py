@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from biogpt import jsonfile
 from biogpt.errors import GenerationError, InputError
 from biogpt.generation.beam import length_normalised
 from biogpt.generation.constraints import TokenTrie
@@ -82,7 +83,7 @@ def load_answer_set(path: str | Path) -> list[str]:
     """The answers of a `trainval_ans2label` / `class2label` JSON map (answer -> label), in label order."""
     p = Path(path)
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = jsonfile.loads(p.read_text(encoding="utf-8"))
     except OSError as e:
         raise InputError(f"{p}: cannot read ({e.strerror})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

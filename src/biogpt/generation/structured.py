@@ -32,6 +32,7 @@ WINDOW = 4  # tokens a step decodes at least, behind the fixed head (RegexConstr
 # characters the detokenizer writes that no token spells: spaces, the "-" of " @-@ ", unescaped entities
 DETOK_CHARS = " -" + "".join(c for _, c in moses._UNESCAPE)
 QUOTES = "'\"„“”`"
+AFTER_A_WORD = (" ", "n'")  # how the next word may start: after a space, or a contraction's `n't`
 
 
 class TokenIndex:
@@ -104,6 +105,26 @@ class CompiledRegex:
         to_class = np.array([self.dfa.char_class[c] for c in index.alphabet] + [self.dfa.pad], dtype=np.int32)
         self.token_classes = np.ascontiguousarray(to_class[index.chars[index.order]].T)  # [L, V], V in index.order
         self.masks: dict[int, np.ndarray] = {}
+        self.word_end = np.asarray(index.word_end, dtype=bool)[index.order]  # [V], in index.order
+        self.viable = self._viable_after_a_word()
+
+    def _viable_after_a_word(self) -> np.ndarray:
+        """[states] bool: the text may stop here, or go on after a word-ending token. The detokenizer puts a
+        space before the next word, except before what it attaches to the left (punctuation, `@-@` joins,
+        contractions, CJK): a token that ends a word in a state where neither a space nor any such character
+        nor the end can follow leads only to a dead end (`[a-z]*b` after `pty</w>`), so it is not allowed."""
+        dfa = self.dfa
+        states = np.arange(len(dfa.accepting), dtype=np.int32)
+        viable = np.array(dfa.accepting, dtype=bool)
+        for cont in AFTER_A_WORD + tuple(c for c in self.index.alphabet if not (c.isascii() and c.isalnum())):
+            if any(ch not in dfa.char_class for ch in cont):  # a character no token spells: never next
+                continue
+            st = states
+            for ch in cont:
+                st = dfa.table[st * dfa.width + dfa.char_class[ch]]
+            viable |= st != 0
+        viable[0] = False
+        return viable
 
     def alive(self, state: int) -> np.ndarray:
         """[V] bool: tokens whose spelling, read from `state`, keeps the DFA alive (empty spellings always)."""
@@ -116,7 +137,7 @@ class CompiledRegex:
             for j, n in enumerate(ix.by_length):
                 s[:n] = table[s[:n] * width + self.token_classes[j, :n]]
             mask = np.empty(ix.V, dtype=bool)
-            mask[ix.order] = s != 0
+            mask[ix.order] = (s != 0) & (~self.word_end | self.viable[s])
             mask = self.masks[state] = (mask | (ix.lengths == 0)) & ix.valid
         return mask
 
@@ -234,7 +255,7 @@ class RegexConstraint(Constraint):
         for t in ids:
             full = self._decode(generated, [int(t)])
             st = self.dfa.run(state, full[len(text) :]) if full.startswith(text) else self.dfa.run(1, full)
-            ok[t] = st != 0
+            ok[t] = st != 0 and (not self.index.word_end[t] or self.regex.viable[st])
         return ok
 
 

@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
+from biogpt import jsonfile
 from biogpt.errors import InputError
 from biogpt.mining.documents import (
     MAX_DOCUMENT_CHARS,
@@ -74,7 +75,7 @@ def read_bioc_json(path: Path) -> Iterator[Document | Problem]:
         if f.error is not None:
             raise InputError(f"{path}: cannot read ({f.error}); a truncated or damaged .gz?")
         try:
-            data = json.loads(raw.decode("utf-8"))
+            data = jsonfile.loads(raw.decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise InputError(f"{path}: not valid BioC JSON ({e})") from None
     if isinstance(data, dict):

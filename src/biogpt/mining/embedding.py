@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from torch import nn
 
+from biogpt import jsonfile
 from biogpt.errors import InputError
 from biogpt.generation.embed import embed
 from biogpt.mining.pipeline import Run, _fsync_write, _progress, chunks
@@ -226,14 +227,14 @@ def read_vectors(path: str | Path) -> tuple[list[str], np.ndarray]:
         if fmt == "npy":
             vectors = np.load(p, allow_pickle=False)  # never unpickles: a .npy holds numbers only
             ids_path = p.with_name(p.stem + ".ids.jsonl")
-            ids = [json.loads(x) for x in ids_path.read_text(encoding="utf-8").splitlines()]
+            ids = [jsonfile.loads(x) for x in ids_path.read_text(encoding="utf-8").splitlines()]
         elif fmt == "parquet":
             import pyarrow.parquet as pq
 
             table = pq.read_table(p).to_pydict()
             ids, vectors = table["id"], np.array(table["embedding"], dtype=np.float32)
         elif fmt == "jsonl":
-            rows = [json.loads(x) for x in p.read_text(encoding="utf-8").splitlines() if x.strip()]
+            rows = [jsonfile.loads(x) for x in p.read_text(encoding="utf-8").splitlines() if x.strip()]
             ids, vectors = [r["id"] for r in rows], np.array([r["embedding"] for r in rows], dtype=np.float32)
         else:
             raise InputError(f"{p}: vectors are read from .npy, .parquet or .jsonl files")

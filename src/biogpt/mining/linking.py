@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 
+from biogpt import jsonfile
 from biogpt.errors import InputError
 from biogpt.mining.readers import Document, detect_format, read_documents
 from biogpt.tasks.ddi import _ROMAN
@@ -175,7 +176,7 @@ def long_forms(abbr: str, text: str, max_words: int = 8) -> list[str]:
 def _entities_json(path: Path, linker: Linker) -> None:
     """BioGPT / BC5CDR `*.entities.json`: {"chemical2id": {name: id}, "disease2id": {...}}."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = jsonfile.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"{path}: not a JSON dictionary ({e})") from None
     data = data if isinstance(data, dict) else {}

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from biogpt import jsonfile
 from biogpt.errors import InputError
 from biogpt.mining.readers import Document, Problem, read_documents
 from biogpt.mining.writers import Writer
@@ -149,7 +150,7 @@ class Run:
         """The manifest of an unfinished run, if this one can go on with it: the same version, the same
         settings (inputs and weights included, by fingerprint)."""
         try:
-            old = json.loads(self.manifest_path.read_text())
+            old = jsonfile.loads(self.manifest_path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise InputError(f"{self.manifest_path} is damaged ({e}); delete {self.parts} to start again") from None
         if not isinstance(old, dict) or old.get("version") != MANIFEST_VERSION:
@@ -177,7 +178,7 @@ class Run:
     def records(self, key: str) -> list[dict]:
         path = self.parts / self.manifest["chunks"][key]["shard"]
         # only "\n" ends a shard line: str.splitlines() would also split at U+2028, U+2029, U+0085 in a text
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
+        return [jsonfile.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
 
     def assemble(self, keys: list[str], fmt: str, infons: dict, to_stdout: bool,
                  on_record: Callable[[dict], None] = lambda r: None) -> None:  # fmt: skip

@@ -18,6 +18,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
+from biogpt import jsonfile
 from biogpt.errors import InputError
 from biogpt.mining.bioc import read_bioc_json, read_bioc_xml
 from biogpt.mining.documents import (
@@ -61,7 +62,7 @@ def detect_format(path: Path) -> str:
             return "bioc-json" if '"documents"' in text or '"PubTator3"' in text else "jsonl"
         first = first_line.decode("utf-8", errors="replace").lstrip("\ufeff").strip()
         try:
-            obj = json.loads(first)
+            obj = jsonfile.loads(first)
         except json.JSONDecodeError:
             return "bioc-json"  # one JSON object over several lines: a BioC collection (or PubTator3 export)
         if isinstance(obj, dict) and ("documents" in obj or "PubTator3" in obj or "passages" in obj):
@@ -212,7 +213,7 @@ def read_jsonl(path: Path) -> Iterator[Document | Problem]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = jsonfile.loads(line)
         except json.JSONDecodeError as e:
             yield Problem(where, f"not JSON ({e.msg})")
             continue

@@ -24,6 +24,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from biogpt.api import family_of
 from biogpt.errors import BioGPTError
 from biogpt.mining.linking import Linker
 from biogpt.serve import embeddings, middleware, page, tokens
@@ -129,7 +130,8 @@ def routes(app: FastAPI, state: State, completions: Completions, extraction: Ext
 
     @app.api_route("/v1/chat/completions", methods=["POST", "GET"])
     async def chat():
-        raise APIError(400, f"`{state.model_name}` has no chat template: BioGPT is a completion model, not a chat "
+        short = family_of(state.model).short if state.model is not None else "it"
+        raise APIError(400, f"`{state.model_name}` has no chat template: {short} is a completion model, not a chat "
                             "model; send a text prompt to /v1/completions instead", param="messages")  # fmt: skip
 
     @app.post("/v1/completions")

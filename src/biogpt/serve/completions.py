@@ -195,7 +195,7 @@ class Completions:
         # with logprobs, a prompt's echo waits for its prefill (its first delta): its log-probabilities come with it
         pending_echo = {s.id for s in sub.seqs} if req.echo and req.logprobs is not None else set()
         while left:
-            for seq, d in await coalesced(sub.queue):
+            for seq, d, rel in await coalesced(sub.queue):
                 if seq.id in pending_echo and d.finish_reason not in ("error", "cancelled"):
                     pending_echo.discard(seq.id)
                     yield self._echo_frame(sub, seq), 0
@@ -207,7 +207,7 @@ class Completions:
                     return
                 lp = None
                 if req.logprobs is not None and d.tokens:
-                    lp = logprobs_block(self.state, d.tokens, d.logprobs, d.top, sent_len[seq.id], [0] * len(d.tokens))
+                    lp = logprobs_block(self.state, d.tokens, d.logprobs, d.top, sent_len[seq.id], rel)
                 sent_len[seq.id] += len(d.text)
                 finish = d.finish_reason if d.finish_reason in ("stop", "length") else None
                 if d.finish_reason is not None:
@@ -232,20 +232,22 @@ def frame(obj: dict) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-async def coalesced(queue: asyncio.Queue) -> list[tuple[Seq, Delta]]:
+async def coalesced(queue: asyncio.Queue) -> list[tuple[Seq, Delta, list[int]]]:
     """The next delta, merged per sequence with any others already waiting: when the loop falls behind the
-    scheduler, one frame carries several tokens instead of one frame each."""
+    scheduler, one frame carries several tokens instead of one frame each. With each merged delta, where each
+    of its tokens' deltas began in its text (the tokens' `text_offset`s, as separate frames would give them)."""
     items = [await queue.get()]
     while not queue.empty():
         items.append(queue.get_nowait())
-    merged: dict[int, tuple[Seq, Delta]] = {}
+    merged: dict[int, tuple[Seq, Delta, list[int]]] = {}
     for seq, d in items:
         if seq.id not in merged:
             merged[seq.id] = (seq, Delta(text=d.text, tokens=list(d.tokens), logprobs=list(d.logprobs),
                                          top=list(d.top), finish_reason=d.finish_reason,
-                                         stop_reason=d.stop_reason, error=d.error))  # fmt: skip
+                                         stop_reason=d.stop_reason, error=d.error), [0] * len(d.tokens))  # fmt: skip
             continue
-        m = merged[seq.id][1]
+        _, m, rel = merged[seq.id]
+        rel += [len(m.text)] * len(d.tokens)
         m.text += d.text
         m.tokens += d.tokens
         m.logprobs += d.logprobs

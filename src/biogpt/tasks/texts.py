@@ -6,9 +6,10 @@ original tsv sources: tens of thousands of real biomedical strings.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
+
+from biogpt import jsonfile
 
 
 def task_texts(tasks_dir: str | Path) -> Iterator[str]:
@@ -19,7 +20,7 @@ def task_texts(tasks_dir: str | Path) -> Iterator[str]:
             path = root / task / f"{split}.json"
             if not path.exists():
                 continue
-            for doc in json.loads(path.read_text(encoding="utf-8")).values():
+            for doc in jsonfile.loads(path.read_text(encoding="utf-8")).values():
                 for field in ("title", "abstract"):
                     if doc.get(field):
                         yield doc[field]
@@ -32,7 +33,7 @@ def task_texts(tasks_dir: str | Path) -> Iterator[str]:
                         yield line.rsplit("\t", 1)[0]
     path = root / "PubMedQA" / "ori_pqal.json"
     if path.exists():
-        for item in json.loads(path.read_text(encoding="utf-8")).values():
+        for item in jsonfile.loads(path.read_text(encoding="utf-8")).values():
             yield item["QUESTION"]
             yield from item["CONTEXTS"]
             yield item["LONG_ANSWER"]
@@ -45,11 +46,11 @@ def task_abstracts(tasks_dir: str | Path) -> Iterator[str]:
         for split in ("train", "valid", "test"):
             path = root / task / f"{split}.json"
             if path.exists():
-                for doc in json.loads(path.read_text(encoding="utf-8")).values():
+                for doc in jsonfile.loads(path.read_text(encoding="utf-8")).values():
                     yield " ".join(x for x in (doc.get("title", ""), doc.get("abstract", "")) if x)
     path = root / "PubMedQA" / "ori_pqal.json"
     if path.exists():
-        for item in json.loads(path.read_text(encoding="utf-8")).values():
+        for item in jsonfile.loads(path.read_text(encoding="utf-8")).values():
             yield " ".join(item["CONTEXTS"])
 
 
@@ -65,7 +66,7 @@ def training_documents(tasks_dir: str | Path) -> Iterator[tuple[str, str]]:
 
     def load(*parts):
         path = root.joinpath(*parts)
-        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        return jsonfile.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
 
     test_ids, test_texts = set(), set()
     for task in ("BC5CDR", "DDI", "KD-DTI"):

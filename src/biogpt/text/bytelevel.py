@@ -15,6 +15,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+from biogpt import jsonfile
 from biogpt.errors import VocabError
 from biogpt.text.bpe_files import read_merges, read_vocab
 
@@ -70,7 +71,7 @@ class ByteLevelTokenizer:
         _require()
         path = Path(path)
         try:
-            spec = json.loads(path.read_text(encoding="utf-8"))
+            spec = jsonfile.loads(path.read_text(encoding="utf-8"))
             tok = Tokenizer.from_str(json.dumps(spec))
         except OSError as e:
             raise VocabError(f"{path}: cannot read ({e.strerror})") from None

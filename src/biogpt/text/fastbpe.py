@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from biogpt import jsonfile
 from biogpt.errors import VocabError
 
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
@@ -93,7 +94,7 @@ def read_merges(path: Path) -> tuple[list[tuple[str, str]], list[int]]:
 def read_vocab_json(path: Path) -> list[str]:
     """HF vocab.json -> pieces in id order, in fairseq spelling."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = jsonfile.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise VocabError(f"{path}: file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from biogpt import jsonfile
 from biogpt.errors import VocabError
 from biogpt.text import moses
 from biogpt.text.fastbpe import (
@@ -68,7 +69,7 @@ class Tokenizer:
         vocab = load_vocab(path)
         if num_prompt_tokens is None:
             meta = Path(path) / "prompt_tokens.json"
-            num_prompt_tokens = int(json.loads(meta.read_text())["num_prompt_tokens"]) if meta.exists() else 0
+            num_prompt_tokens = int(jsonfile.loads(meta.read_text())["num_prompt_tokens"]) if meta.exists() else 0
         return cls(vocab, num_prompt_tokens=num_prompt_tokens, lowercase=lowercase)
 
     def save_pretrained(self, directory: str | Path, format: str = "hf") -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from biogpt import jsonfile
 from biogpt.errors import CorpusError
 from biogpt.mining.readers import Problem, read_documents
 from biogpt.text.tokenizer import Tokenizer
@@ -313,7 +314,7 @@ def read_manifest(out_dir: str | Path) -> dict:
     if not path.is_file():
         raise CorpusError(f"{out_dir}: no manifest.json; build a corpus there with `biogpt corpus build`")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = jsonfile.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise CorpusError(f"{path}: damaged ({e}); delete the folder and build the corpus again") from None
     need = ("inputs", "vocab_size", "done", "train", "valid")
