@@ -34,7 +34,7 @@ class GenerationOutput:
 def left_pad(prompts: Sequence[Sequence[int]], pad_token_id: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Lists of ids -> (input_ids, attention_mask), left-padded."""
     if not prompts or any(len(p) == 0 for p in prompts):
-        raise GenerationError("every prompt needs at least one token (BioGPT prompts start with </s> = 2)")
+        raise GenerationError("every prompt needs at least one token (BioGPT's start with </s>)")
     T = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), T), pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), T), dtype=torch.long)

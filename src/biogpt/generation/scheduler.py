@@ -109,7 +109,7 @@ class Scheduler(Worker):
         for prompt, p in zip(prompts, params):
             p.check()
             if not prompt:
-                raise GenerationError("a prompt needs at least one token (BioGPT prompts start with </s> = 2)")
+                raise GenerationError("a prompt needs at least one token (BioGPT's start with </s>)")
             if len(prompt) + p.max_tokens > self.max_len:
                 raise GenerationError(
                     f"the prompt ({len(prompt)} tokens) plus max_tokens ({p.max_tokens}) exceeds the model's context "

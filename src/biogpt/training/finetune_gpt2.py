@@ -96,8 +96,8 @@ def finetune_gpt2(
     dev = device_for(device)
     model, tok = load(model_path, dtype=torch.float32)  # fp32 master weights; bf16 is autocast
     if not family_of(model).byte_level:
-        raise TrainingError(f"{model_path}: not a GPT-2 family model; `biogpt finetune` trains BioGPT checkpoints "
-                            "with their prompt-token recipe")  # fmt: skip
+        raise TrainingError(f"{model_path}: not a GPT-2 family model; `biogpt finetune TASK` picks each family's "
+                            "fine-tuning by the model")  # fmt: skip
     if tok is None:
         raise TrainingError(f"{model_path}: no tokenizer beside the weights; fine-tuning needs the model's vocabulary")
     with torch.no_grad():  # own, contiguous storage: loaded fp32 weights may be (transposed) views of the file

@@ -147,7 +147,8 @@ def finetune_ofa(
     dev = device_for(device)
     model, tok = load(model_path, dtype=torch.float32, vocab=vocab)  # fp32 master weights; bf16 is autocast
     if not family_of(model).encoder_decoder:
-        raise TrainingError(f"{model_path}: not a BiomedGPT (OFA) model; `biogpt finetune` trains BioGPT and GPT-2")
+        raise TrainingError(f"{model_path}: not a BiomedGPT (OFA) model; `biogpt finetune TASK` picks each family's "
+                            "fine-tuning by the model")  # fmt: skip
     if tok is None:
         raise TrainingError(f"{model_path}: no tokenizer beside the weights; fine-tuning needs the model's vocabulary")
     with torch.no_grad():  # own, contiguous storage, not views of the loaded file
