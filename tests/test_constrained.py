@@ -2,10 +2,8 @@
 spans, the tasks' templates and the server's `choice` and `regex` against transformers'
 `generate(prefix_allowed_tokens_fn=...)` given the same allowed sets (an independent decoder), token for token."""
 
-import asyncio
 import re
 
-import httpx
 import pytest
 import torch
 
@@ -15,6 +13,7 @@ from biogpt.serve import create_app
 from biogpt.tasks.templates import grammar
 
 from .test_model import ours_from, random_hf
+from .test_serve import serve as serve_in_process
 
 EOS = 2
 SOURCE = "aspirin and warfarin increase the risk of bleeding in elderly patients with atrial fibrillation ."
@@ -83,13 +82,8 @@ def test_task_templates_pick_the_best_allowed_token(models, task):
 
 
 def _serve(app, fn):
-    async def main():
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-                return await fn(http)
-
-    return asyncio.run(main())
+    """test_serve's in-process client, for a `fn(http)` that needs only the raw HTTP one."""
+    return serve_in_process(app, lambda http, client: fn(http))
 
 
 def _regex_allowed(tok, pattern: str, matches: list[str], vocab: int):

@@ -7,7 +7,6 @@ import asyncio
 import json
 import threading
 
-import httpx
 import pytest
 import torch
 
@@ -16,6 +15,7 @@ from biogpt.generation import generate
 from biogpt.serve import create_app
 
 from .test_model import ours_from, random_hf
+from .test_serve import serve as serve_in_process
 
 EOS = 2
 
@@ -35,13 +35,8 @@ def wordy(demo):
 
 
 def serve(app, fn):
-    async def main():
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
-                return await fn(http)
-
-    return asyncio.run(main())
+    """test_serve's in-process client, for a `fn(http)` that needs only the raw HTTP one."""
+    return serve_in_process(app, lambda http, client: fn(http))
 
 
 def post_all(app, bodies: list[dict]) -> list[dict]:
