@@ -236,6 +236,7 @@ def _fsdp_worker(rank, world, port, model_dir, out):
     torch.set_num_threads(1)
     finetune_gpt2("pubmedqa", model_dir, TASKS, out, max_updates=3, lr=3e-3, warmup_updates=1, tokens_per_update=1024,
                   micro_batch_tokens=256, average_last=1, fsdp=True)  # fmt: skip
+    assert (out / "final" / "config.json").exists()  # every rank returns once rank 0 has written it
     torch.distributed.destroy_process_group()
 
 

@@ -22,6 +22,7 @@ from biogpt.api import family_of
 from biogpt.checkpoints.io import read_tensors
 from biogpt.errors import CheckpointError, TrainingError
 from biogpt.models.biogpt import BioGPTConfig
+from biogpt.training.dist import barrier, dist_info
 
 ON_EXISTING = ("resume", "overwrite")  # what a run does with an earlier run in its folder
 # TrainConfig fields a resumed run may change: where it is, how long it runs, how often it logs and saves, and
@@ -215,8 +216,10 @@ class FinetuneRun:
 
     def finish(self, save: Callable[[Path, list[Path]], None], average_last: int = 0) -> Path:
         """`out/final`, written on rank 0 by `save(folder, checkpoints)`, given the last `average_last` checkpoint
-        folders (oldest first; none for 0) to average, as the original recipes do."""
+        folders (oldest first; none for 0) to average, as the original recipes do. Every rank returns once it is
+        written: a caller may read it at once, and no rank tears its process group down while rank 0 writes."""
         if self.rank == 0:
             dirs = sorted(p for p in self.out.glob("update_*") if p.is_dir())[-average_last:] if average_last else []
             write_final(self.final, lambda d: save(d, dirs))
+        barrier(dist_info()[1])
         return self.final
